@@ -1,0 +1,14 @@
+"""egno_fast: the Equivariant Graph Neural Operator (EGNO) for 3D dynamics, with fused kernels.
+
+Main entry points: :class:`EGNO` (the model), :func:`build_graph` (a batch of graphs as a receiver-sorted CSR),
+:mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.reference` (pure-PyTorch ground truth),
+:mod:`egno_fast.backends` (explicit backend choice).
+"""
+from .backends import BackendUnavailableError, backend_status
+from .graph import Graph, GraphInputError, build_graph
+from .models import EGNO, EGNOOutput
+
+__version__ = "0.1.0"
+
+__all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "BackendUnavailableError",
+           "backend_status", "__version__"]

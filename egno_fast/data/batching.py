@@ -1,0 +1,66 @@
+"""Samples and batches of graphs in PyTorch Geometric's convention (row 0 of edge_index = sender)."""
+from __future__ import annotations
+
+from typing import List, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..graph import Graph, build_graph
+
+
+class GraphSample(NamedTuple):
+    """One graph: x, v [n, 3]; h [n, k]; edge_index [2, e]; edge_attr [e, f]; target [P, n, 3]."""
+
+    x: Tensor
+    v: Tensor
+    h: Tensor
+    edge_index: Tensor
+    edge_attr: Tensor
+    target: Tensor
+
+
+class GraphBatch(NamedTuple):
+    """Concatenated graphs: x, v [N, 3]; h [N, k]; edge_index [2, E]; edge_attr [E, f]; batch [N];
+    target [P, N, 3] (time-major, as the model's output)."""
+
+    x: Tensor
+    v: Tensor
+    h: Tensor
+    edge_index: Tensor
+    edge_attr: Tensor
+    batch: Tensor
+    target: Tensor
+
+    @property
+    def num_graphs(self) -> int:
+        return int(self.batch[-1]) + 1 if self.batch.numel() else 0
+
+    def to(self, device: torch.device | str) -> "GraphBatch":
+        return GraphBatch(*(t.to(device) for t in self))
+
+    def graph(self, validate: bool = True) -> Graph:
+        """The batch's receiver-sorted :class:`Graph` (build it once, reuse it for every layer)."""
+        return build_graph(self.edge_index, self.x.shape[0], self.edge_attr, self.batch, validate=validate)
+
+
+def complete_graph_edges(num_nodes: int) -> Tensor:
+    """[2, n(n-1)] directed edges of the complete graph without self loops, row 0 = sender, row 1 = receiver,
+    ordered by receiver then sender."""
+    receiver, sender = torch.meshgrid(torch.arange(num_nodes), torch.arange(num_nodes), indexing="ij")
+    keep = receiver != sender
+    return torch.stack([sender[keep], receiver[keep]])
+
+
+def collate_graphs(samples: List[GraphSample]) -> GraphBatch:
+    """Concatenate graphs into one batch, offsetting edge indices; no edge is replicated over frames."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of graphs")
+    sizes = torch.tensor([s.x.shape[0] for s in samples])
+    offsets = torch.cumsum(sizes, 0) - sizes
+    edge_index = torch.cat([s.edge_index + int(o) for s, o in zip(samples, offsets)], dim=1)
+    batch = torch.repeat_interleave(torch.arange(len(samples)), sizes)
+    return GraphBatch(x=torch.cat([s.x for s in samples]), v=torch.cat([s.v for s in samples]),
+                      h=torch.cat([s.h for s in samples]), edge_index=edge_index,
+                      edge_attr=torch.cat([s.edge_attr for s in samples]), batch=batch,
+                      target=torch.cat([s.target for s in samples], dim=1))

@@ -1,0 +1,51 @@
+"""Files that are never half-written: atomic writes, and loads that name what is wrong."""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, Optional
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_savez(path: str | Path, **arrays: np.ndarray) -> None:
+    """np.savez to ``path`` atomically (no pickled objects)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_npz(path: str | Path, required: Optional[Iterable[str]] = None) -> Dict[str, np.ndarray]:
+    """Load every array of an .npz file, with a clear error if it is missing, truncated or lacks ``required``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise ValueError(f"{path} is not a readable .npz file (truncated or corrupt?): {error}") from error
+    missing = [name for name in (required or ()) if name not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks the arrays {missing}")
+    return arrays

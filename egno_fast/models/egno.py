@@ -1,0 +1,199 @@
+"""EGNO: Equivariant Graph Neural Operator (Xu et al., ICML 2024), all P output frames in one forward pass."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Dict, Iterable, NamedTuple, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..backends import check_backend_name, resolve_backend
+from ..graph import Graph, GraphInputError, build_graph, graph_mean, validate_node_inputs
+from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
+
+logger = logging.getLogger("egno_fast")
+
+TEMPORAL_CHANNELS = ("h", "x", "v")
+
+
+class EGNOOutput(NamedTuple):
+    """Predicted trajectory, time-major: x [P, N, 3], v [P, N, 3], h [P, N, H]."""
+
+    x: Tensor
+    v: Tensor
+    h: Tensor
+
+
+class EGNO(nn.Module):
+    """EGNO with an EGNN message-passing backbone.
+
+    Args:
+        node_dim:      k, width of the input node features h0.
+        edge_dim:      f, width of the edge features (used as given).
+        hidden_dim:    H.
+        num_layers:    L blocks (temporal convolutions, then one EGNN layer).
+        num_frames:    P output frames.
+        num_modes:     I Fourier modes kept (1 <= I <= P//2+1); 0 disables the temporal convolutions.
+        time_emb_dim:  width of the sinusoidal frame embedding.
+        temporal_channels: which of "h", "x", "v" pass through the temporal convolutions (Table 7 ablations).
+        backend:       "reference", "triton", "cpp" or "auto" (picked per device, and reported).
+        validate:      check inputs (shapes, dtypes, finite values, edge index range) on every forward.
+    """
+
+    def __init__(self, node_dim: int, edge_dim: int, hidden_dim: int = 64, num_layers: int = 4,
+                 num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
+                 temporal_channels: Iterable[str] = TEMPORAL_CHANNELS, backend: str = "reference",
+                 validate: bool = True):
+        super().__init__()
+        channels = tuple(temporal_channels)
+        unknown = set(channels) - set(TEMPORAL_CHANNELS)
+        if unknown:
+            raise ValueError(f"temporal_channels must be drawn from {TEMPORAL_CHANNELS}, got {sorted(unknown)}")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if not 0 <= num_modes <= num_frames // 2 + 1:
+            raise ValueError(f"num_modes must be in [0, P//2+1] = [0, {num_frames // 2 + 1}] for P = {num_frames}, "
+                             f"got {num_modes}")
+        self.node_dim, self.edge_dim, self.hidden_dim = node_dim, edge_dim, hidden_dim
+        self.num_layers, self.num_frames, self.num_modes = num_layers, num_frames, num_modes
+        self.temporal_channels = tuple(c for c in TEMPORAL_CHANNELS if c in channels and num_modes > 0)
+        self.vector_channels = tuple(c for c in ("x", "v") if c in self.temporal_channels)
+        self.validate = validate
+        self._backend = check_backend_name(backend)
+        self.active_backend: Optional[str] = None
+
+        self.time_embedding = SinusoidalTimeEmbedding(time_emb_dim)
+        self.embedding = nn.Linear(node_dim + time_emb_dim, hidden_dim)
+        # The message-passing backbone and the temporal convolutions are separate, so another backbone can reuse them.
+        self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim) for _ in range(num_layers))
+        self.scalar_convs = nn.ModuleList(
+            TemporalConv(hidden_dim, num_modes) for _ in range(num_layers if "h" in self.temporal_channels else 0))
+        self.vector_convs = nn.ModuleList(
+            VectorTemporalConv(len(self.vector_channels), num_modes)
+            for _ in range(num_layers if self.vector_channels else 0))
+        self.backend = backend
+
+    @property
+    def config(self) -> Dict[str, object]:
+        """The keyword arguments that rebuild this model."""
+        return dict(node_dim=self.node_dim, edge_dim=self.edge_dim, hidden_dim=self.hidden_dim,
+                    num_layers=self.num_layers, num_frames=self.num_frames, num_modes=self.num_modes,
+                    time_emb_dim=self.time_embedding.dim, temporal_channels=list(self.temporal_channels),
+                    backend=self._backend)
+
+    @property
+    def backend(self) -> str:
+        """The requested backend; :attr:`active_backend` is what the last forward ran."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, name: str) -> None:
+        self._backend = check_backend_name(name)
+        for module in self.modules():
+            if isinstance(module, (EGNNLayer, TemporalConv, VectorTemporalConv)):
+                module.backend = name
+
+    def forward(self, x: Tensor, v: Tensor, h: Tensor, edge_index: Union[Tensor, Graph],
+                edge_attr: Optional[Tensor] = None, batch: Optional[Tensor] = None,
+                frame_times: Optional[Tensor] = None) -> EGNOOutput:
+        """Predict the positions, velocities and features at the P output times.
+
+        Args:
+            x, v:        [N, 3] input positions and velocities.
+            h:           [N, k] invariant node features.
+            edge_index:  [2, E] (row 0 = sender j, row 1 = receiver i), or a prebuilt :class:`Graph`.
+            edge_attr:   [E, f] edge features (None when f = 0 or when a Graph is given).
+            batch:       [N] sorted graph id of each node (None: one graph).
+            frame_times: [P'] embedding indices of the output times (default 0..P-1); fractional values query
+                         times between the training frames (zero-shot resampling).
+        Returns:
+            EGNOOutput(x [P, N, 3], v [P, N, 3], h [P, N, H]).
+        """
+        num_nodes = x.shape[0] if x.dim() > 0 else 0
+        if isinstance(edge_index, Graph):
+            if edge_attr is not None or batch is not None:
+                raise GraphInputError("pass edge_attr and batch to build_graph, not with a prebuilt Graph")
+            graph = edge_index
+            if graph.num_nodes != num_nodes:
+                raise GraphInputError(f"the graph has {graph.num_nodes} nodes but x has {num_nodes} rows")
+        else:
+            graph = build_graph(edge_index, num_nodes, edge_attr, batch, validate=self.validate)
+        if self.validate:
+            self._validate_nodes(x, v, h, graph)
+        self._report_backend(x.device)
+
+        times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
+                 else frame_times.to(device=x.device, dtype=x.dtype))
+        num_frames = times.shape[0]
+        embedding = self.time_embedding(times)  # [P, T]
+        h = self.embedding(torch.cat([h[:, None, :].expand(-1, num_frames, -1),
+                                      embedding[None].expand(num_nodes, -1, -1)], dim=-1))  # [N, P, H]
+        centre = graph_mean(x, graph)[:, None, :]  # [N, 1, 3] centre of each graph's input positions
+        x = x[:, None, :].expand(-1, num_frames, -1)
+        v = v[:, None, :].expand(-1, num_frames, -1)
+        for index, layer in enumerate(self.message_layers):
+            if self.scalar_convs:
+                h = self.scalar_convs[index](h)
+            if self.vector_convs:
+                x, v = self._vector_block(self.vector_convs[index], x, v, centre)
+            x, v, h = layer(x, v, h, graph)
+        return EGNOOutput(x.transpose(0, 1), v.transpose(0, 1), h.transpose(0, 1))
+
+    def _vector_block(self, conv: VectorTemporalConv, x: Tensor, v: Tensor, centre: Tensor):
+        """Apply the vector temporal block to the channels of [x - centre, v] selected by ``temporal_channels``."""
+        channels = {"x": x - centre, "v": v}
+        z = conv(torch.stack([channels[name] for name in self.vector_channels], dim=-1))  # [N, P, 3, C]
+        out = dict(zip(self.vector_channels, z.unbind(-1)))
+        return (out["x"] + centre if "x" in out else x), out.get("v", v)
+
+    def _validate_nodes(self, x: Tensor, v: Tensor, h: Tensor, graph: Graph) -> None:
+        validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
+        for name, value, width in (("x", x, 3), ("v", v, 3), ("h", h, self.node_dim)):
+            if value.dim() != 2 or value.shape[1] != width:
+                raise GraphInputError(f"{name} must have shape [N, {width}], got {list(value.shape)}")
+        if graph.edge_attr.shape[1] != self.edge_dim:
+            raise GraphInputError(f"edge_attr must have {self.edge_dim} features, got {graph.edge_attr.shape[1]}")
+
+    def _report_backend(self, device: torch.device) -> None:
+        chosen = resolve_backend(self._backend, device)
+        if chosen != self.active_backend:
+            logger.info("EGNO backend: requested %r, running %r on %s", self._backend, chosen, device)
+            self.active_backend = chosen
+
+    # ---------------------------------------------------------------- compatibility with the reference code
+    @classmethod
+    def from_official_state_dict(cls, state_dict: Dict[str, Tensor], **config) -> "EGNO":
+        """Build a model from a state_dict saved by the public EGNO code (GitHub MinkaiXu/EGNO).
+
+        ``config`` takes this class's keyword arguments (node_dim, edge_dim, hidden_dim, ...). Inputs then follow
+        this package's conventions: edge_index row 0 is the sender (the reference stores the receiver first:
+        :func:`egno_fast.compat.edge_index_from_official` converts it).
+        """
+        model = cls(**config)
+        model.load_state_dict(official_to_native(state_dict))
+        return model
+
+
+_OFFICIAL_RENAMES = (
+    (r"^layers\.(\d+)\.edge_message_net\.scalar_net\.mlp\.", r"message_layers.\1.edge_mlp."),
+    (r"^layers\.(\d+)\.coord_net\.mlp\.", r"message_layers.\1.coord_mlp."),
+    (r"^layers\.(\d+)\.node_v_net\.mlp\.", r"message_layers.\1.velocity_mlp."),
+    (r"^layers\.(\d+)\.node_net\.mlp\.", r"message_layers.\1.node_mlp."),
+    (r"^time_conv_modules\.(\d+)\.t_conv\.weights1$", r"scalar_convs.\1.weight"),
+    (r"^time_conv_x_modules\.(\d+)\.t_conv\.weights1$", r"vector_convs.\1.weight"),
+    (r"^embedding\.", r"embedding."),
+)
+
+
+def official_to_native(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Rename the parameters of a reference-code EGNO state_dict to this package's names."""
+    native = {}
+    for name, value in state_dict.items():
+        for pattern, replacement in _OFFICIAL_RENAMES:
+            if re.match(pattern, name):
+                native[re.sub(pattern, replacement, name)] = value
+                break
+        else:
+            raise KeyError(f"unexpected parameter {name!r} in the official EGNO state_dict")
+    return native

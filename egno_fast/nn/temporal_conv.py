@@ -1,0 +1,62 @@
+"""Temporal Fourier convolution layers (EGNO §1.2a-b): scalar channels and equivariant vector channels."""
+import torch
+from torch import Tensor, nn
+
+from ..backends import check_backend_name, get_op, resolve_backend
+
+
+class _SpectralBlock(nn.Module):
+    """Shared parameter and dispatch of the two temporal blocks; ``weight`` is [C, C, I, 2] (real, imag)."""
+
+    leaky_relu: bool
+
+    def __init__(self, channels: int, num_modes: int, init_scale: float, backend: str = "reference"):
+        super().__init__()
+        if channels < 1 or num_modes < 1:
+            raise ValueError(f"channels and num_modes must be >= 1, got {channels} and {num_modes}")
+        self.channels, self.num_modes = channels, num_modes
+        self.weight = nn.Parameter(init_scale * torch.rand(channels, channels, num_modes, 2))
+        self.backend = check_backend_name(backend)
+
+    def _residual_block(self, x: Tensor) -> Tensor:
+        num_frames = x.shape[1]
+        if self.num_modes > num_frames // 2 + 1:
+            raise ValueError(f"num_modes = {self.num_modes} needs at least {2 * self.num_modes - 2} frames, "
+                             f"got P = {num_frames} (I must be <= P//2+1)")
+        op = get_op("temporal_residual", resolve_backend(self.backend, x.device))
+        return op(x, self.weight, self.leaky_relu)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_modes={self.num_modes}, backend={self.backend!r}"
+
+
+class TemporalConv(_SpectralBlock):
+    """Scalar temporal block: ``h + LeakyReLU_0.01(K(h))`` along the frame axis.
+
+    Shapes: input and output [N, P, H]. Init as the reference: weights uniform in [0, 1/H^2).
+    """
+
+    leaky_relu = True
+
+    def __init__(self, channels: int, num_modes: int = 2, backend: str = "reference"):
+        super().__init__(channels, num_modes, 1.0 / (channels * channels), backend)
+
+    def forward(self, h: Tensor) -> Tensor:
+        """h: [N, P, H] -> [N, P, H]."""
+        return self._residual_block(h)
+
+
+class VectorTemporalConv(_SpectralBlock):
+    """Equivariant vector temporal block: ``Z + K(Z)``; channels are mixed, spatial components never are.
+
+    Shapes: input and output [N, P, 3, C] (C = 2 for [x - xbar, v]). Init: uniform in [0, 0.1).
+    """
+
+    leaky_relu = False
+
+    def __init__(self, channels: int = 2, num_modes: int = 2, backend: str = "reference"):
+        super().__init__(channels, num_modes, 0.1, backend)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z: [N, P, 3, C] -> [N, P, 3, C]."""
+        return self._residual_block(z)

@@ -1,0 +1,9 @@
+"""Pure-PyTorch references: the ground truth that every fused kernel is tested against.
+
+They are written for clarity, not speed, and follow ../shared/DESIGN.md §1 exactly.
+"""
+from .egnn import egnn_layer_reference
+from .temporal_conv import temporal_conv_reference, temporal_residual_reference
+from .time_embedding import sinusoidal_time_embedding
+
+__all__ = ["egnn_layer_reference", "temporal_conv_reference", "temporal_residual_reference", "sinusoidal_time_embedding"]

@@ -1,0 +1,268 @@
+"""The training loop: A-MSE loss, evaluation every few epochs, best-validation F-MSE selection, early stopping,
+atomic checkpoints every epoch and exact resume.
+
+Written for one process; under torchrun (torch.distributed initialised) every rank trains on its shard of each
+epoch (DistributedSampler), the model is wrapped in DistributedDataParallel, and only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from ..config import ExperimentConfig
+from ..data.batching import collate_graphs
+from ..data.io import atomic_path
+from ..data.registry import make_datasets
+from ..models import EGNO
+from .checkpoint import load_checkpoint, save_checkpoint
+from .metrics import frame_mse, frame_squared_error
+
+# Settings that may change when a run is resumed (extending or shortening it); any other change is an error.
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("train", "device"), ("train", "num_threads"),
+                     ("model", "backend"), ("data", "data_dir")}
+
+
+@dataclass
+class TrainResult:
+    """Summary of a run: the reported numbers are the test metrics at the best validation F-MSE."""
+
+    run_dir: Path
+    stopped: str  # "early_stopping", "max_epochs", "time_limit"
+    epochs_run: int
+    best_epoch: int
+    val_f_mse: float
+    test_f_mse: float
+    test_a_mse: float
+    wall_s: float
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    @property
+    def plot(self) -> Path:
+        return self.run_dir / "trajectories.png"
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def git_commit() -> str:
+    """The commit of the source tree this package runs from (with '+dirty'), or 'unknown'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def build_model(config: ExperimentConfig, sample) -> EGNO:
+    """An EGNO sized for the data (node and edge feature widths read from one sample)."""
+    m = config.model
+    return EGNO(node_dim=sample.h.shape[1], edge_dim=sample.edge_attr.shape[1], hidden_dim=m.hidden_dim,
+                num_layers=m.num_layers, num_frames=config.data.num_frames, num_modes=m.num_modes,
+                time_emb_dim=m.time_emb_dim, temporal_channels=m.temporal_channels, backend=m.backend)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | str) -> Dict[str, object]:
+    """F-MSE, A-MSE and the per-frame MSE of ``model`` over every sample of ``loader``."""
+    model.eval()
+    squared, count = None, 0
+    for batch in loader:
+        batch = batch.to(device)
+        pred = model(batch.x, batch.v, batch.h, batch.graph(validate=False)).x
+        errors = frame_squared_error(pred, batch.target)
+        squared = errors if squared is None else squared + errors
+        count += batch.target.shape[1] * batch.target.shape[2]
+    if squared is None:
+        raise ValueError("cannot evaluate on an empty dataset")
+    per_frame = (squared / count).tolist()
+    return {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
+
+
+def _loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
+    rank, world = _rank_and_world()
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                          collate_fn=collate_graphs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_graphs)
+
+
+def _check_resumable(saved: Dict, config: ExperimentConfig) -> None:
+    new = config.to_dict()
+    changed = [(section, key) for section in ("data", "model", "train") for key in new[section]
+               if saved[section].get(key) != new[section][key] and (section, key) not in RESUMABLE_CHANGES]
+    if changed:
+        names = ", ".join(f"{s}.{k}: {saved[s].get(k)!r} -> {new[s][k]!r}" for s, k in changed)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({names}); use a new --run-dir")
+
+
+class _JsonlLog:
+    """Append-only metrics log; each record is one line written and flushed in a single call."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: Dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+                handle.flush()
+
+
+def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
+          command: Optional[str] = None) -> TrainResult:
+    """Train (or resume) the experiment ``config`` in ``run_dir``.
+
+    Files in ``run_dir``: config.json, metrics.jsonl (a header line with command, config, seed and git commit,
+    then one line per evaluation), last.pt (every epoch, for resuming), best.pt (best validation F-MSE) and
+    trajectories.png (predicted vs true test trajectories of the best model).
+    """
+    from tqdm.auto import tqdm
+
+    from .plotting import plot_trajectories
+
+    run_dir = Path(run_dir)
+    rank, _ = _rank_and_world()
+    main_process = rank == 0
+    cfg = config.train
+    device = torch.device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    saved = None
+    if last_path.exists():
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run (last.pt); resume it or choose another --run-dir")
+        saved = load_checkpoint(last_path, map_location=device)
+        _check_resumable(saved["config"], config)
+
+    datasets = make_datasets(config.data, progress=progress and main_process)
+    torch.manual_seed(cfg.seed)
+    model = build_model(config, datasets["train"][0]).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, cfg.lr_gamma)
+                 if cfg.lr_step else None)
+    state = {"epoch": 0, "best_epoch": -1, "best_val": math.inf, "test_f_at_best": math.inf,
+             "test_a_at_best": math.inf, "evals_since_best": 0, "wall_s": 0.0, "stopped": None}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(saved["scheduler"])
+        state.update(saved["state"])
+        if state["stopped"] == "time_limit":  # a time-limited run goes on where it stopped
+            state["stopped"] = None
+        torch.set_rng_state(saved["rng"])
+    trained = model
+    if dist.is_available() and dist.is_initialized():
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+
+    train_loader = _loader(datasets["train"], cfg.batch_size, True, cfg.seed)
+    eval_loaders = {s: _loader(datasets[s], cfg.batch_size, False, cfg.seed) for s in ("valid", "test")}
+    if len(train_loader) == 0:
+        raise ValueError(f"the training set ({len(datasets['train'])} samples) is smaller than one batch "
+                         f"({cfg.batch_size}); lower train.batch_size")
+    log = _JsonlLog(run_dir / "metrics.jsonl", main_process)
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=2))
+        log.write({"event": "start", "command": command or " ".join(shlex.quote(a) for a in sys.argv),
+                   "config": config.to_dict(), "seed": cfg.seed, "git_commit": git_commit(),
+                   "torch": torch.__version__, "backend": model.backend, "device": str(device),
+                   "resumed_at_epoch": state["epoch"] if saved is not None else None,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def checkpoint(path: Path) -> None:
+        if main_process:
+            save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                   "scheduler": scheduler.state_dict() if scheduler else None,
+                                   "state": dict(state), "rng": torch.get_rng_state(),
+                                   "config": config.to_dict(), "model_config": model.config})
+
+    started = time.monotonic() - state["wall_s"]
+    session_start = time.monotonic()
+    bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=config.name, unit="epoch",
+               disable=not (progress and main_process), dynamic_ncols=True)
+    while state["stopped"] is None and state["epoch"] < cfg.epochs:
+        epoch = state["epoch"]
+        train_loader.sampler.set_epoch(epoch)
+        trained.train()
+        loss_sum, f_sum = 0.0, 0.0
+        for batch in train_loader:
+            batch = batch.to(device)
+            optimizer.zero_grad(set_to_none=True)
+            losses = frame_mse(trained(batch.x, batch.v, batch.h, batch.graph()).x, batch.target)
+            loss = losses.mean()
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item()
+            f_sum += losses[-1].item()
+        if scheduler is not None:
+            scheduler.step()
+        record = {"epoch": epoch, "train_a_mse": loss_sum / len(train_loader),
+                  "train_f_mse": f_sum / len(train_loader)}
+        if not math.isfinite(record["train_a_mse"]):
+            raise FloatingPointError(f"training loss is {record['train_a_mse']} at epoch {epoch}; "
+                                     f"the last good checkpoint is {last_path}")
+        if epoch % cfg.eval_every == 0:
+            val, test = (evaluate(model, eval_loaders[s], device) for s in ("valid", "test"))
+            if val["f_mse"] < state["best_val"]:
+                state.update(best_epoch=epoch, best_val=val["f_mse"], test_f_at_best=test["f_mse"],
+                             test_a_at_best=test["a_mse"], evals_since_best=0)
+                checkpoint(best_path)
+            else:
+                state["evals_since_best"] += 1
+            record.update(val_f_mse=val["f_mse"], val_a_mse=val["a_mse"], test_f_mse=test["f_mse"],
+                          test_a_mse=test["a_mse"], best_epoch=state["best_epoch"],
+                          best_val_f_mse=state["best_val"], test_f_mse_at_best=state["test_f_at_best"])
+            if state["evals_since_best"] >= cfg.patience:
+                state["stopped"] = "early_stopping"
+        state["epoch"] = epoch + 1
+        state["wall_s"] = time.monotonic() - started
+        if cfg.max_minutes is not None and time.monotonic() - session_start > 60 * cfg.max_minutes:
+            state["stopped"] = "time_limit"
+        checkpoint(last_path)
+        if "val_f_mse" in record:
+            log.write({"event": "eval", **record, "elapsed_s": round(state["wall_s"], 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['train_a_mse']:.5f}", best_val=f"{state['best_val']:.5f}")
+    bar.close()
+    stopped = state["stopped"] or "max_epochs"
+    if main_process and best_path.exists():
+        best = load_checkpoint(best_path, map_location=device)
+        model.load_state_dict(best["model"])
+        plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device)
+    result = TrainResult(run_dir=run_dir, stopped=stopped, epochs_run=state["epoch"],
+                         best_epoch=state["best_epoch"], val_f_mse=state["best_val"],
+                         test_f_mse=state["test_f_at_best"], test_a_mse=state["test_a_at_best"],
+                         wall_s=state["wall_s"])
+    log.write({"event": "end", "stopped": stopped, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "val_f_mse": result.val_f_mse, "test_f_mse": result.test_f_mse, "test_a_mse": result.test_a_mse,
+               "wall_s": round(result.wall_s, 2)})
+    return result
