@@ -32,10 +32,11 @@ def egnn_layer_reference(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp
     """
     receiver, sender = graph.receiver, graph.sender
     num_frames = x.shape[1]
-    rel = x[receiver] - x[sender]  # [E, P, 3]
+    rel = x.index_select(0, receiver) - x.index_select(0, sender)  # [E, P, 3]
     dist2 = (rel * rel).sum(dim=-1, keepdim=True)  # [E, P, 1]
     edge_feat = graph.edge_attr.to(h.dtype)[:, None, :].expand(-1, num_frames, -1)
-    message = edge_mlp(torch.cat([dist2, h[receiver], h[sender], edge_feat], dim=-1))  # [E, P, H]
+    message = edge_mlp(torch.cat([dist2, h.index_select(0, receiver), h.index_select(0, sender), edge_feat],
+                                 dim=-1))  # [E, P, H]
     coord_message = rel * coord_mlp(message)  # [E, P, 3]
     degree = graph.in_degree.clamp(min=1).to(x.dtype)[:, None, None]
     coord_update = torch.zeros_like(x).index_add_(0, receiver, coord_message) / degree
