@@ -87,13 +87,13 @@ def _reflect_into_box(x: np.ndarray, v: np.ndarray, box: float) -> None:
 
 
 def coulomb_forces(x: np.ndarray, qq: np.ndarray, params: NBodyParams) -> np.ndarray:
-    """Clipped Coulomb forces.
+    """Coulomb forces (unclipped; :func:`simulate` clips them).
 
     Args:
         x:  [S, 3, n] positions (coordinate before particle).
         qq: [S, n, n] charge products q_i q_j.
     Returns:
-        [S, 3, n]: F_i = sum_{j != i} q_i q_j (x_i - x_j) / |x_i - x_j|^3, each component clipped to +-max_force.
+        [S, 3, n]: F_i = sum_{j != i} q_i q_j (x_i - x_j) / |x_i - x_j|^3.
     """
     n = x.shape[-1]
     norms = (x ** 2).sum(axis=1)  # [S, n]
@@ -103,8 +103,7 @@ def coulomb_forces(x: np.ndarray, qq: np.ndarray, params: NBodyParams) -> np.nda
         size = params.interaction_strength * qq / np.power(dist2, 1.5)
     size[:, np.arange(n), np.arange(n)] = 0.0
     diff = x[:, :, :, None] - x[:, :, None, :]  # [S, 3, n, n]
-    force = (size[:, None] * diff).sum(axis=-1)
-    return np.clip(force, -params.max_force, params.max_force)
+    return (size[:, None] * diff).sum(axis=-1)
 
 
 def simulate(charges: np.ndarray, x0: np.ndarray, v0: np.ndarray, params: NBodyParams):
@@ -113,22 +112,31 @@ def simulate(charges: np.ndarray, x0: np.ndarray, v0: np.ndarray, params: NBodyP
     Args:
         charges: [S, n, 1]; x0, v0: [S, 3, n] (already reflected into the box).
     Returns:
-        loc, vel: [S, frames, 3, n] float64 (frame k = step sample_every * (k + 1)).
+        loc, vel: [S, frames, 3, n] float64 (frame k = step sample_every * (k + 1));
+        clipped:  [S] bool, whether a force component was clipped to +-max_force at some step (clipping breaks
+                  Newton's third law, so such trajectories do not conserve momentum).
     """
     qq = charges @ charges.transpose(0, 2, 1)
     x, v = x0.copy(), v0.copy()
     frames = params.num_recorded
     loc = np.zeros((x.shape[0], frames, 3, x.shape[2]))
     vel = np.zeros_like(loc)
-    v += params.dt * coulomb_forces(x, qq, params)
+    clipped = np.zeros(x.shape[0], dtype=bool)
+
+    def kick() -> None:
+        force = coulomb_forces(x, qq, params)
+        clipped[:] |= (np.abs(force) > params.max_force).any(axis=(1, 2))
+        v[:] += params.dt * np.clip(force, -params.max_force, params.max_force)
+
+    kick()
     counter = 0
     for step in range(1, params.steps):
         x += params.dt * v
         if step % params.sample_every == 0:
             loc[:, counter], vel[:, counter] = x, v
             counter += 1
-        v += params.dt * coulomb_forces(x, qq, params)
-    return loc, vel
+        kick()
+    return loc, vel, clipped
 
 
 def generate_nbody(params: NBodyParams = NBodyParams(), chunk: int = 500,
@@ -136,7 +144,8 @@ def generate_nbody(params: NBodyParams = NBodyParams(), chunk: int = 500,
     """Generate the train, valid and test splits.
 
     Returns:
-        {"loc_<split>", "vel_<split>": [S, frames, 3, n], "charges_<split>": [S, n, 1]} float64.
+        {"loc_<split>", "vel_<split>": [S, frames, 3, n], "charges_<split>": [S, n, 1]} float64 and
+        {"clipped_<split>": [S] bool} (see :func:`simulate`).
     """
     np.random.seed(params.seed)
     sizes = {"train": params.num_train, "valid": params.num_valid, "test": params.num_test}
@@ -152,12 +161,13 @@ def generate_nbody(params: NBodyParams = NBodyParams(), chunk: int = 500,
     for split in SPLITS:
         charges, x0, v0 = (a[:kept[split]] for a in initial[split])
         _reflect_into_box(x0, v0, params.box_size)
-        locs, vels = [], []
+        locs, vels, clips = [], [], []
         for start in range(0, len(charges), chunk):
             part = slice(start, start + chunk)
-            loc, vel = simulate(charges[part], x0[part], v0[part], params)
+            loc, vel, clipped = simulate(charges[part], x0[part], v0[part], params)
             locs.append(loc)
             vels.append(vel)
+            clips.append(clipped)
             done += len(loc)
             if bar is not None:
                 bar.update(len(loc))
@@ -165,6 +175,7 @@ def generate_nbody(params: NBodyParams = NBodyParams(), chunk: int = 500,
         out[f"loc_{split}"] = np.concatenate(locs) if locs else np.zeros(shape)
         out[f"vel_{split}"] = np.concatenate(vels) if vels else np.zeros(shape)
         out[f"charges_{split}"] = charges
+        out[f"clipped_{split}"] = np.concatenate(clips) if clips else np.zeros(0, dtype=bool)
     if bar is not None:
         bar.close()
     return out
@@ -178,7 +189,7 @@ def load_or_generate_nbody(data_dir: str | Path, params: NBodyParams = NBodyPara
     """
     path = Path(data_dir) / params.file_name()
     if path.exists():
-        arrays = load_npz(path, required=[f"{kind}_{split}" for kind in ("loc", "vel", "charges")
+        arrays = load_npz(path, required=[f"{kind}_{split}" for kind in ("loc", "vel", "charges", "clipped")
                                           for split in SPLITS] + ["params"])
         stored = json.loads(str(arrays.pop("params")))
         if stored != asdict(params):

@@ -1,0 +1,62 @@
+"""The receiver-sorted CSR graph and input validation."""
+import pytest
+import torch
+
+from egno_fast.graph import GraphInputError, build_graph, graph_mean
+
+
+def test_csr_sorts_by_receiver_and_keeps_edges():
+    # 0 -> 2, 1 -> 2, 2 -> 0, 3 -> 1, 1 -> 0 ; node 4 is isolated, edges are directed
+    edge_index = torch.tensor([[0, 1, 2, 3, 1], [2, 2, 0, 1, 0]])
+    edge_attr = torch.arange(10, dtype=torch.float32).view(5, 2)
+    g = build_graph(edge_index, 5, edge_attr)
+    assert g.rowptr.dtype == torch.int64
+    assert g.rowptr.tolist() == [0, 2, 3, 5, 5, 5]
+    assert g.receiver.tolist() == [0, 0, 1, 2, 2]
+    assert g.in_degree.tolist() == [2, 1, 2, 0, 0]
+    # every sorted edge is the input edge edge_perm[k], with its features
+    assert torch.equal(g.sender, edge_index[0, g.edge_perm])
+    assert torch.equal(g.receiver, edge_index[1, g.edge_perm])
+    assert torch.equal(g.edge_attr, edge_attr[g.edge_perm])
+    # the transposed CSR groups the edges by sender
+    senders = g.sender[g.sender_perm]
+    assert torch.all(senders[1:] >= senders[:-1])
+    assert g.sender_rowptr.tolist() == [0, 1, 3, 4, 5, 5]
+
+
+def test_single_node_and_no_edges():
+    g = build_graph(torch.zeros(2, 0, dtype=torch.long), 1)
+    assert g.num_edges == 0 and g.rowptr.tolist() == [0, 0]
+    assert g.edge_attr.shape == (0, 0)
+    assert g.num_graphs == 1
+
+
+def test_graph_mean_per_graph():
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    g = build_graph(torch.zeros(2, 0, dtype=torch.long), 5, batch=batch)
+    values = torch.tensor([[1.0], [3.0], [0.0], [3.0], [6.0]])
+    assert graph_mean(values, g).flatten().tolist() == [2.0, 2.0, 3.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize("edge_index, num_nodes, edge_attr, batch, message", [
+    (torch.tensor([0, 1]), 3, None, None, "shape \\[2, E\\]"),
+    (torch.tensor([[0.0], [1.0]]), 3, None, None, "int64"),
+    (torch.tensor([[0, 5], [1, 2]]), 3, None, None, "out of range"),
+    (torch.tensor([[0, -1], [1, 2]]), 3, None, None, "out of range"),
+    (torch.tensor([[0], [1]]), 3, torch.ones(2, 1), None, "edge_attr must have shape"),
+    (torch.tensor([[0], [1]]), 3, torch.tensor([[float("nan")]]), None, "NaN"),
+    (torch.tensor([[0], [1]]), 3, torch.ones(1, 1, dtype=torch.long), None, "floating-point"),
+    (torch.tensor([[0], [2]]), 3, None, torch.tensor([0, 0, 1]), "different graphs"),
+    (torch.tensor([[0], [1]]), 3, None, torch.tensor([1, 0, 0]), "sorted"),
+    (torch.tensor([[0], [1]]), 3, None, torch.tensor([0, 0]), "batch must have shape"),
+    (torch.zeros(2, 0, dtype=torch.long), 0, None, None, "empty"),
+])
+def test_bad_graph_inputs_raise_clear_errors(edge_index, num_nodes, edge_attr, batch, message):
+    with pytest.raises(GraphInputError, match=message):
+        build_graph(edge_index, num_nodes, edge_attr, batch)
+
+
+def test_validation_can_be_switched_off():
+    # an out-of-range index passes unchecked when validate=False (the caller vouches for its inputs)
+    g = build_graph(torch.tensor([[0], [1]]), 2, validate=False)
+    assert g.num_edges == 1

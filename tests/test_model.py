@@ -1,0 +1,155 @@
+"""The EGNO model: compatibility with the reference code, symmetries, options and input errors."""
+import logging
+
+import pytest
+import torch
+
+from conftest import random_directed_graph, random_orthogonal
+from egno_fast import EGNO, BackendUnavailableError, GraphInputError, build_graph
+from egno_fast.compat import edge_index_from_official
+from egno_fast.models.egno import official_to_native
+
+
+def small_batch(seed, num_graphs=3, nodes=5, node_dim=1, edge_dim=2):
+    """Directed random graphs with asymmetric edge features, batched; float64."""
+    gen = torch.Generator().manual_seed(seed)
+    edges, attrs = [], []
+    for g in range(num_graphs):
+        edge_index, edge_attr = random_directed_graph(nodes, 12, gen, edge_dim)
+        edges.append(edge_index + g * nodes)
+        attrs.append(edge_attr)
+    n = num_graphs * nodes
+    x = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    v = torch.randn(n, 3, generator=gen, dtype=torch.float64)
+    h = torch.randn(n, node_dim, generator=gen, dtype=torch.float64)
+    batch = torch.arange(num_graphs).repeat_interleave(nodes)
+    return x, v, h, torch.cat(edges, 1), torch.cat(attrs), batch
+
+
+def test_official_checkpoint_reproduces_reference_outputs(shared_dir):
+    fixture = torch.load(shared_dir / "fixtures" / "official_egno_nbody.pt", weights_only=False)
+    model = EGNO.from_official_state_dict(fixture["state_dict"], **fixture["config"])
+    inp = fixture["inputs"]
+    out = model(inp["x"], inp["v"], inp["h"], edge_index_from_official(inp["edge_index"]), inp["edge_attr"],
+                inp["batch"])
+    assert out.x.shape == (5, 20, 3) and out.v.shape == (5, 20, 3) and out.h.shape == (5, 20, 64)
+    torch.testing.assert_close(out.x, fixture["x_out"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.v, fixture["v_out"], rtol=1e-4, atol=1e-5)
+    # the fixture's centroids are the per-graph means the model computes itself
+    torch.testing.assert_close(inp["loc_mean"], torch.stack([inp["x"][inp["batch"] == b].mean(0)
+                                                             for b in inp["batch"]]))
+
+
+def test_official_state_dict_rejects_unknown_names():
+    with pytest.raises(KeyError, match="unexpected parameter"):
+        official_to_native({"decoder.weight": torch.zeros(1)})
+
+
+def make_model(**kwargs):
+    torch.manual_seed(0)
+    config = dict(node_dim=1, edge_dim=2, hidden_dim=8, num_layers=2, num_frames=4, num_modes=2)
+    config.update(kwargs)
+    return EGNO(**config).double()
+
+
+def test_model_e3_and_permutation_equivariance():
+    model = make_model()
+    x, v, h, edge_index, edge_attr, batch = small_batch(1)
+    out = model(x, v, h, edge_index, edge_attr, batch)
+    gen = torch.Generator().manual_seed(11)
+    rot, shift = random_orthogonal(gen), torch.randn(3, generator=gen, dtype=torch.float64)
+    moved = model(x @ rot + shift, v @ rot, h, edge_index, edge_attr, batch)
+    torch.testing.assert_close(moved.x, out.x @ rot + shift)
+    torch.testing.assert_close(moved.v, out.v @ rot)
+    torch.testing.assert_close(moved.h, out.h)
+    # permute nodes inside each graph (the batch vector stays sorted)
+    perm = torch.cat([torch.randperm(5, generator=gen) + 5 * g for g in range(3)])
+    inverse = torch.argsort(perm)
+    permuted = model(x[perm], v[perm], h[perm], inverse[edge_index], edge_attr, batch)
+    torch.testing.assert_close(permuted.x, out.x[:, perm])
+    torch.testing.assert_close(permuted.h, out.h[:, perm])
+
+
+def test_model_detects_edge_direction():
+    model = make_model()
+    x, v, h, edge_index, edge_attr, batch = small_batch(2)
+    forward = model(x, v, h, edge_index, edge_attr, batch).x
+    reversed_ = model(x, v, h, edge_index.flip(0), edge_attr, batch).x
+    assert not torch.allclose(forward, reversed_)
+
+
+def test_model_accepts_prebuilt_graph_and_frame_times():
+    model = make_model()
+    x, v, h, edge_index, edge_attr, batch = small_batch(3)
+    graph = build_graph(edge_index, x.shape[0], edge_attr, batch)
+    direct = model(x, v, h, edge_index, edge_attr, batch)
+    torch.testing.assert_close(model(x, v, h, graph).x, direct.x)
+    torch.testing.assert_close(model(x, v, h, graph, frame_times=torch.arange(4.0)).x, direct.x)
+    fine = model(x, v, h, graph, frame_times=torch.arange(8) / 2 - 0.5)  # 2P frames, zero-shot
+    assert fine.x.shape == (8, x.shape[0], 3) and torch.isfinite(fine.x).all()
+
+
+@pytest.mark.parametrize("channels, scalar, vector", [
+    (("h", "x", "v"), 2, 2), (("h", "x"), 2, 1), (("h",), 2, 0), ((), 0, 0)])
+def test_temporal_ablations(channels, scalar, vector):
+    model = make_model(temporal_channels=channels)
+    assert len(model.scalar_convs) == (2 if scalar else 0)
+    assert all(c.weight.shape[0] == vector for c in model.vector_convs) and bool(model.vector_convs) == bool(vector)
+    x, v, h, edge_index, edge_attr, batch = small_batch(4)
+    out = model(x, v, h, edge_index, edge_attr, batch)
+    assert out.x.shape == (4, 15, 3) and torch.isfinite(out.x).all()
+
+
+def test_no_temporal_conv_gives_identical_frames_up_to_embedding():
+    # with num_modes = 0 the frames differ only through the time embedding: equal embeddings, equal frames
+    model = make_model(num_modes=0)
+    assert len(model.scalar_convs) == 0 and len(model.vector_convs) == 0
+    x, v, h, edge_index, edge_attr, batch = small_batch(5)
+    out = model(x, v, h, edge_index, edge_attr, batch, frame_times=torch.zeros(3))
+    torch.testing.assert_close(out.x[0], out.x[2])
+
+
+def test_model_gradients_reach_every_parameter():
+    model = make_model()
+    x, v, h, edge_index, edge_attr, batch = small_batch(6)
+    out = model(x, v, h, edge_index, edge_attr, batch)
+    (out.x.pow(2).sum() + out.h.pow(2).sum()).backward()  # the last node_mlp only reaches h
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = make_model()
+    x, v, h, edge_index, edge_attr, batch = small_batch(7)
+    nan_x = x.clone()
+    nan_x[3, 1] = float("nan")
+    with pytest.raises(GraphInputError, match="x contains NaN"):
+        model(nan_x, v, h, edge_index, edge_attr, batch)
+    with pytest.raises(GraphInputError, match="x must have shape"):
+        model(x[:, :2], v, h, edge_index, edge_attr, batch)
+    with pytest.raises(GraphInputError, match="v must have 15 rows"):
+        model(x, v[:4], h, edge_index, edge_attr, batch)
+    with pytest.raises(GraphInputError, match="out of range"):
+        model(x, v, h, edge_index + 100, edge_attr, batch)
+    with pytest.raises(GraphInputError, match="edge_attr must have 2 features"):
+        model(x, v, h, edge_index, edge_attr[:, :1], batch)
+    with pytest.raises(ValueError, match="num_modes"):
+        EGNO(node_dim=1, edge_dim=2, num_frames=4, num_modes=4)
+    with pytest.raises(ValueError, match="temporal_channels"):
+        EGNO(node_dim=1, edge_dim=2, temporal_channels=("q",))
+    with pytest.raises(ValueError, match="num_modes = 2 needs"):  # too few queried frames for the kept modes
+        model(x, v, h, edge_index, edge_attr, batch, frame_times=torch.zeros(1))
+
+
+def test_backend_choice_is_explicit_and_reported(caplog):
+    model = make_model(backend="auto")
+    x, v, h, edge_index, edge_attr, batch = small_batch(8)
+    with caplog.at_level(logging.INFO, logger="egno_fast"):
+        model(x, v, h, edge_index, edge_attr, batch)
+    assert model.active_backend == "reference"
+    assert "requested 'auto', running 'reference'" in caplog.text
+    for name in ("triton", "cpp"):
+        with pytest.raises(BackendUnavailableError, match=f"backend '{name}' is not available"):
+            make_model(backend=name)(x, v, h, edge_index, edge_attr, batch)
+    with pytest.raises(ValueError, match="unknown backend"):
+        make_model(backend="cuda")

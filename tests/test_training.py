@@ -1,0 +1,118 @@
+"""Training: the loss goes down, checkpoints are atomic, runs resume exactly, logs record what produced them."""
+import json
+
+import pytest
+import torch
+
+from egno_fast.config import ExperimentConfig, apply_overrides, load_config
+from egno_fast.data.io import atomic_path
+from egno_fast.training import train
+from egno_fast.training.checkpoint import load_checkpoint
+from egno_fast.training.metrics import frame_mse
+
+TINY = ["data.num_train=40", "data.num_valid=20", "data.num_test=20", "data.max_train_samples=40",
+        "model.hidden_dim=8", "model.num_layers=2", "model.backend=\"reference\"", "train.batch_size=10",
+        "train.lr=0.003", "train.eval_every=1", "train.plot_samples=2", "train.max_minutes=null"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny_config(data_dir, *overrides) -> ExperimentConfig:
+    return apply_overrides(load_config("default"), TINY + [f'data.data_dir="{data_dir}"', *overrides])
+
+
+def test_frame_mse_convention():
+    pred, target = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)
+    target[1] = 2.0
+    assert frame_mse(pred, target).tolist() == [1.0, 4.0]  # mean over nodes and the 3 coordinates
+
+
+def test_short_training_lowers_the_loss(data_dir, tmp_path):
+    result = train(tiny_config(data_dir, "train.epochs=8"), tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["event"] == "eval"]
+    assert len(evals) == 8
+    assert evals[-1]["train_a_mse"] < 0.6 * evals[0]["train_a_mse"]
+    assert result.val_f_mse < evals[0]["val_f_mse"]
+    assert result.val_f_mse == min(r["val_f_mse"] for r in evals)
+    best = min(evals, key=lambda r: r["val_f_mse"])
+    assert result.test_f_mse == best["test_f_mse"] and result.best_epoch == best["epoch"]
+    header = records[0]
+    assert header["event"] == "start" and header["seed"] == 1 and header["config"]["model"]["hidden_dim"] == 8
+    assert "git_commit" in header and "command" in header
+    assert records[-1]["event"] == "end" and records[-1]["stopped"] == "max_epochs"
+    for name in ("best.pt", "last.pt", "config.json", "trajectories.png"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert (tmp_path / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_resume_is_exact(data_dir, tmp_path):
+    whole = train(tiny_config(data_dir, "train.epochs=4"), tmp_path / "whole", progress=False)
+    train(tiny_config(data_dir, "train.epochs=2"), tmp_path / "split", progress=False)
+    resumed = train(tiny_config(data_dir, "train.epochs=4"), tmp_path / "split", progress=False)
+    a = load_checkpoint(tmp_path / "whole" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    assert (whole.val_f_mse, whole.test_f_mse, whole.best_epoch) == \
+        (resumed.val_f_mse, resumed.test_f_mse, resumed.best_epoch)
+    headers = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+               if json.loads(line)["event"] == "start"]
+    assert [h["resumed_at_epoch"] for h in headers] == [None, 2]
+
+
+def test_time_limit_stops_resumably(data_dir, tmp_path):
+    stopped = train(tiny_config(data_dir, "train.epochs=3", "train.max_minutes=0"), tmp_path, progress=False)
+    assert stopped.stopped == "time_limit" and stopped.epochs_run == 1
+    finished = train(tiny_config(data_dir, "train.epochs=3"), tmp_path, progress=False)
+    assert finished.stopped == "max_epochs" and finished.epochs_run == 3
+
+
+def test_existing_run_is_never_overwritten(data_dir, tmp_path):
+    train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)
+    before = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(tiny_config(data_dir, "train.epochs=2"), tmp_path, resume=False, progress=False)
+    with pytest.raises(ValueError, match="cannot resume.*train.lr"):
+        train(tiny_config(data_dir, "train.epochs=2", "train.lr=0.1"), tmp_path, progress=False)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "state.bin"
+    target.write_bytes(b"good")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash in the middle of a write")
+    assert target.read_bytes() == b"good" and list(tmp_path.iterdir()) == [target]
+
+
+def test_unreadable_checkpoint_gives_clear_error(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable egno_fast checkpoint"):
+        load_checkpoint(bad)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_config_errors():
+    with pytest.raises(FileNotFoundError, match="shipped configs"):
+        load_config("no-such-config")
+    with pytest.raises(ValueError, match="unknown keys in config section 'train'"):
+        apply_overrides(load_config("nbody"), ["train.learning_rate=1"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        apply_overrides(load_config("nbody"), ["epochs=3"])
+
+
+def test_paper_config_values():
+    config = load_config("nbody")
+    assert (config.data.max_train_samples, config.train.batch_size, config.train.lr, config.model.hidden_dim,
+            config.model.num_layers, config.data.num_frames, config.model.num_modes) == (3000, 100, 1e-4, 64, 4, 5, 2)
+    assert (config.train.weight_decay, config.train.eval_every, config.train.patience, config.train.seed,
+            config.train.epochs) == (1e-8, 5, 50, 1, 5000)
