@@ -67,11 +67,12 @@ class EGNO(nn.Module):
         self.embedding = nn.Linear(node_dim + time_emb_dim, hidden_dim)
         # The message-passing backbone and the temporal convolutions are separate, so another backbone can reuse them.
         self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim) for _ in range(num_layers))
-        self.scalar_convs = nn.ModuleList(
-            TemporalConv(hidden_dim, num_modes) for _ in range(num_layers if "h" in self.temporal_channels else 0))
-        self.vector_convs = nn.ModuleList(
-            VectorTemporalConv(len(self.vector_channels), num_modes)
-            for _ in range(num_layers if self.vector_channels else 0))
+        self.scalar_convs, self.vector_convs = nn.ModuleList(), nn.ModuleList()
+        for _ in range(num_layers):  # interleaved, as the reference code draws them: same seed, same weights
+            if "h" in self.temporal_channels:
+                self.scalar_convs.append(TemporalConv(hidden_dim, num_modes))
+            if self.vector_channels:
+                self.vector_convs.append(VectorTemporalConv(len(self.vector_channels), num_modes))
         self.backend = backend
 
     @property

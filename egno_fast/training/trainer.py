@@ -104,12 +104,15 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
 
 
 def _loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
+    """Training: shuffled, last partial batch dropped. One process draws the order from torch's global generator
+    (as the reference code does, so a seed gives its data order; the generator state is checkpointed); under
+    torch.distributed each rank takes its shard from a DistributedSampler seeded by ``seed`` and the epoch."""
     rank, world = _rank_and_world()
-    if train:
+    if train and world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
                           collate_fn=collate_graphs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_graphs)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, collate_fn=collate_graphs)
 
 
 def _check_resumable(saved: Dict, config: ExperimentConfig) -> None:
@@ -211,7 +214,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
                disable=not (progress and main_process), dynamic_ncols=True)
     while state["stopped"] is None and state["epoch"] < cfg.epochs:
         epoch = state["epoch"]
-        train_loader.sampler.set_epoch(epoch)
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)
         trained.train()
         loss_sum, f_sum = 0.0, 0.0
         for batch in train_loader:
