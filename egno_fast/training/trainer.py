@@ -38,6 +38,7 @@ class TrainResult:
     """Summary of a run: the reported numbers are the test metrics at the best validation F-MSE."""
 
     run_dir: Path
+    model: EGNO  # with the best validation weights
     stopped: str  # "early_stopping", "max_epochs", "time_limit"
     epochs_run: int
     best_epoch: int
@@ -164,7 +165,12 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
         saved = load_checkpoint(last_path, map_location=device)
         _check_resumable(saved["config"], config)
 
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed and not main_process:
+        dist.barrier()  # rank 0 generates and caches the data first
     datasets = make_datasets(config.data, progress=progress and main_process)
+    if distributed and main_process:
+        dist.barrier()
     torch.manual_seed(cfg.seed)
     model = build_model(config, datasets["train"][0]).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -182,8 +188,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
             state["stopped"] = None
         torch.set_rng_state(saved["rng"])
     trained = model
-    if dist.is_available() and dist.is_initialized():
-        trained = torch.nn.parallel.DistributedDataParallel(model)
+    if distributed:  # the last layer's node_mlp does not reach the positions: unused in the loss
+        trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
     train_loader = _loader(datasets["train"], cfg.batch_size, True, cfg.seed)
     eval_loaders = {s: _loader(datasets[s], cfg.batch_size, False, cfg.seed) for s in ("valid", "test")}
@@ -258,11 +264,13 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
         bar.set_postfix(loss=f"{record['train_a_mse']:.5f}", best_val=f"{state['best_val']:.5f}")
     bar.close()
     stopped = state["stopped"] or "max_epochs"
-    if main_process and best_path.exists():
-        best = load_checkpoint(best_path, map_location=device)
-        model.load_state_dict(best["model"])
-        plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device)
-    result = TrainResult(run_dir=run_dir, stopped=stopped, epochs_run=state["epoch"],
+    if distributed:
+        dist.barrier()  # best.pt is complete before any rank reads it
+    if best_path.exists():
+        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        if main_process:
+            plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device)
+    result = TrainResult(run_dir=run_dir, model=model, stopped=stopped, epochs_run=state["epoch"],
                          best_epoch=state["best_epoch"], val_f_mse=state["best_val"],
                          test_f_mse=state["test_f_at_best"], test_a_mse=state["test_a_at_best"],
                          wall_s=state["wall_s"])
