@@ -64,7 +64,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    backends = [name for name, status in backend_status().items() if status == "available"]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backends = [name for name, ops in backend_status(device).items()
+                if all(status == "available" for status in ops.values())]
     print(f"torch {torch.__version__}, {args.threads} threads, backends: {backends}")
     time_case("n-body", *nbody_batch(), backends, args.repeats)
     time_case("protein", *protein_graph(), backends, args.repeats)

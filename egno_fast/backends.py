@@ -1,34 +1,40 @@
-"""Backend dispatch: one explicit, reported choice among "reference", "triton" and "cpp" ("auto" picks one).
+"""Backend dispatch: one explicit, reported choice among "reference", "triton" and "cpp" per op ("auto" picks).
 
-Each op has one entry point per backend, registered here. A backend that is requested but not available raises
-:class:`BackendUnavailableError` naming the reason; nothing falls back silently.
+Each op has one entry point per backend, registered here. A backend that is requested for an op it cannot run
+(not built, no kernel for that op yet, wrong device) raises :class:`BackendUnavailableError` naming the reason;
+nothing falls back silently. "auto" takes, per op and device, the first backend of :data:`AUTO_PRIORITY` that can
+run it, and the model logs and records what it chose.
 """
 from __future__ import annotations
 
-import logging
-from typing import Callable, Dict
+import importlib
+import os
+from typing import Callable, Dict, Optional
 
 import torch
 
 from .reference import egnn_layer_reference, temporal_residual_reference
 
-logger = logging.getLogger("egno_fast")
-
 BACKENDS = ("reference", "triton", "cpp")
 OPS = ("temporal_residual", "egnn_layer")
 # The order in which "auto" tries the backends, per device type.
 AUTO_PRIORITY = {"cuda": ("triton", "cpp", "reference"), "cpu": ("cpp", "reference")}
-# Why a backend has no implementation in this build (removed as the backends land).
-_NOT_BUILT = {
-    "triton": "the fused Triton kernels are not implemented yet",
-    "cpp": "the C++/CUDA extension is not implemented yet",
+# Modules that register a backend's ops when imported (imported on first use: Triton is slow to import).
+_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv",), "cpp": ()}
+# Why a backend lacks an op in this build (removed as the implementations land).
+_MISSING = {
+    ("triton", "egnn_layer"): "no Triton kernel for the EGNN layer yet",
+    ("cpp", "temporal_residual"): "the C++/CUDA extension is not implemented yet",
+    ("cpp", "egnn_layer"): "the C++/CUDA extension is not implemented yet",
 }
 
 _REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in OPS}
+_LOAD_ERRORS: Dict[str, str] = {}
+_LOADED = {"reference"}
 
 
 class BackendUnavailableError(RuntimeError):
-    """Raised when a requested backend cannot run here (not built, or wrong device)."""
+    """Raised when a requested backend cannot run an op here (not built, not implemented, wrong device)."""
 
 
 def register(op: str, backend: str, fn: Callable) -> None:
@@ -42,36 +48,59 @@ register("temporal_residual", "reference", temporal_residual_reference)
 register("egnn_layer", "reference", egnn_layer_reference)
 
 
-def unavailable_reason(backend: str) -> str | None:
-    """None if every op of ``backend`` is registered, else why it is not usable."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS + ('auto',)}")
-    missing = [op for op in OPS if backend not in _REGISTRY[op]]
-    if missing:
-        return _NOT_BUILT.get(backend, f"ops {missing} are not registered")
+def _load(backend: str) -> None:
+    """Import the modules that register ``backend``'s ops, once; remember why if that fails."""
+    if backend in _LOADED:
+        return
+    _LOADED.add(backend)
+    for module in _PROVIDERS[backend]:
+        try:
+            importlib.import_module(module).register_ops(register)
+        except ImportError as error:
+            _LOAD_ERRORS[backend] = f"{module} cannot be imported ({error})"
+
+
+def check_backend_name(name: str) -> str:
+    """Validate a user-facing backend name ("reference", "triton", "cpp" or "auto") and return it."""
+    if name != "auto" and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS + ('auto',)}")
+    return name
+
+
+def unavailable_reason(backend: str, op: str, device: torch.device | str | None = None) -> Optional[str]:
+    """None if ``backend`` can run ``op`` on ``device`` (None: on some device), else why not."""
+    check_backend_name(backend)
+    _load(backend)
+    if backend in _LOAD_ERRORS:
+        return _LOAD_ERRORS[backend]
+    if backend not in _REGISTRY[op]:
+        return _MISSING.get((backend, op), f"{backend!r} has no implementation of {op!r}")
+    if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
+            and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before import)"
     return None
 
 
-def backend_status() -> Dict[str, str]:
-    """Every backend -> "available" or the reason it is not (what ``egno-fast info`` prints)."""
-    return {name: unavailable_reason(name) or "available" for name in BACKENDS}
+def backend_status(device: torch.device | str | None = None) -> Dict[str, Dict[str, str]]:
+    """backend -> op -> "available" or the reason it is not (what ``egno-fast info`` prints)."""
+    return {b: {op: unavailable_reason(b, op, device) or "available" for op in OPS} for b in BACKENDS}
 
 
-def resolve_backend(requested: str, device: torch.device | str) -> str:
-    """The concrete backend for ``requested`` on ``device``; "auto" picks the first available by priority.
+def resolve_backend(requested: str, device: torch.device | str, op: str) -> str:
+    """The concrete backend that runs ``op`` on ``device`` for ``requested``; "auto" picks by priority.
 
-    Raises BackendUnavailableError if a named backend cannot run.
+    Raises BackendUnavailableError if a named backend cannot run the op there.
     """
     device_type = torch.device(device).type
     if requested == "auto":
         for name in AUTO_PRIORITY.get(device_type, ("reference",)):
-            if unavailable_reason(name) is None:
+            if unavailable_reason(name, op, device) is None:
                 return name
-        raise BackendUnavailableError(f"no backend available for device {device_type!r}")
-    reason = unavailable_reason(requested)
+        raise BackendUnavailableError(f"no backend can run {op!r} on {device_type!r}")
+    reason = unavailable_reason(requested, op, device)
     if reason is not None:
-        raise BackendUnavailableError(f"backend {requested!r} is not available: {reason}. "
-                                      f"Available: {[n for n, s in backend_status().items() if s == 'available']}")
+        raise BackendUnavailableError(f"backend {requested!r} cannot run {op!r} on {device_type}: {reason}. "
+                                      f"Use backend='auto' (reported per op) or name another backend.")
     return requested
 
 
@@ -81,10 +110,3 @@ def get_op(op: str, backend: str) -> Callable:
         return _REGISTRY[op][backend]
     except KeyError:
         raise BackendUnavailableError(f"op {op!r} has no {backend!r} implementation") from None
-
-
-def check_backend_name(name: str) -> str:
-    """Validate a user-facing backend name ("reference", "triton", "cpp" or "auto") and return it."""
-    if name != "auto" and name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS + ('auto',)}")
-    return name

@@ -89,7 +89,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from . import __version__
-    from .backends import AUTO_PRIORITY, backend_status, resolve_backend
+    from .backends import AUTO_PRIORITY, OPS, backend_status, resolve_backend
 
     print(f"egno_fast {__version__}  (python {platform.python_version()}, torch {torch.__version__}, "
           f"numpy {numpy.__version__})")
@@ -100,11 +100,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("triton: not installed")
     cuda = torch.cuda.is_available()
     print(f"CUDA: {'yes, ' + torch.cuda.get_device_name(0) if cuda else 'no'}; CPU threads: {torch.get_num_threads()}")
-    print("backends:")
-    for name, status in backend_status().items():
-        print(f"  {name:10s} {status}")
     for device in ("cpu", "cuda") if cuda else ("cpu",):
-        print(f"auto on {device}: {resolve_backend('auto', device)} (priority {', '.join(AUTO_PRIORITY[device])})")
+        print(f"backends on {device} (auto priority: {', '.join(AUTO_PRIORITY[device])}):")
+        for name, ops in backend_status(device).items():
+            for op, status in ops.items():
+                print(f"  {name:10s} {op:18s} {status}")
+        print(f"  auto picks: " + ", ".join(f"{op}={resolve_backend('auto', device, op)}" for op in OPS))
     print(f"configs: {', '.join(available_configs())}")
     return 0
 

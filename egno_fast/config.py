@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -36,7 +36,7 @@ class ModelConfig:
     num_modes: int = 2
     time_emb_dim: int = 32
     temporal_channels: List[str] = field(default_factory=lambda: ["h", "x", "v"])
-    backend: str = "auto"
+    backend: Union[str, Dict[str, str]] = "auto"  # or op -> backend
 
 
 @dataclass

@@ -39,4 +39,5 @@ def test_errors_exit_with_message(tmp_path, capsys):
 
 def test_info_via_python_module():
     out = subprocess.run([sys.executable, "-m", "egno_fast", "info"], capture_output=True, text=True, check=True)
-    assert "reference  available" in out.stdout and "auto on cpu: reference" in out.stdout
+    assert "reference  egnn_layer         available" in out.stdout
+    assert "auto picks: temporal_residual=reference, egnn_layer=reference" in out.stdout

@@ -146,10 +146,14 @@ def test_backend_choice_is_explicit_and_reported(caplog):
     x, v, h, edge_index, edge_attr, batch = small_batch(8)
     with caplog.at_level(logging.INFO, logger="egno_fast"):
         model(x, v, h, edge_index, edge_attr, batch)
-    assert model.active_backend == "reference"
-    assert "requested 'auto', running 'reference'" in caplog.text
-    for name in ("triton", "cpp"):
-        with pytest.raises(BackendUnavailableError, match=f"backend '{name}' is not available"):
-            make_model(backend=name)(x, v, h, edge_index, edge_attr, batch)
+    assert model.active_backend == {"temporal_residual": "reference", "egnn_layer": "reference"}
+    assert "requested 'auto', running temporal_residual='reference', egnn_layer='reference'" in caplog.text
+    # a named backend that lacks an op raises, naming the op, instead of falling back
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' cannot run 'egnn_layer'"):
+        make_model(backend="triton")(x, v, h, edge_index, edge_attr, batch)
+    with pytest.raises(BackendUnavailableError, match="backend 'cpp' cannot run"):
+        make_model(backend="cpp")(x, v, h, edge_index, edge_attr, batch)
     with pytest.raises(ValueError, match="unknown backend"):
         make_model(backend="cuda")
+    with pytest.raises(ValueError, match="backend dict keys"):
+        make_model(backend={"attention": "triton"})

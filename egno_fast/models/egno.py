@@ -8,7 +8,7 @@ from typing import Dict, Iterable, NamedTuple, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..backends import check_backend_name, resolve_backend
+from ..backends import OPS, check_backend_name, resolve_backend
 from ..graph import Graph, GraphInputError, build_graph, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
 
@@ -37,13 +37,15 @@ class EGNO(nn.Module):
         num_modes:     I Fourier modes kept (1 <= I <= P//2+1); 0 disables the temporal convolutions.
         time_emb_dim:  width of the sinusoidal frame embedding.
         temporal_channels: which of "h", "x", "v" pass through the temporal convolutions (Table 7 ablations).
-        backend:       "reference", "triton", "cpp" or "auto" (picked per device, and reported).
+        backend:       "reference", "triton", "cpp" or "auto" (picked per op and device, and reported), or a
+                       dict op -> backend for the ops "temporal_residual" and "egnn_layer" (others: "auto").
         validate:      check inputs (shapes, dtypes, finite values, edge index range) on every forward.
     """
 
     def __init__(self, node_dim: int, edge_dim: int, hidden_dim: int = 64, num_layers: int = 4,
                  num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
-                 temporal_channels: Iterable[str] = TEMPORAL_CHANNELS, backend: str = "reference",
+                 temporal_channels: Iterable[str] = TEMPORAL_CHANNELS,
+                 backend: Union[str, Dict[str, str]] = "reference",
                  validate: bool = True):
         super().__init__()
         channels = tuple(temporal_channels)
@@ -60,8 +62,8 @@ class EGNO(nn.Module):
         self.temporal_channels = tuple(c for c in TEMPORAL_CHANNELS if c in channels and num_modes > 0)
         self.vector_channels = tuple(c for c in ("x", "v") if c in self.temporal_channels)
         self.validate = validate
-        self._backend = check_backend_name(backend)
-        self.active_backend: Optional[str] = None
+        self._backend: Union[str, Dict[str, str]] = "reference"
+        self.active_backend: Optional[Dict[str, str]] = None  # op -> backend of the last forward
 
         self.time_embedding = SinusoidalTimeEmbedding(time_emb_dim)
         self.embedding = nn.Linear(node_dim + time_emb_dim, hidden_dim)
@@ -84,16 +86,26 @@ class EGNO(nn.Module):
                     backend=self._backend)
 
     @property
-    def backend(self) -> str:
-        """The requested backend; :attr:`active_backend` is what the last forward ran."""
+    def backend(self) -> Union[str, Dict[str, str]]:
+        """The requested backend; :attr:`active_backend` is what the last forward ran, per op."""
         return self._backend
 
     @backend.setter
-    def backend(self, name: str) -> None:
-        self._backend = check_backend_name(name)
+    def backend(self, requested: Union[str, Dict[str, str]]) -> None:
+        if isinstance(requested, dict):
+            unknown = set(requested) - set(OPS)
+            if unknown:
+                raise ValueError(f"backend dict keys must be ops {OPS}, got {sorted(unknown)}")
+            per_op = {op: check_backend_name(requested.get(op, "auto")) for op in OPS}
+        else:
+            per_op = dict.fromkeys(OPS, check_backend_name(requested))
+        self._backend = dict(requested) if isinstance(requested, dict) else requested
+        self._per_op_backend = per_op
         for module in self.modules():
-            if isinstance(module, (EGNNLayer, TemporalConv, VectorTemporalConv)):
-                module.backend = name
+            if isinstance(module, EGNNLayer):
+                module.backend = per_op["egnn_layer"]
+            elif isinstance(module, (TemporalConv, VectorTemporalConv)):
+                module.backend = per_op["temporal_residual"]
 
     def forward(self, x: Tensor, v: Tensor, h: Tensor, edge_index: Union[Tensor, Graph],
                 edge_attr: Optional[Tensor] = None, batch: Optional[Tensor] = None,
@@ -157,9 +169,10 @@ class EGNO(nn.Module):
             raise GraphInputError(f"edge_attr must have {self.edge_dim} features, got {graph.edge_attr.shape[1]}")
 
     def _report_backend(self, device: torch.device) -> None:
-        chosen = resolve_backend(self._backend, device)
+        chosen = {op: resolve_backend(name, device, op) for op, name in self._per_op_backend.items()}
         if chosen != self.active_backend:
-            logger.info("EGNO backend: requested %r, running %r on %s", self._backend, chosen, device)
+            logger.info("EGNO backend: requested %r, running %s on %s", self._backend,
+                        ", ".join(f"{op}={name!r}" for op, name in chosen.items()), device)
             self.active_backend = chosen
 
     # ---------------------------------------------------------------- compatibility with the reference code

@@ -36,7 +36,7 @@ class EGNNLayer(nn.Module):
         if graph.edge_attr.shape[1] != self.edge_dim:
             raise ValueError(f"the layer expects {self.edge_dim} edge features, the graph has "
                              f"{graph.edge_attr.shape[1]}")
-        op = get_op("egnn_layer", resolve_backend(self.backend, x.device))
+        op = get_op("egnn_layer", resolve_backend(self.backend, x.device, "egnn_layer"))
         return op(x, v, h, graph, self.edge_mlp, self.coord_mlp, self.velocity_mlp, self.node_mlp)
 
     def extra_repr(self) -> str:

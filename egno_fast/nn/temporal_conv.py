@@ -23,7 +23,7 @@ class _SpectralBlock(nn.Module):
         if self.num_modes > num_frames // 2 + 1:
             raise ValueError(f"num_modes = {self.num_modes} needs at least {2 * self.num_modes - 2} frames, "
                              f"got P = {num_frames} (I must be <= P//2+1)")
-        op = get_op("temporal_residual", resolve_backend(self.backend, x.device))
+        op = get_op("temporal_residual", resolve_backend(self.backend, x.device, "temporal_residual"))
         return op(x, self.weight, self.leaky_relu)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,270 @@
+"""Fused Triton temporal Fourier convolution: ``x + act(K x)`` along the frame axis, forward and backward.
+
+K keeps I Fourier modes of the P frames and mixes channels per mode (DESIGN.md §1). No FFT and no complex tensors:
+each program owns a block of rows (a node, or one spatial component of a node's vector channels) and a block of
+output channels, forms the I truncated DFT coefficients of its rows by sums over the P frames, mixes channels with
+``tl.dot`` (or broadcast sums for narrow channels), and applies the inverse real DFT, the activation and the
+residual in registers: one read of the input and one write of the output.
+
+Exactly as ``torch.fft.irfft`` does, the imaginary parts of the DC bin and (even P) the Nyquist bin are ignored,
+and every other kept bin counts twice (its conjugate partner).
+
+Backward: ``grad_pre = grad_out * act'(K x)`` (recomputing K x), then ``grad_x = grad_out + K^T grad_pre`` with the
+same kernel (K^T is the spectral convolution with transposed, conjugated weights), and the weight gradient from
+the truncated spectra of x and grad_pre with fixed-shape matrix products (deterministic, no atomics).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+LEAKY_SLOPE = 0.01
+TWO_PI = 2.0 * math.pi
+
+# Modes of the one kernel.
+MODE_FORWARD = 0  # out = residual + act(K x)
+MODE_ACT_GRAD = 1  # out = residual * act'(K x)   (residual = grad_out)
+
+
+@triton.jit
+def spectral_conv_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr,
+    num_rows, rows_per_node, stride_node, stride_row, stride_frame,
+    C_IN, C_OUT, NUM_MODES, w_stride_in, w_stride_out, w_imag_sign,
+    P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
+    BLOCK_CO: tl.constexpr, USE_DOT: tl.constexpr, LEAKY: tl.constexpr, MODE: tl.constexpr,
+    IEEE: tl.constexpr, ACC: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
+):
+    """x, res, out: rows of [P, C] (row r = node r // rows_per_node, component r % rows_per_node; channels
+    contiguous). w: [C_in, C_out, I, 2] read through (w_stride_in, w_stride_out); w_imag_sign = -1 conjugates.
+    ACC is the accumulation dtype (fp32, or fp64 for fp64 inputs); LOW_PRECISION_DOT feeds tl.dot the input's
+    bf16/fp16 operands (fp32 accumulation)."""
+    pid_r = tl.program_id(0)
+    pid_o = tl.program_id(1)
+    rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < num_rows
+    base = (rows // rows_per_node).to(tl.int64) * stride_node + (rows % rows_per_node).to(tl.int64) * stride_row
+    frames = tl.arange(0, BLOCK_P)
+    frame_ok = frames < P
+    outs = pid_o * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    out_ok = outs < C_OUT
+
+    acc = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_CO), dtype=ACC)
+    # constants in the accumulation dtype (a bare Python float would be rounded to fp32)
+    angle_step = tl.full((), TWO_PI, ACC) / P
+    slope = tl.full((), LEAKY_SLOPE, ACC)
+    for mode in range(0, NUM_MODES):
+        # exact integer phase (m * t mod P) keeps the angle small and the DC / Nyquist sines exactly zero
+        phase = ((mode * frames) % P).to(ACC) * angle_step
+        keep_sin = (mode != 0) & (2 * mode != P)
+        cos_t = tl.where(frame_ok, tl.cos(phase), 0.0).to(ACC)
+        sin_t = tl.where(frame_ok & keep_sin, tl.sin(phase), 0.0).to(ACC)
+        y_re = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
+        y_im = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
+        for c0 in range(0, C_IN, BLOCK_CI):
+            chans = c0 + tl.arange(0, BLOCK_CI)
+            chan_ok = chans < C_IN
+            offs = base[:, None, None] + frames[None, :, None] * stride_frame + chans[None, None, :]
+            mask = row_ok[:, None, None] & frame_ok[None, :, None] & chan_ok[None, None, :]
+            xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+            s_re = tl.sum(xc * cos_t[None, :, None], axis=1)  # [BLOCK_R, BLOCK_CI]
+            s_im = -tl.sum(xc * sin_t[None, :, None], axis=1)
+            w_offs = chans[:, None] * w_stride_in + outs[None, :] * w_stride_out + mode * 2
+            w_mask = chan_ok[:, None] & out_ok[None, :]
+            w_re = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
+            w_im = tl.load(w_ptr + w_offs + 1, mask=w_mask, other=0.0).to(ACC) * w_imag_sign
+            if USE_DOT:
+                if LOW_PRECISION_DOT:
+                    low = x_ptr.dtype.element_ty
+                    s_re16, s_im16, w_re16, w_im16 = s_re.to(low), s_im.to(low), w_re.to(low), w_im.to(low)
+                    y_re += tl.dot(s_re16, w_re16) - tl.dot(s_im16, w_im16)
+                    y_im += tl.dot(s_re16, w_im16) + tl.dot(s_im16, w_re16)
+                elif IEEE:
+                    y_re += tl.dot(s_re, w_re, input_precision="ieee") - tl.dot(s_im, w_im, input_precision="ieee")
+                    y_im += tl.dot(s_re, w_im, input_precision="ieee") + tl.dot(s_im, w_re, input_precision="ieee")
+                else:
+                    y_re += tl.dot(s_re, w_re) - tl.dot(s_im, w_im)
+                    y_im += tl.dot(s_re, w_im) + tl.dot(s_im, w_re)
+            else:
+                y_re += tl.sum(s_re[:, :, None] * w_re[None, :, :] - s_im[:, :, None] * w_im[None, :, :], axis=1)
+                y_im += tl.sum(s_re[:, :, None] * w_im[None, :, :] + s_im[:, :, None] * w_re[None, :, :], axis=1)
+        weight = tl.where(keep_sin, 2.0, 1.0).to(ACC) / P
+        acc += weight * (cos_t[None, :, None] * y_re[:, None, :] - sin_t[None, :, None] * y_im[:, None, :])
+
+    offs = base[:, None, None] + frames[None, :, None] * stride_frame + outs[None, None, :]
+    mask = row_ok[:, None, None] & frame_ok[None, :, None] & out_ok[None, None, :]
+    res = tl.load(res_ptr + offs, mask=mask, other=0.0)
+    if MODE == 0:
+        if LEAKY:
+            acc = tl.where(acc > 0, acc, acc * slope)
+        out = res.to(ACC) + acc
+    else:
+        out = res.to(ACC) * tl.where(acc > 0, 1.0, slope)
+    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+# The dispatcher's finite table: (BLOCK_P bucket, channel bucket) -> block sizes. Narrow channels (<= 8) use
+# broadcast sums; wider ones tl.dot, which needs every dimension >= 16. BLOCK_R * BLOCK_P * BLOCK_C stays <= 16384
+# elements per register tile.
+BLOCK_P_VALUES = (1, 2, 4, 8, 16, 32, 64)
+NARROW_CHANNELS = (1, 2, 4, 8)
+
+
+def block_config(num_frames: int, channels: int) -> Dict[str, int]:
+    """Block sizes for P = ``num_frames`` and C = ``channels`` (see the table above)."""
+    if not 1 <= num_frames <= 64:
+        raise ValueError(f"the Triton temporal convolution supports 1 <= P <= 64, got P = {num_frames}")
+    block_p = _next_pow2(num_frames)
+    if channels <= 8:
+        block_c = _next_pow2(channels)
+        return dict(BLOCK_P=block_p, BLOCK_R=min(64, max(16, 1024 // block_p)), BLOCK_CI=block_c, BLOCK_CO=block_c,
+                    USE_DOT=False)
+    block_ci = 32 if block_p <= 8 else 16
+    block_co = 64 if block_p <= 8 else (32 if block_p <= 16 else 16)
+    return dict(BLOCK_P=block_p, BLOCK_R=16, BLOCK_CI=block_ci, BLOCK_CO=min(block_co, _next_pow2(channels)),
+                USE_DOT=True)
+
+
+def all_block_configs():
+    """Every configuration :func:`block_config` can return (for ahead-of-time compilation tests)."""
+    seen = []
+    for p in BLOCK_P_VALUES:
+        for c in NARROW_CHANNELS + (16, 32, 64, 128):
+            cfg = block_config(p, c)
+            if cfg not in seen:
+                seen.append(cfg)
+    return seen
+
+
+def _use_ieee(dtype: torch.dtype) -> bool:
+    """Exact fp32 dots unless the user allowed TF32 (torch.backends.cuda.matmul.allow_tf32 or the matmul
+    precision); float64 always uses exact dots."""
+    if dtype == torch.float64:
+        return True
+    return not (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest")
+
+
+def _as_rows(x: Tensor) -> Tuple[int, int, int, int, int, int]:
+    """Describe a contiguous [N, P, C] or [N, P, 3, C] tensor as rows of [P, C]:
+    (num_rows, rows_per_node, stride_node, stride_row, stride_frame, channels)."""
+    if x.dim() == 3:
+        n, p, c = x.shape
+        return n, 1, p * c, 0, c, c
+    n, p, d, c = x.shape
+    return n * d, d, p * d * c, c, d * c, c
+
+
+def _launch(x: Tensor, residual: Tensor, weight: Tensor, out: Tensor, leaky: bool, mode: int,
+            adjoint: bool) -> Tensor:
+    num_rows, per_node, stride_node, stride_row, stride_frame, channels = _as_rows(x)
+    c_in, c_out, num_modes, _ = weight.shape
+    if adjoint:  # K^T: channels flow out -> in, imaginary parts conjugated
+        c_in, c_out = c_out, c_in
+        w_stride_in, w_stride_out, sign = num_modes * 2, weight.shape[1] * num_modes * 2, -1.0
+    else:
+        w_stride_in, w_stride_out, sign = weight.shape[1] * num_modes * 2, num_modes * 2, 1.0
+    cfg = block_config(x.shape[1], channels)
+    grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]), triton.cdiv(c_out, cfg["BLOCK_CO"]))
+    if num_rows == 0:
+        return out
+    spectral_conv_kernel[grid](
+        x, residual, weight, out, num_rows, per_node, stride_node, stride_row, stride_frame,
+        c_in, c_out, num_modes, w_stride_in, w_stride_out, sign,
+        P=x.shape[1], LEAKY=leaky, MODE=mode, IEEE=_use_ieee(x.dtype),
+        ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        LOW_PRECISION_DOT=x.dtype in (torch.bfloat16, torch.float16), **cfg)
+    return out
+
+
+def spectral_spectra(x: Tensor, num_modes: int) -> Tuple[Tensor, Tensor]:
+    """Truncated DFT along axis 1 with real matrices: x [N, P, ..., C] -> (re, im) [N, I, ..., C] (x's dtype,
+    accumulated by a matrix product). Imaginary parts of the DC and Nyquist bins are exactly zero."""
+    num_frames = x.shape[1]
+    modes = torch.arange(num_modes, device=x.device)
+    frames = torch.arange(num_frames, device=x.device)
+    phase = ((modes[:, None] * frames[None, :]) % num_frames).to(torch.float64) * (TWO_PI / num_frames)
+    cos = torch.cos(phase).to(x.dtype)
+    sin = torch.sin(phase).to(x.dtype)
+    sin[(modes == 0) | (2 * modes == num_frames)] = 0
+    flat = x.reshape(x.shape[0], num_frames, -1)
+    re = torch.matmul(cos, flat).reshape(x.shape[0], num_modes, *x.shape[2:])
+    im = -torch.matmul(sin, flat).reshape(x.shape[0], num_modes, *x.shape[2:])
+    return re, im
+
+
+class TemporalResidualFunction(torch.autograd.Function):
+    """``x + act(K_w x)`` with a fused Triton forward and backward. x: [N, P, C] or [N, P, 3, C]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
+        x = x.contiguous()
+        weight = weight.contiguous()
+        out = torch.empty_like(x)
+        _launch(x, x, weight, out, leaky, MODE_FORWARD, adjoint=False)
+        ctx.save_for_backward(x, weight)
+        ctx.leaky = leaky
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        if ctx.leaky:
+            grad_pre = torch.empty_like(x)
+            _launch(x, grad_out, weight, grad_pre, True, MODE_ACT_GRAD, adjoint=False)
+        else:
+            grad_pre = grad_out
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(x)
+            _launch(grad_pre, grad_out, weight, grad_x, False, MODE_FORWARD, adjoint=True)
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = _weight_grad(x, grad_pre, weight)
+        return grad_x, grad_w, None
+
+
+def _weight_grad(x: Tensor, grad_pre: Tensor, weight: Tensor) -> Tensor:
+    """dL/dW [C_in, C_out, I, 2] from the spectra of x and of grad_pre (fixed-shape matmuls: deterministic)."""
+    num_frames, num_modes = x.shape[1], weight.shape[2]
+    x_re, x_im = spectral_spectra(x, num_modes)  # [N, I, ..., C_in]
+    g_re, g_im = spectral_spectra(grad_pre, num_modes)  # [N, I, ..., C_out]; the backward of irfft is a DFT
+    scale = torch.full((num_modes,), 2.0 / num_frames, dtype=x.dtype, device=x.device)
+    scale[0] = 1.0 / num_frames
+    if num_frames % 2 == 0 and num_modes > num_frames // 2:
+        scale[num_frames // 2] = 1.0 / num_frames
+    shape = (num_modes, -1)
+    # rows of every node (and spatial component) per mode: [I, R, C]
+    xr, xi = (t.transpose(0, 1).reshape(*shape, t.shape[-1]) for t in (x_re, x_im))
+    gr, gi = (t.transpose(0, 1).reshape(*shape, t.shape[-1]) * scale[:, None, None] for t in (g_re, g_im))
+    # G = dL/dY: Re part = scale * sum_t g cos, Im part = -scale * sum_t g sin = scale * g_im
+    d_re = torch.bmm(xr.transpose(1, 2), gr) + torch.bmm(xi.transpose(1, 2), gi)  # [I, C_in, C_out]
+    d_im = torch.bmm(xr.transpose(1, 2), gi) - torch.bmm(xi.transpose(1, 2), gr)
+    return torch.stack([d_re, d_im], dim=-1).permute(1, 2, 0, 3).contiguous().to(weight.dtype)
+
+
+def temporal_residual_triton(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor:
+    """Fused ``x + LeakyReLU_0.01(K x)`` (leaky_relu) or ``x + K x``; same contract as
+    :func:`egno_fast.reference.temporal_conv.temporal_residual_reference`.
+
+    Args:
+        x:      [N, P, C] or [N, P, 3, C] (fp32, fp64; bf16/fp16 on GPU), 1 <= P <= 64.
+        weight: [C, C, I, 2], 1 <= I <= P // 2 + 1.
+    """
+    if x.shape[-1] != weight.shape[0] or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"channels of x ({x.shape[-1]}) and weight {list(weight.shape)} do not match")
+    return TemporalResidualFunction.apply(x, weight.to(x.dtype), leaky_relu)
+
+
+def register_ops(register) -> None:
+    """Called by :mod:`egno_fast.backends` to register this module's ops under "triton"."""
+    register("temporal_residual", "triton", temporal_residual_triton)
