@@ -33,15 +33,16 @@ MODE_ACT_GRAD = 1  # out = residual * act'(K x)   (residual = grad_out)
 
 @triton.jit
 def spectral_conv_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr,
+    x_ptr, res_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr,
     num_rows, rows_per_node, stride_node, stride_row, stride_frame,
-    C_IN, C_OUT, NUM_MODES, w_stride_in, w_stride_out, w_imag_sign,
-    P: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
+    C_IN, C_OUT, NUM_MODES, w_stride_in, w_stride_out, w_imag_sign, P,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
     BLOCK_CO: tl.constexpr, USE_DOT: tl.constexpr, LEAKY: tl.constexpr, MODE: tl.constexpr,
     IEEE: tl.constexpr, ACC: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
 ):
-    """x, res, out: rows of [P, C] (row r = node r // rows_per_node, component r % rows_per_node; channels
+    """x, res, out: rows of [P, C] (P frames, P <= BLOCK_P; row r = node r // rows_per_node, component r % rows_per_node; channels
     contiguous). w: [C_in, C_out, I, 2] read through (w_stride_in, w_stride_out); w_imag_sign = -1 conjugates.
+    cos, sin: [I, P] tables of cos / sin(2 pi m t / P) in the ACC dtype, sines of the DC and Nyquist bins zero.
     ACC is the accumulation dtype (fp32, or fp64 for fp64 inputs); LOW_PRECISION_DOT feeds tl.dot the input's
     bf16/fp16 operands (fp32 accumulation)."""
     pid_r = tl.program_id(0)
@@ -55,15 +56,11 @@ def spectral_conv_kernel(
     out_ok = outs < C_OUT
 
     acc = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_CO), dtype=ACC)
-    # constants in the accumulation dtype (a bare Python float would be rounded to fp32)
-    angle_step = tl.full((), TWO_PI, ACC) / P
-    slope = tl.full((), LEAKY_SLOPE, ACC)
     for mode in range(0, NUM_MODES):
-        # exact integer phase (m * t mod P) keeps the angle small and the DC / Nyquist sines exactly zero
-        phase = ((mode * frames) % P).to(ACC) * angle_step
+        # host-made tables: exact in fp64, and a Python float constant here would be rounded to fp32
+        cos_t = tl.load(cos_ptr + mode * P + frames, mask=frame_ok, other=0.0)
+        sin_t = tl.load(sin_ptr + mode * P + frames, mask=frame_ok, other=0.0)
         keep_sin = (mode != 0) & (2 * mode != P)
-        cos_t = tl.where(frame_ok, tl.cos(phase), 0.0).to(ACC)
-        sin_t = tl.where(frame_ok & keep_sin, tl.sin(phase), 0.0).to(ACC)
         y_re = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
         y_im = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
         for c0 in range(0, C_IN, BLOCK_CI):
@@ -101,10 +98,11 @@ def spectral_conv_kernel(
     res = tl.load(res_ptr + offs, mask=mask, other=0.0)
     if MODE == 0:
         if LEAKY:
-            acc = tl.where(acc > 0, acc, acc * slope)
+            acc = tl.where(acc > 0, acc, acc / 100)  # LeakyReLU(0.01); / 100 keeps fp64 exact
         out = res.to(ACC) + acc
     else:
-        out = res.to(ACC) * tl.where(acc > 0, 1.0, slope)
+        res = res.to(ACC)
+        out = tl.where(acc > 0, res, res / 100)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -112,37 +110,60 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-# The dispatcher's finite table: (BLOCK_P bucket, channel bucket) -> block sizes. Narrow channels (<= 8) use
-# broadcast sums; wider ones tl.dot, which needs every dimension >= 16. BLOCK_R * BLOCK_P * BLOCK_C stays <= 16384
-# elements per register tile.
-BLOCK_P_VALUES = (1, 2, 4, 8, 16, 32, 64)
-NARROW_CHANNELS = (1, 2, 4, 8)
+# The dispatcher's finite table: BLOCK_P bucket x channel class -> block sizes and warps. Narrow channels (<= 8,
+# the vector block's 1 or 2) use broadcast sums; wider ones tl.dot, which needs every dimension >= 16. Frames and
+# channels beyond P and C are masked. BLOCK_R * BLOCK_P * BLOCK_C stays <= 16384 elements per register tile.
+BLOCK_P_VALUES = (4, 8, 16, 32, 64)
+_DOT_BLOCKS = {4: (32, 64), 8: (32, 64), 16: (16, 32), 32: (16, 16), 64: (16, 16)}  # BLOCK_P -> (CI, CO)
 
 
 def block_config(num_frames: int, channels: int) -> Dict[str, int]:
-    """Block sizes for P = ``num_frames`` and C = ``channels`` (see the table above)."""
+    """Block sizes and warps for P = ``num_frames`` and C = ``channels`` (see the table above)."""
     if not 1 <= num_frames <= 64:
         raise ValueError(f"the Triton temporal convolution supports 1 <= P <= 64, got P = {num_frames}")
-    block_p = _next_pow2(num_frames)
+    block_p = max(4, _next_pow2(num_frames))
     if channels <= 8:
-        block_c = _next_pow2(channels)
-        return dict(BLOCK_P=block_p, BLOCK_R=min(64, max(16, 1024 // block_p)), BLOCK_CI=block_c, BLOCK_CO=block_c,
-                    USE_DOT=False)
-    block_ci = 32 if block_p <= 8 else 16
-    block_co = 64 if block_p <= 8 else (32 if block_p <= 16 else 16)
-    return dict(BLOCK_P=block_p, BLOCK_R=16, BLOCK_CI=block_ci, BLOCK_CO=min(block_co, _next_pow2(channels)),
-                USE_DOT=True)
+        return dict(BLOCK_P=block_p, BLOCK_R=max(16, 512 // block_p), BLOCK_CI=8, BLOCK_CO=8, USE_DOT=False,
+                    num_warps=4)
+    block_ci, block_co = _DOT_BLOCKS[block_p]
+    return dict(BLOCK_P=block_p, BLOCK_R=16, BLOCK_CI=block_ci, BLOCK_CO=block_co, USE_DOT=True,
+                num_warps=8 if block_p * block_co >= 256 else 4)
 
 
 def all_block_configs():
     """Every configuration :func:`block_config` can return (for ahead-of-time compilation tests)."""
-    seen = []
-    for p in BLOCK_P_VALUES:
-        for c in NARROW_CHANNELS + (16, 32, 64, 128):
-            cfg = block_config(p, c)
-            if cfg not in seen:
-                seen.append(cfg)
-    return seen
+    return [block_config(p, c) for p in BLOCK_P_VALUES for c in (8, 16)]
+
+
+KERNEL_SIGNATURE = {name: "*fp32" for name in ("x_ptr", "res_ptr", "w_ptr", "out_ptr", "cos_ptr", "sin_ptr")}
+KERNEL_SIGNATURE.update({name: "i32" for name in ("num_rows", "rows_per_node", "stride_node", "stride_row",
+                                                  "stride_frame", "C_IN", "C_OUT", "NUM_MODES", "w_stride_in",
+                                                  "w_stride_out", "P")})
+KERNEL_SIGNATURE["w_imag_sign"] = "fp32"
+# The kernel variants the autograd Function launches: (name, MODE, LEAKY)
+VARIANTS = (("forward_leaky", MODE_FORWARD, True), ("forward_linear", MODE_FORWARD, False),
+            ("act_grad", MODE_ACT_GRAD, True))
+
+
+def aot_configurations(production_only: bool = False):
+    """(name, kernel, signature, constexprs, num_warps, expect_mma) for every configuration the dispatcher can
+    launch on a GPU: each block configuration x each variant in fp32 with TF32 dots (the production setting), plus
+    (unless ``production_only``) exact-fp32 ("ieee") and bf16 operands for the tl.dot configurations."""
+    for cfg in all_block_configs():
+        cfg = dict(cfg)
+        warps = cfg.pop("num_warps")
+        tag = "_".join(f"{k}{v}" for k, v in cfg.items())
+        precisions = [("tf32", "*fp32", False, False)]
+        if cfg["USE_DOT"] and not production_only:
+            precisions += [("ieee", "*fp32", True, False), ("bf16", "*bf16", False, True)]
+        for variant, mode, leaky in VARIANTS:
+            for precision, pointer, ieee, low in precisions:
+                signature = dict(KERNEL_SIGNATURE)
+                for name in ("x_ptr", "res_ptr", "out_ptr"):
+                    signature[name] = pointer
+                constexprs = dict(cfg, LEAKY=leaky, MODE=mode, IEEE=ieee, ACC=tl.float32, LOW_PRECISION_DOT=low)
+                expect_mma = cfg["USE_DOT"] and precision != "ieee"
+                yield (f"{variant}_{precision}_{tag}", spectral_conv_kernel, signature, constexprs, warps, expect_mma)
 
 
 def _use_ieee(dtype: torch.dtype) -> bool:
@@ -176,25 +197,40 @@ def _launch(x: Tensor, residual: Tensor, weight: Tensor, out: Tensor, leaky: boo
     grid = (triton.cdiv(num_rows, cfg["BLOCK_R"]), triton.cdiv(c_out, cfg["BLOCK_CO"]))
     if num_rows == 0:
         return out
+    cos, sin = dft_tables(x.shape[1], num_modes, torch.float64 if x.dtype == torch.float64 else torch.float32,
+                          x.device)
     spectral_conv_kernel[grid](
-        x, residual, weight, out, num_rows, per_node, stride_node, stride_row, stride_frame,
-        c_in, c_out, num_modes, w_stride_in, w_stride_out, sign,
-        P=x.shape[1], LEAKY=leaky, MODE=mode, IEEE=_use_ieee(x.dtype),
+        x, residual, weight, out, cos, sin, num_rows, per_node, stride_node, stride_row, stride_frame,
+        c_in, c_out, num_modes, w_stride_in, w_stride_out, sign, x.shape[1],
+        LEAKY=leaky, MODE=mode, IEEE=_use_ieee(x.dtype),
         ACC=tl.float64 if x.dtype == torch.float64 else tl.float32,
         LOW_PRECISION_DOT=x.dtype in (torch.bfloat16, torch.float16), **cfg)
     return out
+
+
+_TABLES: Dict[tuple, Tuple[Tensor, Tensor]] = {}
+
+
+def dft_tables(num_frames: int, num_modes: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """cos and sin of 2 pi m t / P as [I, P] tensors (cached); the sines of the DC and Nyquist bins are exactly 0,
+    so their imaginary parts drop out as in irfft."""
+    key = (num_frames, num_modes, dtype, str(device))
+    if key not in _TABLES:
+        modes = torch.arange(num_modes)
+        frames = torch.arange(num_frames)
+        phase = ((modes[:, None] * frames[None, :]) % num_frames).to(torch.float64) * (TWO_PI / num_frames)
+        sin = torch.sin(phase)
+        sin[(modes == 0) | (2 * modes == num_frames)] = 0
+        _TABLES[key] = (torch.cos(phase).to(dtype=dtype, device=device).contiguous(),
+                        sin.to(dtype=dtype, device=device).contiguous())
+    return _TABLES[key]
 
 
 def spectral_spectra(x: Tensor, num_modes: int) -> Tuple[Tensor, Tensor]:
     """Truncated DFT along axis 1 with real matrices: x [N, P, ..., C] -> (re, im) [N, I, ..., C] (x's dtype,
     accumulated by a matrix product). Imaginary parts of the DC and Nyquist bins are exactly zero."""
     num_frames = x.shape[1]
-    modes = torch.arange(num_modes, device=x.device)
-    frames = torch.arange(num_frames, device=x.device)
-    phase = ((modes[:, None] * frames[None, :]) % num_frames).to(torch.float64) * (TWO_PI / num_frames)
-    cos = torch.cos(phase).to(x.dtype)
-    sin = torch.sin(phase).to(x.dtype)
-    sin[(modes == 0) | (2 * modes == num_frames)] = 0
+    cos, sin = dft_tables(num_frames, num_modes, x.dtype, x.device)
     flat = x.reshape(x.shape[0], num_frames, -1)
     re = torch.matmul(cos, flat).reshape(x.shape[0], num_modes, *x.shape[2:])
     im = -torch.matmul(sin, flat).reshape(x.shape[0], num_modes, *x.shape[2:])

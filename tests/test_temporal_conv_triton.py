@@ -1,0 +1,176 @@
+"""The fused Triton temporal convolution against the reference: forward, every gradient, NaN-poisoned outputs,
+equivariance, determinism, the model and a training run; and ahead-of-time compilation of every configuration.
+
+Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest) in float64; the
+compilation for sm_90 / sm_80 runs in a separate process, where the interpreter is off.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import random_orthogonal
+from egno_fast.reference.temporal_conv import temporal_residual_reference
+
+triton_kernels = pytest.importorskip("egno_fast.kernels.temporal_conv")
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+DTYPE = torch.float32 if ON_GPU else torch.float64  # fp64 dots in the interpreter; the GPU checks fp32
+TOL = dict(rtol=1e-5, atol=1e-5) if ON_GPU else dict(rtol=1e-10, atol=1e-10)
+
+FRAMES = (1, 2, 3, 4, 5, 8, 10, 16)
+WIDTHS = (1, 7, 64, 100, 128)
+NODES = (1, 17, 300)
+# every (P, I) pair with 1 <= I <= P//2+1; widths and node counts rotate so each value meets several P and I
+# (300 nodes only with widths <= 64: the interpreter's time grows with nodes x width)
+GRID = [(p, i, WIDTHS[k % len(WIDTHS)],
+         17 if WIDTHS[k % len(WIDTHS)] >= 100 and NODES[k % len(NODES)] == 300 else NODES[k % len(NODES)])
+        for k, (p, i) in enumerate((p, i) for p in FRAMES for i in range(1, p // 2 + 2))]
+
+
+def check_against_reference(shape, num_modes, leaky, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE).requires_grad_()
+    channels = shape[-1]
+    weight = (torch.randn(channels, channels, num_modes, 2, generator=gen, dtype=torch.float64) / channels) \
+        .to(DEVICE, DTYPE).requires_grad_()
+    out = triton_kernels.temporal_residual_triton(x, weight, leaky)
+    expected = temporal_residual_reference(x, weight, leaky)
+    torch.testing.assert_close(out, expected, **TOL)
+    grad = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    got = torch.autograd.grad(out, (x, weight), grad)
+    want = torch.autograd.grad(expected, (x, weight), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+@pytest.mark.parametrize("num_frames, num_modes, width, nodes", GRID)
+def test_scalar_block_matches_reference(num_frames, num_modes, width, nodes):
+    check_against_reference((nodes, num_frames, width), num_modes, True, seed=num_frames * 100 + num_modes)
+
+
+@pytest.mark.parametrize("num_frames", FRAMES)
+@pytest.mark.parametrize("channels", (1, 2))
+def test_vector_block_matches_reference(num_frames, channels):
+    for num_modes in range(1, num_frames // 2 + 2):
+        check_against_reference((17, num_frames, 3, channels), num_modes, False, seed=num_frames + 7 * num_modes)
+
+
+def test_frames_up_to_64():
+    check_against_reference((5, 64, 16), 33, True, seed=64)
+    check_against_reference((5, 33, 3, 2), 17, False, seed=33)
+
+
+@pytest.mark.parametrize("mode, leaky, adjoint", [(triton_kernels.MODE_FORWARD, True, False),
+                                                  (triton_kernels.MODE_FORWARD, False, True),
+                                                  (triton_kernels.MODE_ACT_GRAD, True, False)])
+@pytest.mark.parametrize("shape", [(19, 5, 100), (23, 7, 3, 2), (1, 1, 7)])
+def test_every_output_element_is_written(mode, leaky, adjoint, shape):
+    x = torch.randn(*shape, dtype=DTYPE, device=DEVICE)
+    weight = torch.randn(shape[-1], shape[-1], 1, 2, dtype=DTYPE, device=DEVICE)
+    out = torch.full_like(x, float("nan"))
+    triton_kernels._launch(x, x, weight, out, leaky, mode, adjoint)
+    assert torch.isfinite(out).all()
+
+
+def test_vector_block_rotation_equivariance():
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(9, 6, 3, 2, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    weight = torch.rand(2, 2, 3, 2, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    rot = random_orthogonal(gen).to(DEVICE, DTYPE)
+    rotate = lambda t: torch.einsum("npdc,de->npec", t, rot)
+    torch.testing.assert_close(triton_kernels.temporal_residual_triton(rotate(z), weight, False),
+                               rotate(triton_kernels.temporal_residual_triton(z, weight, False)), **TOL)
+
+
+def test_backward_is_bitwise_deterministic():
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 8, 64, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE).requires_grad_()
+    weight = torch.randn(64, 64, 2, 2, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE).requires_grad_()
+    grad = torch.randn(40, 8, 64, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    runs = [torch.autograd.grad(triton_kernels.temporal_residual_triton(x, weight, True), (x, weight), grad)
+            for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_rejects_unsupported_sizes():
+    with pytest.raises(ValueError, match="1 <= P <= 64"):
+        triton_kernels.block_config(65, 8)
+    with pytest.raises(ValueError, match="do not match"):
+        triton_kernels.temporal_residual_triton(torch.randn(2, 4, 3, device=DEVICE), torch.randn(4, 4, 1, 2,
+                                                                                                device=DEVICE), True)
+
+
+# ------------------------------------------------------------------------------------------ the whole model
+
+MIXED = {"temporal_residual": "triton", "egnn_layer": "reference"}
+
+
+def test_model_with_triton_temporal_convs_matches_reference():
+    from test_model import make_model, small_batch
+
+    x, v, h, edge_index, edge_attr, batch = small_batch(9)
+    x, v, h, edge_attr = (t.to(DEVICE, DTYPE) for t in (x, v, h, edge_attr))
+    edge_index, batch = edge_index.to(DEVICE), batch.to(DEVICE)
+    outputs = {}
+    for backend in ("reference", MIXED):
+        model = make_model(backend=backend).to(DEVICE, DTYPE)
+        out = model(x, v, h, edge_index, edge_attr, batch)
+        (out.x.square().sum() + out.h.square().sum()).backward()
+        outputs[str(backend)] = (out, {n: p.grad for n, p in model.named_parameters()}, model.active_backend)
+    (ref, ref_grads, _), (fused, fused_grads, active) = outputs.values()
+    assert active == MIXED
+    for a, b in zip(ref, fused):
+        torch.testing.assert_close(b, a, **TOL)
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], **TOL)
+    # translation and rotation of the input move the prediction alike
+    gen = torch.Generator().manual_seed(12)
+    rot = random_orthogonal(gen).to(DEVICE, DTYPE)
+    shift = torch.randn(3, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    model = make_model(backend=MIXED).to(DEVICE, DTYPE)
+    base = model(x, v, h, edge_index, edge_attr, batch).x
+    moved = model(x @ rot + shift, v @ rot, h, edge_index, edge_attr, batch).x
+    torch.testing.assert_close(moved, base @ rot + shift, **TOL)
+
+
+def test_training_follows_the_reference_loss_curve(tmp_path):
+    from egno_fast.training import train
+    from test_training import tiny_config
+
+    curves = {}
+    for name, backend in (("reference", "reference"), ("triton", MIXED)):
+        config = tiny_config(tmp_path / "data", "train.epochs=3", f"model.backend={json.dumps(backend)}",
+                             f'train.device="{DEVICE}"')
+        train(config, tmp_path / name, progress=False)
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        curves[name] = [r["train_a_mse"] for r in records if r["event"] == "eval"]
+    assert len(curves["triton"]) == 3
+    torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["reference"]), rtol=1e-4,
+                               atol=0)
+
+
+# --------------------------------------------------------------------------------- ahead-of-time compilation
+
+def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, "-m", "egno_fast.kernels.aot", "egno_fast.kernels.temporal_conv",
+                          "--arch", "90", "--production-arch", "80", "--jobs", str(os.cpu_count() or 1)],
+                         capture_output=True, text=True, env=env, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    expected = len(list(triton_kernels.aot_configurations())) + len(list(triton_kernels.aot_configurations(True)))
+    assert len(results) == expected
+    print("\nTriton temporal convolution, ahead-of-time compile (registers / spill bytes / shared bytes):")
+    for r in results:
+        print(f"  sm_{r['arch']} {r['name']}: " + (r.get("error") or
+                                                  f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
+    assert not [r for r in results if "error" in r]
+    assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
+    assert not [r["name"] for r in results if r["atomics"]], "atomic instructions in a deterministic kernel"
+    assert all(r["mma"] == r["expect_mma"] for r in results), \
+        [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
