@@ -15,7 +15,7 @@ import torch
 from conftest import random_orthogonal
 from egno_fast.reference.temporal_conv import temporal_residual_reference
 
-triton_kernels = pytest.importorskip("egno_fast.kernels.temporal_conv")
+import egno_fast.kernels.temporal_conv as triton_kernels  # noqa: E402  (triton is a test dependency)
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPE = torch.float32 if ON_GPU else torch.float64  # fp64 dots in the interpreter; the GPU checks fp32
