@@ -272,6 +272,8 @@ class TemporalResidualFunction(torch.autograd.Function):
 def _weight_grad(x: Tensor, grad_pre: Tensor, weight: Tensor) -> Tensor:
     """dL/dW [C_in, C_out, I, 2] from the spectra of x and of grad_pre (fixed-shape matmuls: deterministic)."""
     num_frames, num_modes = x.shape[1], weight.shape[2]
+    if x.dtype in (torch.bfloat16, torch.float16):  # reduce in fp32
+        x, grad_pre = x.float(), grad_pre.float()
     x_re, x_im = spectral_spectra(x, num_modes)  # [N, I, ..., C_in]
     g_re, g_im = spectral_spectra(grad_pre, num_modes)  # [N, I, ..., C_out]; the backward of irfft is a DFT
     scale = torch.full((num_modes,), 2.0 / num_frames, dtype=x.dtype, device=x.device)

@@ -174,3 +174,16 @@ def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
     assert not [r["name"] for r in results if r["atomics"]], "atomic instructions in a deterministic kernel"
     assert all(r["mma"] == r["expect_mma"] for r in results), \
         [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
+
+
+def test_reference_and_fused_modules_share_state_dicts():
+    from egno_fast.nn import TemporalConv, VectorTemporalConv
+
+    for kind, shape in ((TemporalConv, (6, 5, 12)), (VectorTemporalConv, (6, 5, 3, 2))):
+        channels = shape[-1]
+        reference = kind(channels, num_modes=2, backend="reference").to(DEVICE, DTYPE)
+        fused = kind(channels, num_modes=2, backend="triton").to(DEVICE, DTYPE)
+        fused.load_state_dict(reference.state_dict())
+        x = torch.randn(*shape, dtype=DTYPE, device=DEVICE)
+        torch.testing.assert_close(fused(x), reference(x), **TOL)
+        reference.load_state_dict(fused.state_dict())

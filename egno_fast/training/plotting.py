@@ -32,10 +32,10 @@ def plot_trajectories(model: torch.nn.Module, dataset: Dataset, path: str | Path
         nodes = (batch.batch == sample).nonzero().flatten().cpu()
         for k, node in enumerate(nodes.tolist()):
             colour = colours(k % 10)
-            axis.plot(true_paths[:, node, 0], true_paths[:, node, 1], "-o", color=colour, ms=3,
-                      label="true" if k == 0 else None)
-            axis.plot(pred_paths[:, node, 0], pred_paths[:, node, 1], "--x", color=colour, ms=4,
-                      label="predicted" if k == 0 else None)
+            axis.plot(true_paths[:, node, 0], true_paths[:, node, 1], "-o", color=colour, ms=3)
+            axis.plot(pred_paths[:, node, 0], pred_paths[:, node, 1], "--x", color=colour, ms=4)
+        axis.plot([], [], "-o", color="0.3", ms=3, label="true (one colour per node)")
+        axis.plot([], [], "--x", color="0.3", ms=4, label="predicted")
         axis.set_title(f"test sample {sample}")
         axis.set_xlabel("x")
         axis.set_ylabel("y")
