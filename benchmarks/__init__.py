@@ -1,0 +1,1 @@
+"""Benchmarks of egno_fast: ``python -m benchmarks`` (see benchmarks/README.md)."""
