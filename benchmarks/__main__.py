@@ -10,7 +10,7 @@ import torch
 
 from .cases import make_cases
 from .report import write_results
-from .runner import BACKENDS, OPS, run_sweep
+from .runner import BACKENDS, OPS, largest_fit, model_fits, run_sweep
 from .throughput import training_throughput
 
 
@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument("--out", help="output folder (default: benchmarks/results/<device>-<sweep>-<time>)")
     parser.add_argument("--no-throughput", action="store_true", help="skip the training-throughput measurement")
+    parser.add_argument("--max-fit", action="store_true",
+                        help="on GPU: search the largest lattice graph whose model forward+backward fits, per backend")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -36,6 +38,13 @@ def main(argv=None) -> int:
     if not args.no_throughput:
         result["meta"]["training_throughput"] = training_throughput(
             device, [b for b in ("reference", "auto") if b in args.backends], small=args.sweep == "smoke")
+    if args.max_fit:
+        fit = {}
+        for backend in [b for b in ("reference", "auto") if b in args.backends]:
+            fit[backend] = (largest_fit(model_fits(backend, device)) if device.type == "cuda" else
+                            {"status": "skipped", "reason": "the search is for GPU memory; CPU memory is not the limit"})
+            print(f"largest fit, model P=8 H=128, {backend}: {fit[backend]}")
+        result["meta"]["largest_fit"] = fit
     paths = write_results(result, out, "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv))
     if not args.no_throughput:
         with open(paths["summary"], "a") as handle:

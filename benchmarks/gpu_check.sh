@@ -26,7 +26,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . > "$work/install.l
 python3 -m egno_fast info > "$work/info.txt" 2>&1 || status=1
 timeout 420 python3 -m pytest -q -p no:cacheprovider --durations=15 > "$work/tests.log" 2>&1 || status=1
 if [ "$mode" = full ]; then sweep=full; else sweep=quick; fi
-timeout 300 python3 -m benchmarks --sweep "$sweep" --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
+fit=""; [ "$mode" = full ] && fit=--max-fit
+timeout 300 python3 -m benchmarks --sweep "$sweep" $fit --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
 { cat "$work/environment.txt"; tail -n 5 "$work/tests.log"; cat "$work/bench/summary.md" 2>/dev/null; } > "$out/summary.txt"
 tail -n 300 "$work/tests.log" > "$out/tests_tail.log"
 cp "$work/bench/time.png" "$work/bench/memory.png" "$work/bench/results.csv" "$out/" 2>/dev/null

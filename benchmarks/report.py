@@ -60,6 +60,9 @@ def summary_markdown(meta: Dict, records) -> str:
             cells = [f"{r['status']}: {r.get('reason', '')}", "", "", ""]
         lines.append(f"| {r['case']} | {r['frames']} | {r['hidden']} | {r['op']} | {r['backend']} | "
                      + " | ".join(cells) + " |")
+    if "largest_fit" in meta:
+        lines += ["", "Largest lattice graph whose 4-layer model forward+backward (P = 8, H = 128) fits: "
+                  + "; ".join(f"{b}: {v}" for b, v in meta["largest_fit"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -200,6 +200,9 @@ def run_point(workload: Workload, reference_out, op: str, case: Case, backend: s
                 record["fraction_of_matmul_rate"] = record["TFLOPs"] / ceilings["matmul_TFLOPs"]
         except torch.OutOfMemoryError:
             record.update(status="oom", reason=f"out of memory during {mode}")
+        except Exception as error:  # e.g. torch.compile failing at a later call: recorded, the sweep goes on
+            message = str(error).strip().splitlines()
+            record.update(status="failed", reason=f"{type(error).__name__}: {message[-1] if message else ''}"[:300])
         holder.clear()
         records.append(record)
     return records
@@ -241,3 +244,50 @@ def run_sweep(cases: List[Case], device: torch.device, backends=BACKENDS, ops=OP
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return {"meta": meta, "records": records}
+
+
+def largest_fit(fits: Callable[[int], bool], start: int = 10_000, limit: int = 64_000_000) -> Dict:
+    """The largest node count n (start * 2^k, refined by bisection to ~3%) for which ``fits(n)`` holds.
+
+    Returns {"largest_fit_nodes": n or 0, "first_failure_nodes": m or None}.
+    """
+    low, high = 0, None
+    n = start
+    while n <= limit:
+        if fits(n):
+            low, n = n, n * 2
+        else:
+            high = n
+            break
+    if high is not None and low:
+        while high - low > 0.03 * low:
+            middle = (low + high) // 2
+            if fits(middle):
+                low = middle
+            else:
+                high = middle
+    return {"largest_fit_nodes": low, "first_failure_nodes": high}
+
+
+def model_fits(backend: str, device: torch.device, num_frames: int = 8, hidden_dim: int = 128) -> Callable[[int], bool]:
+    """A predicate: does one forward+backward of the 4-layer model on an n-node lattice graph fit on ``device``?"""
+    from .cases import Case, lattice_graph
+    from egno_fast import build_graph
+
+    def fits(num_nodes: int) -> bool:
+        try:
+            edges = lattice_graph(num_nodes, torch.Generator().manual_seed(0)).to(device)
+            nodes = int(edges.max()) + 1
+            graph = build_graph(edges, nodes, torch.randn(edges.shape[1], 2, device=device), validate=False)
+            workload = Workload("model", Case("fit", graph, num_frames, hidden_dim), device)
+            workload.set_backend(backend)
+            _loss(workload.forward()).backward()
+            _sync(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    return fits

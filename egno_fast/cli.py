@@ -63,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.registry import make_datasets
     from .training.checkpoint import load_checkpoint
     from .training.plotting import plot_trajectories
-    from .training.trainer import _loader, build_model, evaluate
+    from .training.trainer import build_model, evaluate, make_loader
 
     state = load_checkpoint(args.checkpoint)
     config = ExperimentConfig.from_dict(state["config"])
@@ -76,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.to(device)
     if args.backend:
         model.backend = args.backend
-    metrics = evaluate(model, _loader(datasets[args.split], config.train.batch_size, False, 0), device)
+    metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device)
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
     print(f"{args.split}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
     if args.plot:
@@ -105,7 +105,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         for name, ops in backend_status(device).items():
             for op, status in ops.items():
                 print(f"  {name:10s} {op:18s} {status}")
-        print(f"  auto picks: " + ", ".join(f"{op}={resolve_backend('auto', device, op)}" for op in OPS))
+        print("  auto picks: " + ", ".join(f"{op}={resolve_backend('auto', device, op)}" for op in OPS))
     print(f"configs: {', '.join(available_configs())}")
     return 0
 

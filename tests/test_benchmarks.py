@@ -7,7 +7,7 @@ import torch
 
 from benchmarks.cases import lattice_graph, make_cases
 from benchmarks.report import write_results
-from benchmarks.runner import MODES, run_sweep
+from benchmarks.runner import MODES, largest_fit, run_sweep
 
 
 def test_smoke_sweep_records_every_point(tmp_path):
@@ -33,3 +33,16 @@ def test_lattice_graph_has_32_neighbours_inside():
     edges = lattice_graph(1000, torch.Generator().manual_seed(0))
     degree = torch.bincount(edges[1])
     assert degree.max() == 32 and (degree == 32).sum() > 0 and not (edges[0] == edges[1]).any()
+
+
+def test_largest_fit_search_brackets_the_limit():
+    calls = []
+
+    def fits(n):
+        calls.append(n)
+        return n <= 123_456
+
+    found = largest_fit(fits, start=10_000)
+    assert 0.97 * 123_456 <= found["largest_fit_nodes"] <= 123_456 < found["first_failure_nodes"]
+    assert largest_fit(lambda n: False)["largest_fit_nodes"] == 0
+    assert largest_fit(lambda n: True, limit=40_000) == {"largest_fit_nodes": 40_000, "first_failure_nodes": None}

@@ -116,3 +116,10 @@ def test_paper_config_values():
             config.model.num_layers, config.data.num_frames, config.model.num_modes) == (3000, 100, 1e-4, 64, 4, 5, 2)
     assert (config.train.weight_decay, config.train.eval_every, config.train.patience, config.train.seed,
             config.train.epochs) == (1e-8, 5, 50, 1, 5000)
+
+
+def test_mocap_config_values():
+    config = load_config("mocap")
+    assert (config.data.name, config.data.discretisation, config.data.max_train_samples, config.train.batch_size,
+            config.train.lr, config.train.weight_decay, config.model.hidden_dim, config.model.num_layers,
+            config.train.epochs) == ("mocap", "last", 200, 12, 5e-4, 1e-10, 128, 6, 2000)

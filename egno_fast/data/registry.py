@@ -8,9 +8,10 @@ from typing import Dict
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from .mocap import find_mocap_file, mocap_datasets
 from .nbody import SPLITS, NBodyDataset, NBodyParams, load_or_generate_nbody
 
-DATASETS = ("nbody",)
+DATASETS = ("nbody", "mocap")
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -33,4 +34,8 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
                   "test": config.max_eval_samples}
         return {split: NBodyDataset(arrays, split, num_frames=config.num_frames, max_samples=limits[split],
                                     discretisation=config.discretisation) for split in SPLITS}
+    if config.name == "mocap":
+        path = find_mocap_file(config.data_dir or None)
+        return mocap_datasets(path, config.num_frames, config.discretisation, config.max_train_samples,
+                              config.max_eval_samples)
     raise ValueError(f"unknown dataset {config.name!r}; available: {DATASETS}")

@@ -104,7 +104,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     return {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
 
 
-def _loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
+def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
     """Training: shuffled, last partial batch dropped. One process draws the order from torch's global generator
     (as the reference code does, so a seed gives its data order; the generator state is checkpointed); under
     torch.distributed each rank takes its shard from a DistributedSampler seeded by ``seed`` and the epoch."""
@@ -191,8 +191,8 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     if distributed:  # the last layer's node_mlp does not reach the positions: unused in the loss
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
 
-    train_loader = _loader(datasets["train"], cfg.batch_size, True, cfg.seed)
-    eval_loaders = {s: _loader(datasets[s], cfg.batch_size, False, cfg.seed) for s in ("valid", "test")}
+    train_loader = make_loader(datasets["train"], cfg.batch_size, True, cfg.seed)
+    eval_loaders = {s: make_loader(datasets[s], cfg.batch_size, False, cfg.seed) for s in ("valid", "test")}
     if len(train_loader) == 0:
         raise ValueError(f"the training set ({len(datasets['train'])} samples) is smaller than one batch "
                          f"({cfg.batch_size}); lower train.batch_size")

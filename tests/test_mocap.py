@@ -1,0 +1,74 @@
+"""The motion-capture dataset (shared/data) with the EGNO protocol, and its error cases."""
+import numpy as np
+import pytest
+import torch
+
+from egno_fast import EGNO
+from egno_fast.data import collate_graphs
+from egno_fast.data.mocap import MOCAP_FILE, find_mocap_file, mocap_datasets, skeleton_edges
+
+
+@pytest.fixture(scope="module")
+def mocap_path(shared_dir):
+    return shared_dir / "data" / MOCAP_FILE
+
+
+@pytest.fixture(scope="module")
+def splits(mocap_path):
+    return mocap_datasets(mocap_path)
+
+
+def test_split_sizes_and_quota(splits, mocap_path):
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [200, 240, 240]
+    raw = np.load(mocap_path)
+    # train: 5 trials, quota 40 each, the first 40 stored starts of each trial
+    trial, start = raw["train_trial"], raw["train_start"]
+    first = raw["trial_ptr"][trial[0]] + start[0]
+    torch.testing.assert_close(splits["train"].x[0], torch.as_tensor(raw["positions"][first]))
+    forty_first = np.flatnonzero(trial == trial[0])[39]
+    torch.testing.assert_close(splits["train"].x[39],
+                               torch.as_tensor(raw["positions"][raw["trial_ptr"][trial[0]] + start[forty_first]]))
+
+
+def test_targets_velocity_and_features(splits, mocap_path):
+    raw = np.load(mocap_path)
+    positions = torch.as_tensor(raw["positions"])
+    sample = splits["test"][5]
+    first = int(raw["trial_ptr"][raw["test_trial"][5]] + raw["test_start"][5])
+    assert splits["test"].offsets == [26, 27, 28, 29, 30]  # EGNO-L, the reference's default
+    torch.testing.assert_close(sample.target, positions[[first + k for k in range(26, 31)]])
+    torch.testing.assert_close(sample.v, positions[first + 1] - positions[first])
+    scale = splits["train"].height_scale
+    assert splits["test"].height_scale == scale == float(splits["train"].x[..., 1].max())
+    torch.testing.assert_close(sample.h, torch.stack([sample.v.norm(dim=-1), sample.x[:, 1] / scale], -1))
+    sender, receiver = sample.edge_index
+    torch.testing.assert_close(sample.edge_attr[:, 1], ((sample.x[receiver] - sample.x[sender]) ** 2).sum(-1))
+    uniform = mocap_datasets(mocap_path, discretisation="uniform")["test"]
+    assert uniform.offsets == [6, 12, 18, 24, 30]
+
+
+def test_skeleton_graph():
+    bones = np.array([[1, 0], [2, 1], [3, 1]])  # 0 - 1 - {2, 3}
+    edges, hop = skeleton_edges(bones, 4)
+    pairs = {(int(s), int(r)): float(k) for s, r, k in zip(edges[0], edges[1], hop)}
+    assert pairs[(0, 1)] == pairs[(1, 0)] == 1.0 and pairs[(2, 3)] == pairs[(0, 2)] == 2.0
+    assert len(pairs) == 2 * 3 + 2 * 3 and all(s != r for s, r in pairs)
+
+
+def test_model_runs_on_a_mocap_batch(splits):
+    batch = collate_graphs([splits["train"][i] for i in range(3)])
+    model = EGNO(node_dim=2, edge_dim=2, hidden_dim=16, num_layers=2, num_frames=5)
+    out = model(batch.x, batch.v, batch.h, batch.edge_index, batch.edge_attr, batch.batch)
+    assert out.x.shape == batch.target.shape == (5, 93, 3)
+
+
+def test_missing_or_truncated_file(tmp_path, mocap_path, monkeypatch):
+    monkeypatch.delenv("EGNO_FAST_MOCAP", raising=False)
+    with pytest.raises(FileNotFoundError, match="EGNO_FAST_MOCAP"):
+        find_mocap_file(tmp_path)
+    monkeypatch.setenv("EGNO_FAST_MOCAP", str(mocap_path))
+    assert find_mocap_file(tmp_path) == mocap_path
+    broken = tmp_path / MOCAP_FILE
+    broken.write_bytes(mocap_path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        mocap_datasets(broken)
