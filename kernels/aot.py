@@ -66,8 +66,17 @@ def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, obje
     """
     fn = JITFunction(kernel.fn) if not isinstance(kernel, JITFunction) else kernel
     full_signature = {name: signature.get(name, "constexpr") for name in fn.arg_names}
-    source = triton.compiler.ASTSource(fn=fn, signature=full_signature, constexprs=constexprs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+    target, options = GPUTarget("cuda", arch, 32), {"num_warps": num_warps}
+    try:  # Triton >= 3.3 keys constexprs by name
+        compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=full_signature, constexprs=constexprs),
+                                  target=target, options=options)
+    except Exception as by_name:  # older releases key them by (argument index,)
+        by_index = {(fn.arg_names.index(name),): value for name, value in constexprs.items()}
+        try:
+            compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=full_signature,
+                                                                constexprs=by_index), target=target, options=options)
+        except Exception:
+            raise by_name from None
     usage = resource_usage(compiled.asm["cubin"])
     return CompiledKernel(ptx=compiled.asm["ptx"], registers=usage["registers"],
                           spill_stores=usage["spill_stores"] + usage["local"], spill_loads=usage["spill_loads"],

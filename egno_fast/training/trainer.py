@@ -186,7 +186,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
         state.update(saved["state"])
         if state["stopped"] == "time_limit":  # a time-limited run goes on where it stopped
             state["stopped"] = None
-        torch.set_rng_state(saved["rng"])
+        torch.set_rng_state(saved["rng"].cpu())
     trained = model
     if distributed:  # the last layer's node_mlp does not reach the positions: unused in the loss
         trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
