@@ -82,11 +82,11 @@ def plot(records, out_dir: Path, meta: Dict) -> Dict[str, Path]:
     for key, label, name in metrics:
         fig, axes = plt.subplots(1, max(1, len(ops)), figsize=(4.5 * max(1, len(ops)), 4), squeeze=False)
         for axis, op in zip(axes[0], ops):
-            for backend in sorted({r["backend"] for r in measured if r["op"] == op}):
-                points = sorted((r["nodes"], r[key]) for r in measured
-                                if r["op"] == op and r["backend"] == backend and key in r)
-                if points:
-                    axis.loglog(*zip(*points), "o-", label=backend)
+            # one line per backend and (P, H): only points of the same widths are joined
+            for series in sorted({(r["backend"], r["frames"], r["hidden"]) for r in measured if r["op"] == op}):
+                points = sorted((r["nodes"], r[key]) for r in measured if r["op"] == op and key in r
+                                and (r["backend"], r["frames"], r["hidden"]) == series)
+                axis.loglog(*zip(*points), "o-", label="{} P={} H={}".format(*series))
             axis.set_title(op)
             axis.set_xlabel("nodes")
             axis.set_ylabel(label)
