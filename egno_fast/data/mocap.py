@@ -11,10 +11,10 @@ from torch.utils.data import Dataset
 
 from .batching import GraphSample
 from .io import load_npz
+from .protocol import check_split, target_offsets
 
 MOCAP_FILE = "cmu_mocap_run_subject9.npz"
 MOCAP_ENV = "EGNO_FAST_MOCAP"
-SPLITS = ("train", "valid", "test")
 _FILE_SPLIT = {"train": "train", "valid": "val", "test": "test"}
 SPAN = 30  # Delta: frames between the input and the last target
 
@@ -60,19 +60,12 @@ class MocapDataset(Dataset):
 
     def __init__(self, arrays: Dict[str, np.ndarray], split: str, num_frames: int = 5,
                  max_samples: Optional[int] = None, discretisation: str = "last", height_scale: float = 1.0):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if discretisation not in ("uniform", "last"):
-            raise ValueError(f"discretisation must be 'uniform' or 'last', got {discretisation!r}")
-        if not 1 <= num_frames <= SPAN:
-            raise ValueError(f"num_frames must be in [1, {SPAN}], got {num_frames}")
-        trials = arrays[f"{_FILE_SPLIT[split]}_trial"]
+        offsets = np.array(target_offsets(num_frames, SPAN, discretisation))
+        trials = arrays[f"{_FILE_SPLIT[check_split(split)]}_trial"]
         starts = arrays[f"{_FILE_SPLIT[split]}_start"]
         trial_ids = list(dict.fromkeys(trials.tolist()))  # stored order
         quota = len(trials) if max_samples is None else max_samples // len(trial_ids)
         keep = np.concatenate([np.flatnonzero(trials == t)[:quota] for t in trial_ids])
-        offsets = (np.arange(1, num_frames + 1) * SPAN // num_frames if discretisation == "uniform"
-                   else SPAN - num_frames + np.arange(1, num_frames + 1))
         ptr, positions = arrays["trial_ptr"], torch.as_tensor(arrays["positions"], dtype=torch.float32)
         first = torch.as_tensor(ptr[trials[keep]] + starts[keep])  # global frame of each input
         last = torch.as_tensor(ptr[trials[keep] + 1])

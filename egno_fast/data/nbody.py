@@ -17,8 +17,7 @@ from torch.utils.data import Dataset
 
 from .batching import GraphSample, complete_graph_edges
 from .io import atomic_savez, load_npz
-
-SPLITS = ("train", "valid", "test")
+from .protocol import SPLITS, check_split, target_offsets
 
 
 @dataclass(frozen=True)
@@ -221,19 +220,10 @@ class NBodyDataset(Dataset):
     def __init__(self, arrays: Dict[str, np.ndarray], split: str, num_frames: int = 5,
                  max_samples: Optional[int] = None, discretisation: str = "uniform", input_frame: int = 30,
                  span: int = 10):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if discretisation not in ("uniform", "last"):
-            raise ValueError(f"discretisation must be 'uniform' or 'last', got {discretisation!r}")
-        if not 1 <= num_frames <= span:
-            raise ValueError(f"num_frames must be in [1, span = {span}], got {num_frames}")
-        loc = arrays[f"loc_{split}"][:max_samples]
+        frames = [input_frame + k for k in target_offsets(num_frames, span, discretisation)]
+        loc = arrays[f"loc_{check_split(split)}"][:max_samples]
         if input_frame + span >= loc.shape[1]:
             raise ValueError(f"frames {input_frame}+{span} exceed the {loc.shape[1]} recorded frames")
-        if discretisation == "uniform":
-            frames = [input_frame + span * p // num_frames for p in range(1, num_frames + 1)]
-        else:
-            frames = [input_frame + span - num_frames + p for p in range(1, num_frames + 1)]
         self.split, self.frames = split, frames
         to_nodes = lambda a: torch.as_tensor(np.ascontiguousarray(np.swapaxes(a, -1, -2)), dtype=torch.float32)
         self.x = to_nodes(loc[:, input_frame])  # [S, n, 3]

@@ -9,7 +9,8 @@ from torch.utils.data import Dataset
 
 from ..config import DataConfig
 from .mocap import find_mocap_file, mocap_datasets
-from .nbody import SPLITS, NBodyDataset, NBodyParams, load_or_generate_nbody
+from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
+from .protocol import SPLITS
 
 DATASETS = ("nbody", "mocap")
 
