@@ -1,8 +1,10 @@
 """End-to-end training throughput: optimizer steps on real batches, per backend (samples/s and epoch time)."""
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
+from pathlib import Path
 from typing import Dict, List
 
 import torch
@@ -16,28 +18,18 @@ from egno_fast.training.trainer import build_model
 from .runner import time_samples
 
 
-def training_throughput(device: torch.device, backends: List[str], steps: int = 5, small: bool = False) -> List[Dict]:
-    """Samples per second of Adam steps on N-body batches of the paper config (batch 100); ``small`` generates a
-    small data set in a temporary folder instead of the cached paper one. Mocap is recorded as skipped."""
-    overrides = ["data.num_train=200", "data.num_valid=10", "data.num_test=10", "data.max_train_samples=200"] \
-        if small else []
-    with tempfile.TemporaryDirectory() as tmp:
-        if small:
-            overrides.append(f'data.data_dir="{tmp}"')
-        config = apply_overrides(load_config("nbody"), overrides)
-        dataset = make_datasets(config.data, progress=False)["train"]
+def _step_records(config, dataset, device, backends, steps, batches_per_epoch) -> List[Dict]:
+    """Median Adam-step time on the first batch of ``dataset`` for each backend."""
     batch = collate_graphs([dataset[i] for i in range(config.train.batch_size)]).to(device)
-    paper = load_config("nbody")  # epoch time of the paper setup: 3000 samples in batches of 100
-    batches_per_epoch = paper.data.max_train_samples // paper.train.batch_size
-    records = [{"dataset": "mocap", "status": "skipped", "reason": "the mocap dataset is not implemented yet"}]
+    graph = batch.graph()
+    records = []
     for backend in backends:
-        record = {"dataset": "nbody", "backend": backend, "batch_size": config.train.batch_size}
+        record = {"dataset": config.data.name, "backend": backend, "batch_size": config.train.batch_size}
         try:
             torch.manual_seed(0)
             model = build_model(config, dataset[0]).to(device)
             model.backend = backend
             optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-            graph = batch.graph()
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
@@ -51,3 +43,27 @@ def training_throughput(device: torch.device, backends: List[str], steps: int = 
             record.update(status="failed", reason=f"{type(error).__name__}: {error}"[:300])
         records.append(record)
     return records
+
+
+def training_throughput(device: torch.device, backends: List[str], steps: int = 5, small: bool = False) -> List[Dict]:
+    """Samples per second and epoch time of Adam steps with the paper configs of N-body (batch 100, 3000 samples;
+    ``small`` generates 200 trajectories in a temporary folder instead of using the cached set) and mocap (batch
+    12, 200 samples; the data file from $EGNO_FAST_MOCAP or ../shared/data, else recorded as skipped)."""
+    overrides = ["data.num_train=200", "data.num_valid=10", "data.num_test=10", "data.max_train_samples=200"] \
+        if small else []
+    paper = load_config("nbody")
+    with tempfile.TemporaryDirectory() as tmp:
+        if small:
+            overrides.append(f'data.data_dir="{tmp}"')
+        config = apply_overrides(paper, overrides)
+        dataset = make_datasets(config.data, progress=False)["train"]
+    records = _step_records(config, dataset, device, backends, steps,
+                            paper.data.max_train_samples // paper.train.batch_size)
+    mocap = load_config("mocap")
+    mocap.data.data_dir = os.environ.get("EGNO_FAST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    try:
+        dataset = make_datasets(mocap.data, progress=False)["train"]
+    except FileNotFoundError as error:
+        return records + [{"dataset": "mocap", "status": "skipped", "reason": str(error)}]
+    return records + _step_records(mocap, dataset, device, backends, steps,
+                                   mocap.data.max_train_samples // mocap.train.batch_size)
