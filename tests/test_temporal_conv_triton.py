@@ -187,3 +187,10 @@ def test_reference_and_fused_modules_share_state_dicts():
         x = torch.randn(*shape, dtype=DTYPE, device=DEVICE)
         torch.testing.assert_close(fused(x), reference(x), **TOL)
         reference.load_state_dict(fused.state_dict())
+
+
+def test_dispatcher_only_picks_configurations_of_the_compiled_table():
+    table = triton_kernels.all_block_configs()
+    for frames in range(1, 65):
+        for channels in (1, 2, 3, 7, 8, 9, 16, 33, 64, 100, 128, 256):
+            assert triton_kernels.block_config(frames, channels) in table, (frames, channels)
