@@ -159,7 +159,7 @@ def aot_configurations(production_only: bool = False):
         for variant, mode, leaky in VARIANTS:
             for precision, pointer, ieee, low in precisions:
                 signature = dict(KERNEL_SIGNATURE)
-                for name in ("x_ptr", "res_ptr", "out_ptr"):
+                for name in ("x_ptr", "res_ptr", "out_ptr", "w_ptr"):  # weights are cast to the input dtype
                     signature[name] = pointer
                 constexprs = dict(cfg, LEAKY=leaky, MODE=mode, IEEE=ieee, ACC=tl.float32, LOW_PRECISION_DOT=low)
                 expect_mma = cfg["USE_DOT"] and precision != "ieee"
