@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu_check.sh [quick|full] [OUTPUT_DIR]
 # Through the device tool:  run(command="bash benchmarks/gpu_check.sh quick $OUT/gpu_check")
 # Quick mode is meant to finish in under 9 minutes on an H100; full mode may need several calls.
+# TESTS="tests/test_x.py ..." narrows the test run; TEST_TIMEOUT / BENCH_TIMEOUT (seconds) bound the two steps.
 set -uo pipefail
 mode=${1:-quick}
 out=${2:-gpu_check_$(date +%Y%m%d-%H%M%S)}
@@ -24,10 +25,10 @@ status=0
 # exists (issue 5).
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$work/install.log" 2>&1 || status=1
 python3 -m egno_fast info > "$work/info.txt" 2>&1 || status=1
-timeout 420 python3 -m pytest -q -p no:cacheprovider --durations=15 > "$work/tests.log" 2>&1 || status=1
+timeout "${TEST_TIMEOUT:-250}" python3 -m pytest -q -p no:cacheprovider --durations=15 ${TESTS:-} > "$work/tests.log" 2>&1 || status=1
 if [ "$mode" = full ]; then sweep=full; else sweep=quick; fi
 fit=""; [ "$mode" = full ] && fit=--max-fit
-timeout 300 python3 -m benchmarks --sweep "$sweep" $fit --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
+timeout "${BENCH_TIMEOUT:-280}" python3 -m benchmarks --sweep "$sweep" $fit --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
 { cat "$work/environment.txt"; tail -n 5 "$work/tests.log"; cat "$work/bench/summary.md" 2>/dev/null; } > "$out/summary.txt"
 tail -n 300 "$work/tests.log" > "$out/tests_tail.log"
 cp "$work/bench/time.png" "$work/bench/memory.png" "$work/bench/results.csv" "$out/" 2>/dev/null

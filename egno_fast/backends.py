@@ -20,10 +20,9 @@ OPS = ("temporal_residual", "egnn_layer")
 # The order in which "auto" tries the backends, per device type.
 AUTO_PRIORITY = {"cuda": ("triton", "cpp", "reference"), "cpu": ("cpp", "reference")}
 # Modules that register a backend's ops when imported (imported on first use: Triton is slow to import).
-_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv",), "cpp": ()}
+_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv", "egno_fast.kernels.egnn"), "cpp": ()}
 # Why a backend lacks an op in this build (removed as the implementations land).
 _MISSING = {
-    ("triton", "egnn_layer"): "no Triton kernel for the EGNN layer yet",
     ("cpp", "temporal_residual"): "the C++/CUDA extension is not implemented yet",
     ("cpp", "egnn_layer"): "the C++/CUDA extension is not implemented yet",
 }

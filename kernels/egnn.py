@@ -1,0 +1,460 @@
+"""Fused Triton EGNN message passing on the receiver-sorted CSR, all P frames of an edge at once.
+
+The layer (``egno_fast.reference.egnn.egnn_layer_reference``) is split into node-level work, left to PyTorch
+([N, P, H] tensors: the two halves of the first edge layer applied once per node, the velocity and node MLPs) and
+the edge-level work, fused here into one kernel::
+
+    z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, DESIGN.md §4)
+    m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j
+    phi = silu(m W_c1^T + b_c1) . w_c2 + b_c2
+    msg_sum_i = sum_j m,   coord_sum_i = sum_j r * phi
+
+A program owns receivers (persistent: receivers pid, pid + G, ...), walks each one's incoming edges in chunks of
+BLOCK_E edges x BLOCK_P frames (one row per edge and frame), and reduces the messages in registers: each node's
+sums are written once. Nothing of size E x H is allocated, forward or backward.
+
+Backward recomputes the edge activations. The receiver pass gives the receiver-side node gradients, the edge-feature
+gradients (each edge belongs to one program) and the weight gradients as per-program partial sums (reduced in a
+fixed order afterwards); the sender pass walks the transposed CSR and gives the sender-side node gradients. Both are
+deterministic. The opt-in atomic mode skips the sender pass and scatters the sender-side gradients with atomics.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.nn import functional as F
+
+from egno_fast.graph import Graph
+from egno_fast.reference.egnn import COORD_CLAMP
+
+MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
+MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, edge-feature gradients, weight partial sums
+MODE_SENDER_GRAD = 2  # sender-side node gradients through the transposed CSR
+BLOCK_F = 16  # edge features are processed in chunks of 16 columns (any width, zero included)
+MAX_HIDDEN = 128
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr):
+    """a @ b accumulated in a's dtype: exact ("ieee"), TF32 (default fp32 lowering) or bf16 operands."""
+    if LOW_PRECISION_DOT:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16)).to(a.dtype)
+    elif IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def egnn_edge_kernel(
+    a_ptr, b_ptr, x_ptr, ea_ptr, wd_ptr, we_ptr, w2_ptr, b2_ptr, wc1_ptr, bc1_ptr, wc2_ptr, bc2_ptr,
+    rowptr_ptr, other_ptr, perm_ptr,
+    gm_ptr, gc_ptr,
+    node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
+    part_mat_ptr, part_we_ptr, part_vec_ptr,
+    N, P, H, F, num_programs,
+    BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, MODE: tl.constexpr,
+    ATOMIC: tl.constexpr, IEEE: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr, ACC: tl.constexpr,
+):
+    """Node tensors are contiguous [N, P, H] (a, b, gm, node_out, scatter_node) or [N, P, 3] (x, gc, coord_out,
+    scatter_coord); ea and g_ea [E, F] in receiver-sorted edge order; weights as nn.Linear stores them
+    (w2, wc1 [H, H] out x in, we [H, F]); wd, b2, bc1, wc2 [H]; bc2 [1].
+    CSR of the owners: rowptr [N + 1]; other [E] the opposite endpoint of each sorted edge (sender in the
+    receiver-side modes, receiver in the sender mode); perm [E] (sender mode) the sorted edge of each position.
+    Outputs: forward: node_out = msg_sum, coord_out = coord_sum. MODE_RECEIVER_GRAD: node_out = dL/dA,
+    coord_out = receiver part of dL/dx, g_ea, partial weight gradients per program (part_mat [G, 2, BH, BH]:
+    W2, Wc1; part_we [G, BH, F_pad]; part_vec [G, 5, BH]: b2, bc1, wc2, wd, bc2 in column 0); with ATOMIC also
+    scatter_node = dL/dB and scatter_coord = sender part of dL/dx by atomics. MODE_SENDER_GRAD: node_out = dL/dB,
+    coord_out = sender part of dL/dx."""
+    pid = tl.program_id(0)
+    BLOCK_M: tl.constexpr = BLOCK_E * BLOCK_P
+    rows = tl.arange(0, BLOCK_M)
+    local_edge = rows // BLOCK_P
+    frame = rows % BLOCK_P
+    frame_ok = frame < P
+    cols = tl.arange(0, BLOCK_H)
+    col_ok = cols < H
+    fcols = tl.arange(0, BLOCK_F)
+    out_frames = tl.arange(0, BLOCK_P)
+    edge_ids = tl.arange(0, BLOCK_E)
+
+    # weights, loaded once per program: W^T tiles [in, out] for the forward, W [out, in] for the backward
+    w_mask = col_ok[:, None] & col_ok[None, :]
+    w_rc = cols[:, None] * H + cols[None, :]  # element (row, col) of a row-major [H, H]
+    w_cr = cols[None, :] * H + cols[:, None]  # its transpose
+    wd = tl.load(wd_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    bc1 = tl.load(bc1_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    wc2 = tl.load(wc2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    bc2 = tl.load(bc2_ptr).to(ACC)
+    if MODE == 0:
+        w2 = tl.load(w2_ptr + w_cr, mask=w_mask, other=0.0).to(ACC)  # [in, out]
+        wc1 = tl.load(wc1_ptr + w_cr, mask=w_mask, other=0.0).to(ACC)
+    else:
+        w2 = tl.load(w2_ptr + w_rc, mask=w_mask, other=0.0).to(ACC)  # [out, in]
+        wc1 = tl.load(wc1_ptr + w_rc, mask=w_mask, other=0.0).to(ACC)
+    if MODE == 1:
+        acc_b2 = tl.zeros((BLOCK_H,), dtype=ACC)
+        acc_bc1 = tl.zeros((BLOCK_H,), dtype=ACC)
+        acc_wc2 = tl.zeros((BLOCK_H,), dtype=ACC)
+        acc_wd = tl.zeros((BLOCK_H,), dtype=ACC)
+        acc_bc2 = tl.zeros((BLOCK_M,), dtype=ACC)
+        part_w2 = part_mat_ptr + pid.to(tl.int64) * 2 * BLOCK_H * BLOCK_H + cols[:, None] * BLOCK_H + cols[None, :]
+        part_wc1 = part_w2 + BLOCK_H * BLOCK_H
+
+    for owner in range(pid, N, num_programs):
+        start = tl.load(rowptr_ptr + owner)
+        end = tl.load(rowptr_ptr + owner + 1)
+        acc_node = tl.zeros((BLOCK_P, BLOCK_H), dtype=ACC)
+        acc_c0 = tl.zeros((BLOCK_P,), dtype=ACC)
+        acc_c1 = tl.zeros((BLOCK_P,), dtype=ACC)
+        acc_c2 = tl.zeros((BLOCK_P,), dtype=ACC)
+        for chunk in range(start, end, BLOCK_E):
+            pos = chunk + local_edge
+            row_ok = (pos < end) & frame_ok
+            if MODE == 2:
+                edge = tl.load(perm_ptr + pos, mask=row_ok, other=0)
+                recv = tl.load(other_ptr + edge, mask=row_ok, other=0)
+                send = tl.zeros_like(recv) + owner
+            else:
+                edge = pos
+                send = tl.load(other_ptr + edge, mask=row_ok, other=0)
+                recv = tl.zeros_like(send) + owner
+            node_i = recv.to(tl.int64) * P + frame
+            node_j = send.to(tl.int64) * P + frame
+            hmask = row_ok[:, None] & col_ok[None, :]
+
+            # ---- forward recomputation of the edge rows ----
+            r0 = tl.load(x_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC) - \
+                tl.load(x_ptr + node_j * 3, mask=row_ok, other=0.0).to(ACC)
+            r1 = tl.load(x_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC) - \
+                tl.load(x_ptr + node_j * 3 + 1, mask=row_ok, other=0.0).to(ACC)
+            r2 = tl.load(x_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC) - \
+                tl.load(x_ptr + node_j * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+            d2 = r0 * r0 + r1 * r1 + r2 * r2
+            z1 = tl.load(a_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
+                tl.load(b_ptr + node_j[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
+                d2[:, None] * wd[None, :]
+            for f0 in range(0, F, BLOCK_F):
+                f_ok = (f0 + fcols) < F
+                ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
+                             mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [M, BF]
+                we_t = tl.load(we_ptr + cols[None, :] * F + f0 + fcols[:, None],
+                               mask=f_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)  # [BF, BH]
+                z1 += _dot(ea, we_t, IEEE, LOW_PRECISION_DOT)
+            s1 = _sigmoid(z1)
+            m1 = z1 * s1
+            if MODE == 0:
+                z2 = _dot(m1, w2, IEEE, LOW_PRECISION_DOT) + b2[None, :]
+            else:
+                z2 = _dot(m1, tl.trans(w2), IEEE, LOW_PRECISION_DOT) + b2[None, :]
+            s2 = _sigmoid(z2)
+            m = tl.where(hmask, z2 * s2, 0.0)
+            if MODE == 0:
+                z3 = _dot(m, wc1, IEEE, LOW_PRECISION_DOT) + bc1[None, :]
+            else:
+                z3 = _dot(m, tl.trans(wc1), IEEE, LOW_PRECISION_DOT) + bc1[None, :]
+            s3 = _sigmoid(z3)
+            phi = tl.sum(z3 * s3 * wc2[None, :], axis=1) + bc2
+            phi = tl.where(row_ok, phi, 0.0)
+
+            if MODE == 0:
+                acc_node += tl.sum(tl.reshape(m, (BLOCK_E, BLOCK_P, BLOCK_H)), axis=0)
+                acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_E, BLOCK_P)), axis=0)
+                acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_E, BLOCK_P)), axis=0)
+                acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_E, BLOCK_P)), axis=0)
+            else:
+                # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
+                g0 = tl.load(gc_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC)
+                g1 = tl.load(gc_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC)
+                g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+                g_phi = g0 * r0 + g1 * r1 + g2 * r2
+                g_z3 = g_phi[:, None] * wc2[None, :] * (s3 * (1.0 + z3 * (1.0 - s3)))
+                g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
+                    _dot(g_z3, wc1, IEEE, LOW_PRECISION_DOT)
+                g_z2 = tl.where(hmask, g_m * (s2 * (1.0 + z2 * (1.0 - s2))), 0.0)
+                g_z1 = _dot(g_z2, w2, IEEE, LOW_PRECISION_DOT) * (s1 * (1.0 + z1 * (1.0 - s1)))
+                g_d2 = 2.0 * tl.sum(g_z1 * wd[None, :], axis=1)
+                gr0 = g0 * phi + g_d2 * r0
+                gr1 = g1 * phi + g_d2 * r1
+                gr2 = g2 * phi + g_d2 * r2
+                acc_node += tl.sum(tl.reshape(g_z1, (BLOCK_E, BLOCK_P, BLOCK_H)), axis=0)
+                if MODE == 1:
+                    acc_c0 += tl.sum(tl.reshape(gr0, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_E, BLOCK_P)), axis=0)
+                    # weight gradients of this program (fixed order: deterministic)
+                    tl.store(part_w2, tl.load(part_w2) + _dot(tl.trans(g_z2), m1, IEEE, LOW_PRECISION_DOT))
+                    tl.store(part_wc1, tl.load(part_wc1) + _dot(tl.trans(g_z3), m, IEEE, LOW_PRECISION_DOT))
+                    acc_b2 += tl.sum(g_z2, axis=0)
+                    acc_bc1 += tl.sum(g_z3, axis=0)
+                    acc_wc2 += tl.sum(g_phi[:, None] * (z3 * s3), axis=0)
+                    acc_wd += tl.sum(g_z1 * d2[:, None], axis=0)
+                    acc_bc2 += g_phi
+                    edge_pos = chunk + edge_ids
+                    edge_ok = edge_pos < end
+                    for f0 in range(0, F, BLOCK_F):
+                        f_ok = (f0 + fcols) < F
+                        ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
+                                     mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)
+                        we = tl.load(we_ptr + cols[:, None] * F + f0 + fcols[None, :],
+                                     mask=col_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [BH, BF]
+                        g_ea = tl.sum(tl.reshape(_dot(g_z1, we, IEEE, LOW_PRECISION_DOT),
+                                                 (BLOCK_E, BLOCK_P, BLOCK_F)), axis=1)
+                        tl.store(g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
+                                 g_ea.to(g_ea_ptr.dtype.element_ty), mask=edge_ok[:, None] & f_ok[None, :])
+                        part_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + cols[:, None]) * \
+                            tl.cdiv(F, BLOCK_F) * BLOCK_F + f0 + fcols[None, :]
+                        tl.store(part_we, tl.load(part_we) + _dot(tl.trans(g_z1), ea, IEEE, LOW_PRECISION_DOT))
+                    if ATOMIC:
+                        tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + cols[None, :], g_z1, mask=hmask)
+                        tl.atomic_add(scatter_coord_ptr + node_j * 3, -gr0, mask=row_ok)
+                        tl.atomic_add(scatter_coord_ptr + node_j * 3 + 1, -gr1, mask=row_ok)
+                        tl.atomic_add(scatter_coord_ptr + node_j * 3 + 2, -gr2, mask=row_ok)
+                else:
+                    acc_c0 -= tl.sum(tl.reshape(gr0, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c1 -= tl.sum(tl.reshape(gr1, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c2 -= tl.sum(tl.reshape(gr2, (BLOCK_E, BLOCK_P)), axis=0)
+
+        out_node = (tl.zeros_like(out_frames) + owner).to(tl.int64) * P + out_frames
+        out_ok = out_frames < P
+        tl.store(node_out_ptr + out_node[:, None] * H + cols[None, :],
+                 acc_node.to(node_out_ptr.dtype.element_ty), mask=out_ok[:, None] & col_ok[None, :])
+        tl.store(coord_out_ptr + out_node * 3, acc_c0.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+        tl.store(coord_out_ptr + out_node * 3 + 1, acc_c1.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+        tl.store(coord_out_ptr + out_node * 3 + 2, acc_c2.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+
+    if MODE == 1:
+        vec = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H + cols
+        tl.store(vec, acc_b2)
+        tl.store(vec + BLOCK_H, acc_bc1)
+        tl.store(vec + 2 * BLOCK_H, acc_wc2)
+        tl.store(vec + 3 * BLOCK_H, acc_wd)
+        tl.store(vec + 4 * BLOCK_H, tl.where(cols == 0, tl.sum(acc_bc2, axis=0), 0.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Dispatcher: a finite table of block configurations
+# ---------------------------------------------------------------------------------------------------------------------
+BLOCK_P_VALUES = (1, 2, 4, 8, 16, 32, 64)
+BLOCK_H_VALUES = (16, 32, 64, 128)
+_TARGET_ROWS = {16: 64, 32: 64, 64: 32, 128: 32}  # BLOCK_H -> rows (edges x frames) per chunk
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def block_config(num_frames: int, hidden: int) -> Dict[str, int]:
+    """Block sizes and warps for P = ``num_frames`` and H = ``hidden``: BLOCK_P frames x BLOCK_E edges per chunk
+    (at least 16 rows, as tl.dot needs), BLOCK_H >= H columns."""
+    if not 1 <= num_frames <= 64:
+        raise ValueError(f"the Triton EGNN layer supports 1 <= P <= 64 frames, got P = {num_frames}")
+    if not 1 <= hidden <= MAX_HIDDEN:
+        raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {MAX_HIDDEN}, got H = {hidden}")
+    block_p = _next_pow2(num_frames)
+    block_h = max(16, _next_pow2(hidden))
+    block_e = max(1, _TARGET_ROWS[block_h] // block_p)
+    return dict(BLOCK_E=block_e, BLOCK_P=block_p, BLOCK_H=block_h, num_warps=8 if block_h >= 128 else 4)
+
+
+def all_block_configs():
+    """Every configuration :func:`block_config` can return."""
+    return [block_config(p, h) for p in BLOCK_P_VALUES for h in BLOCK_H_VALUES]
+
+
+KERNEL_SIGNATURE = {name: "*fp32" for name in (
+    "a_ptr", "b_ptr", "x_ptr", "ea_ptr", "wd_ptr", "we_ptr", "w2_ptr", "b2_ptr", "wc1_ptr", "bc1_ptr", "wc2_ptr",
+    "bc2_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr", "scatter_node_ptr", "scatter_coord_ptr",
+    "g_ea_ptr", "part_mat_ptr", "part_we_ptr", "part_vec_ptr")}
+KERNEL_SIGNATURE.update({name: "*i64" for name in ("rowptr_ptr", "other_ptr", "perm_ptr")})
+KERNEL_SIGNATURE.update({name: "i32" for name in ("N", "P", "H", "F", "num_programs")})
+_NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
+                  "g_ea_ptr")
+# The variants the autograd Function launches: (name, MODE, ATOMIC)
+VARIANTS = (("forward", MODE_FORWARD, False), ("receiver_grad", MODE_RECEIVER_GRAD, False),
+            ("sender_grad", MODE_SENDER_GRAD, False), ("receiver_grad_atomic", MODE_RECEIVER_GRAD, True))
+
+
+def aot_configurations(production_only: bool = False):
+    """(name, kernel, signature, constexprs, num_warps, expect_mma) for every configuration the dispatcher can
+    launch on a GPU: each block configuration x each variant with fp32 node tensors and TF32 dots (production),
+    plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots."""
+    for cfg in all_block_configs():
+        cfg = dict(cfg)
+        warps = cfg.pop("num_warps")
+        tag = "_".join(f"{k}{v}" for k, v in cfg.items())
+        precisions = [("tf32", "*fp32", False, False)]
+        if not production_only:
+            precisions += [("ieee", "*fp32", True, False), ("bf16", "*bf16", False, True)]
+        for variant, mode, atomic in VARIANTS:
+            for precision, pointer, ieee, low in precisions:
+                signature = dict(KERNEL_SIGNATURE)
+                signature.update({name: pointer for name in _NODE_POINTERS})
+                constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, IEEE=ieee, LOW_PRECISION_DOT=low, ACC=tl.float32)
+                yield (f"{variant}_{precision}_{tag}", egnn_edge_kernel, signature, constexprs, warps,
+                       precision != "ieee")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Launch and autograd
+# ---------------------------------------------------------------------------------------------------------------------
+_ATOMIC_BACKWARD = {"enabled": False}
+
+
+def use_atomic_backward(enabled: bool) -> None:
+    """Opt in (or out) of the atomic backward: sender-side gradients scattered with atomics instead of a second,
+    deterministic pass over the transposed CSR. Faster on a GPU, not bitwise reproducible; refused while
+    ``torch.use_deterministic_algorithms(True)`` is on."""
+    _ATOMIC_BACKWARD["enabled"] = bool(enabled)
+
+
+def atomic_backward_enabled() -> bool:
+    """Whether the opt-in atomic backward is on."""
+    return _ATOMIC_BACKWARD["enabled"]
+
+
+def _use_ieee(dtype: torch.dtype) -> bool:
+    """Exact fp32 dots unless the user allowed TF32 (as torch's matmuls); float64 always exact."""
+    if dtype == torch.float64:
+        return True
+    return not (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest")
+
+
+def _num_programs(num_nodes: int, device: torch.device, per_sm: int) -> int:
+    if device.type != "cuda":  # the interpreter runs programs one by one: few partial buffers
+        return max(1, min(num_nodes, 8))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(num_nodes, sms * per_sm))
+
+
+def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tensor, Tensor, Tensor],
+            outputs: Dict[str, Tensor], num_programs: int) -> None:
+    a = tensors["a"]
+    num_nodes, num_frames, hidden = a.shape
+    cfg = block_config(num_frames, hidden)
+    low = a.dtype in (torch.bfloat16, torch.float16)
+    rowptr, other, perm = csr
+    dummy = outputs["node_out"]
+    egnn_edge_kernel[(num_programs,)](
+        a, tensors["b"], tensors["x"], tensors["ea"], tensors["wd"], tensors["we"], tensors["w2"], tensors["b2"],
+        tensors["wc1"], tensors["bc1"], tensors["wc2"], tensors["bc2"], rowptr, other, perm,
+        tensors.get("gm", dummy), tensors.get("gc", dummy), outputs["node_out"], outputs["coord_out"],
+        outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
+        outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
+        num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
+        MODE=mode, ATOMIC=atomic, IEEE=_use_ieee(a.dtype), LOW_PRECISION_DOT=low,
+        ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, **cfg)
+
+
+class EGNNEdgeFunction(torch.autograd.Function):
+    """(A, B, x, e, w_d, W_e, W2, b2, Wc1, bc1, w_c2, b_c2) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the
+    graph's edges (module docstring), fused forward and backward."""
+
+    @staticmethod
+    def forward(ctx, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, graph: Graph, atomic: bool):
+        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2, bc2=bc2)
+        msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
+        _launch(MODE_FORWARD, False, tensors, (graph.rowptr, graph.sender, graph.sender),
+                dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a.shape[0], a.device, 16))
+        ctx.save_for_backward(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2)
+        ctx.graph, ctx.atomic = graph, atomic
+        return msg_sum, coord_sum
+
+    @staticmethod
+    def backward(ctx, g_msg: Optional[Tensor], g_coord: Optional[Tensor]):
+        a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2 = ctx.saved_tensors
+        graph = ctx.graph
+        num_nodes, _, hidden = a.shape
+        g_msg = torch.zeros_like(a) if g_msg is None else g_msg.contiguous()
+        g_coord = torch.zeros_like(x) if g_coord is None else g_coord.contiguous()
+        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2,
+                       bc2=bc2, gm=g_msg, gc=g_coord)
+        cfg = block_config(a.shape[1], hidden)
+        block_h, num_features = cfg["BLOCK_H"], edge_attr.shape[1]
+        programs = _num_programs(num_nodes, a.device, 2)
+        acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+        f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
+        receiver_out = dict(
+            node_out=torch.empty_like(a), coord_out=torch.empty_like(x), g_ea=torch.empty_like(edge_attr),
+            part_mat=torch.zeros(programs, 2, block_h, block_h, dtype=acc, device=a.device),
+            part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device),
+            part_vec=torch.empty(programs, 5, block_h, dtype=acc, device=a.device))
+        if ctx.atomic:
+            receiver_out.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
+        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (graph.rowptr, graph.sender, graph.sender),
+                receiver_out, programs)
+        if ctx.atomic:
+            g_b, g_x_sender = receiver_out["scatter_node"], receiver_out["scatter_coord"]
+        else:
+            g_b, g_x_sender = torch.empty_like(a), torch.empty_like(x)
+            _launch(MODE_SENDER_GRAD, False, tensors, (graph.sender_rowptr, graph.receiver, graph.sender_perm),
+                    dict(node_out=g_b, coord_out=g_x_sender), _num_programs(num_nodes, a.device, 16))
+        mats = receiver_out["part_mat"].sum(0)[:, :hidden, :hidden]
+        vecs = receiver_out["part_vec"].sum(0)[:, :hidden]
+        g_we = receiver_out["part_we"].sum(0)[:hidden, :num_features]
+        return (receiver_out["node_out"], g_b, receiver_out["coord_out"] + g_x_sender, receiver_out["g_ea"],
+                vecs[3].to(wd.dtype), g_we.to(we.dtype), mats[0].to(w2.dtype), vecs[0].to(b2.dtype),
+                mats[1].to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype),
+                None, None)
+
+
+def _mlp_linears(mlp, name: str, silu_count: int):
+    """The two nn.Linear layers of an MLP built as Linear, SiLU, Linear[, SiLU] (the reference layer's)."""
+    layers = list(mlp) if isinstance(mlp, torch.nn.Sequential) else []
+    kinds = [type(layer) for layer in layers]
+    expected = [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear] + [torch.nn.SiLU] * (silu_count - 1)
+    if kinds != expected:
+        raise ValueError(f"the Triton EGNN layer fuses {name} = Sequential({', '.join(k.__name__ for k in expected)})"
+                         f"; got {mlp!r}")
+    return layers[0], layers[2]
+
+
+def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, coord_mlp, velocity_mlp,
+                      node_mlp) -> Tuple[Tensor, Tensor, Tensor]:
+    """Fused EGNN layer; same contract and parameters as :func:`egno_fast.reference.egnn.egnn_layer_reference`.
+
+    Args:
+        x, v: [N, P, 3]; h: [N, P, H] (fp32 or fp64; bf16/fp16 on GPU), 1 <= P <= 64, H <= 128.
+        graph: the receiver-sorted CSR; its edge_attr [E, f], any f >= 0.
+    Returns:
+        (x, v, h) updated.
+    """
+    first, second = _mlp_linears(edge_mlp, "edge_mlp", 2)
+    coord_hidden, coord_out = _mlp_linears(coord_mlp, "coord_mlp", 1)
+    hidden = h.shape[-1]
+    num_features = graph.edge_attr.shape[1]
+    if first.in_features != 1 + 2 * hidden + num_features or coord_out.out_features != 1:
+        raise ValueError(f"edge_mlp expects {first.in_features} inputs, but 1 + 2H + f = "
+                         f"{1 + 2 * hidden + num_features} (H = {hidden}, f = {num_features})")
+    if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
+        raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
+                           "torch.use_deterministic_algorithms(True) asks for deterministic results")
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    w1 = first.weight
+    a = F.linear(h, w1[:, 1:1 + hidden], first.bias).contiguous()
+    b = F.linear(h, w1[:, 1 + hidden:1 + 2 * hidden]).contiguous()
+    weights = (w1[:, 0], w1[:, 1 + 2 * hidden:], second.weight, second.bias, coord_hidden.weight, coord_hidden.bias,
+               coord_out.weight.reshape(-1), coord_out.bias)
+    weights = [w.to(acc).contiguous() for w in weights]
+    msg_sum, coord_sum = EGNNEdgeFunction.apply(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(),
+                                                *weights, graph, atomic_backward_enabled())
+    degree = graph.in_degree.clamp(min=1).to(x.dtype)[:, None, None]
+    x_new = x + velocity_mlp(h) * v + (coord_sum / degree).clamp(-COORD_CLAMP, COORD_CLAMP)
+    h_new = node_mlp(torch.cat([h, msg_sum], dim=-1))
+    return x_new, v, h_new
+
+
+def register_ops(register) -> None:
+    """Called by :mod:`egno_fast.backends` to register this module's ops under "triton"."""
+    register("egnn_layer", "triton", egnn_layer_triton)
