@@ -36,23 +36,8 @@ MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
 MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, edge-feature gradients, weight partial sums
 MODE_SENDER_GRAD = 2  # sender-side node gradients through the transposed CSR
 BLOCK_F = 16  # edge features are processed in chunks of 16 columns (any width, zero included)
+_BLOCK_F = tl.constexpr(BLOCK_F)  # the same, readable inside kernels
 MAX_HIDDEN = 128
-
-
-@triton.jit
-def _sigmoid(z):
-    return 1.0 / (1.0 + tl.exp(-z))
-
-
-@triton.jit
-def _dot(a, b, IEEE: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr):
-    """a @ b accumulated in a's dtype: exact ("ieee"), TF32 (default fp32 lowering) or bf16 operands."""
-    if LOW_PRECISION_DOT:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16)).to(a.dtype)
-    elif IEEE:
-        return tl.dot(a, b, input_precision="ieee")
-    else:
-        return tl.dot(a, b)
 
 
 @triton.jit
@@ -63,8 +48,8 @@ def egnn_edge_kernel(
     node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
     part_mat_ptr, part_we_ptr, part_vec_ptr,
     N, P, H, F, num_programs,
-    BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, MODE: tl.constexpr,
-    ATOMIC: tl.constexpr, IEEE: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, MODE: tl.constexpr,
+    ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Node tensors are contiguous [N, P, H] (a, b, gm, node_out, scatter_node) or [N, P, 3] (x, gc, coord_out,
     scatter_coord); ea and g_ea [E, F] in receiver-sorted edge order; weights as nn.Linear stores them
@@ -77,16 +62,20 @@ def egnn_edge_kernel(
     scatter_node = dL/dB and scatter_coord = sender part of dL/dx by atomics. MODE_SENDER_GRAD: node_out = dL/dB,
     coord_out = sender part of dL/dx."""
     pid = tl.program_id(0)
-    BLOCK_M: tl.constexpr = BLOCK_E * BLOCK_P
+    BLOCK_RE: tl.constexpr = BLOCK_R * BLOCK_E  # edge slots per chunk
+    BLOCK_M: tl.constexpr = BLOCK_RE * BLOCK_P  # rows per chunk: (owner, edge slot, frame)
     rows = tl.arange(0, BLOCK_M)
-    local_edge = rows // BLOCK_P
+    row_owner = rows // (BLOCK_E * BLOCK_P)
+    row_slot = (rows // BLOCK_P) % BLOCK_E
     frame = rows % BLOCK_P
     frame_ok = frame < P
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
-    fcols = tl.arange(0, BLOCK_F)
+    fcols = tl.arange(0, _BLOCK_F)
+    slots = tl.arange(0, BLOCK_RE)
+    slot_owner = slots // BLOCK_E
+    local_owner = tl.arange(0, BLOCK_R)
     out_frames = tl.arange(0, BLOCK_P)
-    edge_ids = tl.arange(0, BLOCK_E)
 
     # weights, loaded once per program: W^T tiles [in, out] for the forward, W [out, in] for the backward
     w_mask = col_ok[:, None] & col_ok[None, :]
@@ -112,28 +101,35 @@ def egnn_edge_kernel(
         part_w2 = part_mat_ptr + pid.to(tl.int64) * 2 * BLOCK_H * BLOCK_H + cols[:, None] * BLOCK_H + cols[None, :]
         part_wc1 = part_w2 + BLOCK_H * BLOCK_H
 
-    for owner in range(pid, N, num_programs):
-        start = tl.load(rowptr_ptr + owner)
-        end = tl.load(rowptr_ptr + owner + 1)
-        acc_node = tl.zeros((BLOCK_P, BLOCK_H), dtype=ACC)
-        acc_c0 = tl.zeros((BLOCK_P,), dtype=ACC)
-        acc_c1 = tl.zeros((BLOCK_P,), dtype=ACC)
-        acc_c2 = tl.zeros((BLOCK_P,), dtype=ACC)
-        for chunk in range(start, end, BLOCK_E):
-            pos = chunk + local_edge
-            row_ok = (pos < end) & frame_ok
+    for first_owner in range(pid * BLOCK_R, N, num_programs * BLOCK_R):
+        owners = first_owner + local_owner  # [BLOCK_R]
+        owner_ok = owners < N
+        starts = tl.load(rowptr_ptr + owners, mask=owner_ok, other=0)
+        ends = tl.load(rowptr_ptr + owners + 1, mask=owner_ok, other=0)
+        # per row and per edge slot: the owner's CSR range (a gather from the [BLOCK_R] vectors)
+        row_start = tl.load(rowptr_ptr + first_owner + row_owner, mask=first_owner + row_owner < N, other=0)
+        row_end = tl.load(rowptr_ptr + first_owner + row_owner + 1, mask=first_owner + row_owner < N, other=0)
+        slot_start = tl.load(rowptr_ptr + first_owner + slot_owner, mask=first_owner + slot_owner < N, other=0)
+        slot_end = tl.load(rowptr_ptr + first_owner + slot_owner + 1, mask=first_owner + slot_owner < N, other=0)
+        row_node = first_owner + row_owner
+        acc_node = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_H), dtype=ACC)
+        acc_c0 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+        acc_c1 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+        acc_c2 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+        for chunk in range(0, tl.max(ends - starts, axis=0), BLOCK_E):
+            pos = row_start + chunk + row_slot
+            row_ok = (pos < row_end) & frame_ok
             if MODE == 2:
                 edge = tl.load(perm_ptr + pos, mask=row_ok, other=0)
                 recv = tl.load(other_ptr + edge, mask=row_ok, other=0)
-                send = tl.zeros_like(recv) + owner
+                send = row_node
             else:
                 edge = pos
                 send = tl.load(other_ptr + edge, mask=row_ok, other=0)
-                recv = tl.zeros_like(send) + owner
+                recv = row_node
             node_i = recv.to(tl.int64) * P + frame
             node_j = send.to(tl.int64) * P + frame
             hmask = row_ok[:, None] & col_ok[None, :]
-
             # ---- forward recomputation of the edge rows ----
             r0 = tl.load(x_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC) - \
                 tl.load(x_ptr + node_j * 3, mask=row_ok, other=0.0).to(ACC)
@@ -145,34 +141,34 @@ def egnn_edge_kernel(
             z1 = tl.load(a_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
                 tl.load(b_ptr + node_j[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
                 d2[:, None] * wd[None, :]
-            for f0 in range(0, F, BLOCK_F):
+            for f0 in range(0, F, _BLOCK_F):
                 f_ok = (f0 + fcols) < F
                 ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
                              mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [M, BF]
                 we_t = tl.load(we_ptr + cols[None, :] * F + f0 + fcols[:, None],
                                mask=f_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)  # [BF, BH]
-                z1 += _dot(ea, we_t, IEEE, LOW_PRECISION_DOT)
-            s1 = _sigmoid(z1)
+                z1 += tl.dot(ea.to(DOT_DTYPE), we_t.to(DOT_DTYPE), input_precision=DOT_PRECISION)
+            s1 = 1.0 / (1.0 + tl.exp(-z1))
             m1 = z1 * s1
             if MODE == 0:
-                z2 = _dot(m1, w2, IEEE, LOW_PRECISION_DOT) + b2[None, :]
+                z2 = tl.dot(m1.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION) + b2[None, :]
             else:
-                z2 = _dot(m1, tl.trans(w2), IEEE, LOW_PRECISION_DOT) + b2[None, :]
-            s2 = _sigmoid(z2)
+                z2 = tl.dot(m1.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION) + b2[None, :]
+            s2 = 1.0 / (1.0 + tl.exp(-z2))
             m = tl.where(hmask, z2 * s2, 0.0)
             if MODE == 0:
-                z3 = _dot(m, wc1, IEEE, LOW_PRECISION_DOT) + bc1[None, :]
+                z3 = tl.dot(m.to(DOT_DTYPE), wc1.to(DOT_DTYPE), input_precision=DOT_PRECISION) + bc1[None, :]
             else:
-                z3 = _dot(m, tl.trans(wc1), IEEE, LOW_PRECISION_DOT) + bc1[None, :]
-            s3 = _sigmoid(z3)
+                z3 = tl.dot(m.to(DOT_DTYPE), tl.trans(wc1).to(DOT_DTYPE), input_precision=DOT_PRECISION) + bc1[None, :]
+            s3 = 1.0 / (1.0 + tl.exp(-z3))
             phi = tl.sum(z3 * s3 * wc2[None, :], axis=1) + bc2
             phi = tl.where(row_ok, phi, 0.0)
 
             if MODE == 0:
-                acc_node += tl.sum(tl.reshape(m, (BLOCK_E, BLOCK_P, BLOCK_H)), axis=0)
-                acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_E, BLOCK_P)), axis=0)
-                acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_E, BLOCK_P)), axis=0)
-                acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_E, BLOCK_P)), axis=0)
+                acc_node += tl.sum(tl.reshape(m, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1)
+                acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
             else:
                 # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
                 g0 = tl.load(gc_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC)
@@ -181,55 +177,55 @@ def egnn_edge_kernel(
                 g_phi = g0 * r0 + g1 * r1 + g2 * r2
                 g_z3 = g_phi[:, None] * wc2[None, :] * (s3 * (1.0 + z3 * (1.0 - s3)))
                 g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
-                    _dot(g_z3, wc1, IEEE, LOW_PRECISION_DOT)
+                    tl.dot(g_z3.to(DOT_DTYPE), wc1.to(DOT_DTYPE), input_precision=DOT_PRECISION)
                 g_z2 = tl.where(hmask, g_m * (s2 * (1.0 + z2 * (1.0 - s2))), 0.0)
-                g_z1 = _dot(g_z2, w2, IEEE, LOW_PRECISION_DOT) * (s1 * (1.0 + z1 * (1.0 - s1)))
+                g_z1 = tl.dot(g_z2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION) * (s1 * (1.0 + z1 * (1.0 - s1)))
                 g_d2 = 2.0 * tl.sum(g_z1 * wd[None, :], axis=1)
                 gr0 = g0 * phi + g_d2 * r0
                 gr1 = g1 * phi + g_d2 * r1
                 gr2 = g2 * phi + g_d2 * r2
-                acc_node += tl.sum(tl.reshape(g_z1, (BLOCK_E, BLOCK_P, BLOCK_H)), axis=0)
+                acc_node += tl.sum(tl.reshape(g_z1, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1)
                 if MODE == 1:
-                    acc_c0 += tl.sum(tl.reshape(gr0, (BLOCK_E, BLOCK_P)), axis=0)
-                    acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_E, BLOCK_P)), axis=0)
-                    acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c0 += tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
                     # weight gradients of this program (fixed order: deterministic)
-                    tl.store(part_w2, tl.load(part_w2) + _dot(tl.trans(g_z2), m1, IEEE, LOW_PRECISION_DOT))
-                    tl.store(part_wc1, tl.load(part_wc1) + _dot(tl.trans(g_z3), m, IEEE, LOW_PRECISION_DOT))
+                    tl.store(part_w2, tl.load(part_w2) + tl.dot(tl.trans(g_z2).to(DOT_DTYPE), m1.to(DOT_DTYPE), input_precision=DOT_PRECISION))
+                    tl.store(part_wc1, tl.load(part_wc1) + tl.dot(tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE), input_precision=DOT_PRECISION))
                     acc_b2 += tl.sum(g_z2, axis=0)
                     acc_bc1 += tl.sum(g_z3, axis=0)
                     acc_wc2 += tl.sum(g_phi[:, None] * (z3 * s3), axis=0)
                     acc_wd += tl.sum(g_z1 * d2[:, None], axis=0)
                     acc_bc2 += g_phi
-                    edge_pos = chunk + edge_ids
-                    edge_ok = edge_pos < end
-                    for f0 in range(0, F, BLOCK_F):
+                    edge_pos = slot_start + chunk + slots % BLOCK_E
+                    edge_ok = edge_pos < slot_end
+                    for f0 in range(0, F, _BLOCK_F):
                         f_ok = (f0 + fcols) < F
                         ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
                                      mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)
                         we = tl.load(we_ptr + cols[:, None] * F + f0 + fcols[None, :],
                                      mask=col_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [BH, BF]
-                        g_ea = tl.sum(tl.reshape(_dot(g_z1, we, IEEE, LOW_PRECISION_DOT),
-                                                 (BLOCK_E, BLOCK_P, BLOCK_F)), axis=1)
+                        g_ea = tl.sum(tl.reshape(tl.dot(g_z1.to(DOT_DTYPE), we.to(DOT_DTYPE), input_precision=DOT_PRECISION),
+                                                 (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
                         tl.store(g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
                                  g_ea.to(g_ea_ptr.dtype.element_ty), mask=edge_ok[:, None] & f_ok[None, :])
                         part_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + cols[:, None]) * \
-                            tl.cdiv(F, BLOCK_F) * BLOCK_F + f0 + fcols[None, :]
-                        tl.store(part_we, tl.load(part_we) + _dot(tl.trans(g_z1), ea, IEEE, LOW_PRECISION_DOT))
+                            tl.cdiv(F, _BLOCK_F) * _BLOCK_F + f0 + fcols[None, :]
+                        tl.store(part_we, tl.load(part_we) + tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea.to(DOT_DTYPE), input_precision=DOT_PRECISION))
                     if ATOMIC:
                         tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + cols[None, :], g_z1, mask=hmask)
                         tl.atomic_add(scatter_coord_ptr + node_j * 3, -gr0, mask=row_ok)
                         tl.atomic_add(scatter_coord_ptr + node_j * 3 + 1, -gr1, mask=row_ok)
                         tl.atomic_add(scatter_coord_ptr + node_j * 3 + 2, -gr2, mask=row_ok)
                 else:
-                    acc_c0 -= tl.sum(tl.reshape(gr0, (BLOCK_E, BLOCK_P)), axis=0)
-                    acc_c1 -= tl.sum(tl.reshape(gr1, (BLOCK_E, BLOCK_P)), axis=0)
-                    acc_c2 -= tl.sum(tl.reshape(gr2, (BLOCK_E, BLOCK_P)), axis=0)
+                    acc_c0 -= tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c1 -= tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c2 -= tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
 
-        out_node = (tl.zeros_like(out_frames) + owner).to(tl.int64) * P + out_frames
-        out_ok = out_frames < P
-        tl.store(node_out_ptr + out_node[:, None] * H + cols[None, :],
-                 acc_node.to(node_out_ptr.dtype.element_ty), mask=out_ok[:, None] & col_ok[None, :])
+        out_node = owners.to(tl.int64)[:, None] * P + out_frames[None, :]  # [BLOCK_R, BLOCK_P]
+        out_ok = owner_ok[:, None] & (out_frames < P)[None, :]
+        tl.store(node_out_ptr + out_node[:, :, None] * H + cols[None, None, :],
+                 acc_node.to(node_out_ptr.dtype.element_ty), mask=out_ok[:, :, None] & col_ok[None, None, :])
         tl.store(coord_out_ptr + out_node * 3, acc_c0.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
         tl.store(coord_out_ptr + out_node * 3 + 1, acc_c1.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
         tl.store(coord_out_ptr + out_node * 3 + 2, acc_c2.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
@@ -246,26 +242,28 @@ def egnn_edge_kernel(
 # ---------------------------------------------------------------------------------------------------------------------
 # Dispatcher: a finite table of block configurations
 # ---------------------------------------------------------------------------------------------------------------------
-BLOCK_P_VALUES = (1, 2, 4, 8, 16, 32, 64)
-BLOCK_H_VALUES = (16, 32, 64, 128)
-_TARGET_ROWS = {16: 64, 32: 64, 64: 32, 128: 32}  # BLOCK_H -> rows (edges x frames) per chunk
+BLOCK_P_VALUES = (4, 8, 16, 32, 64)  # fewer frames are padded to 4
+BLOCK_H_VALUES = (32, 64, 128)  # fewer channels are padded to 32
+_TARGET_ROWS = {32: 64, 64: 32, 128: 32}  # BLOCK_H -> rows (edges x frames) per chunk
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def block_config(num_frames: int, hidden: int) -> Dict[str, int]:
-    """Block sizes and warps for P = ``num_frames`` and H = ``hidden``: BLOCK_P frames x BLOCK_E edges per chunk
-    (at least 16 rows, as tl.dot needs), BLOCK_H >= H columns."""
+def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict[str, int]:
+    """Block sizes and warps for P = ``num_frames`` and H = ``hidden``: each step of a program takes BLOCK_R owners
+    x BLOCK_E of their edges x BLOCK_P frames as rows (at least 16, as tl.dot needs), BLOCK_H >= H columns.
+    GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster there)."""
     if not 1 <= num_frames <= 64:
         raise ValueError(f"the Triton EGNN layer supports 1 <= P <= 64 frames, got P = {num_frames}")
     if not 1 <= hidden <= MAX_HIDDEN:
         raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {MAX_HIDDEN}, got H = {hidden}")
-    block_p = _next_pow2(num_frames)
-    block_h = max(16, _next_pow2(hidden))
+    block_p = max(4, _next_pow2(num_frames))
+    block_h = max(32, _next_pow2(hidden))
     block_e = max(1, _TARGET_ROWS[block_h] // block_p)
-    return dict(BLOCK_E=block_e, BLOCK_P=block_p, BLOCK_H=block_h, num_warps=8 if block_h >= 128 else 4)
+    return dict(BLOCK_R=owners_per_step, BLOCK_E=block_e, BLOCK_P=block_p, BLOCK_H=block_h,
+                num_warps=8 if block_h >= 128 else 4)
 
 
 def all_block_configs():
@@ -289,19 +287,21 @@ VARIANTS = (("forward", MODE_FORWARD, False), ("receiver_grad", MODE_RECEIVER_GR
 def aot_configurations(production_only: bool = False):
     """(name, kernel, signature, constexprs, num_warps, expect_mma) for every configuration the dispatcher can
     launch on a GPU: each block configuration x each variant with fp32 node tensors and TF32 dots (production),
-    plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots."""
+    plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots for the
+    deterministic variants (the opt-in atomic variant is compiled in the production setting)."""
     for cfg in all_block_configs():
         cfg = dict(cfg)
         warps = cfg.pop("num_warps")
         tag = "_".join(f"{k}{v}" for k, v in cfg.items())
-        precisions = [("tf32", "*fp32", False, False)]
+        precisions = [("tf32", "*fp32", tl.float32, "tf32")]
         if not production_only:
-            precisions += [("ieee", "*fp32", True, False), ("bf16", "*bf16", False, True)]
+            precisions += [("ieee", "*fp32", tl.float32, "ieee"), ("bf16", "*bf16", tl.bfloat16, "tf32")]
         for variant, mode, atomic in VARIANTS:
-            for precision, pointer, ieee, low in precisions:
+            for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic else precisions:
                 signature = dict(KERNEL_SIGNATURE)
                 signature.update({name: pointer for name in _NODE_POINTERS})
-                constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, IEEE=ieee, LOW_PRECISION_DOT=low, ACC=tl.float32)
+                constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision,
+                                  ACC=tl.float32)
                 yield (f"{variant}_{precision}_{tag}", egnn_edge_kernel, signature, constexprs, warps,
                        precision != "ieee")
 
@@ -310,6 +310,8 @@ def aot_configurations(production_only: bool = False):
 # Launch and autograd
 # ---------------------------------------------------------------------------------------------------------------------
 _ATOMIC_BACKWARD = {"enabled": False}
+# Owners per step under the interpreter (CPU tensors): its cost is per step, not per row.
+INTERPRETER_OWNERS_PER_STEP = 64
 
 
 def use_atomic_backward(enabled: bool) -> None:
@@ -324,26 +326,36 @@ def atomic_backward_enabled() -> bool:
     return _ATOMIC_BACKWARD["enabled"]
 
 
-def _use_ieee(dtype: torch.dtype) -> bool:
-    """Exact fp32 dots unless the user allowed TF32 (as torch's matmuls); float64 always exact."""
+def _dot_constexprs(dtype: torch.dtype) -> Dict[str, object]:
+    """How the kernel multiplies for node tensors of ``dtype``: fp64 exactly; fp32 exactly ("ieee") unless the user
+    allowed TF32 for torch's matmuls; bf16/fp16 with bf16 operands. Accumulation in fp64 for fp64, else fp32."""
     if dtype == torch.float64:
-        return True
-    return not (torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest")
+        return dict(DOT_DTYPE=tl.float64, DOT_PRECISION="ieee", ACC=tl.float64)
+    if dtype in (torch.bfloat16, torch.float16):
+        return dict(DOT_DTYPE=tl.bfloat16, DOT_PRECISION="tf32", ACC=tl.float32)
+    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.get_float32_matmul_precision() != "highest"
+    return dict(DOT_DTYPE=tl.float32, DOT_PRECISION="tf32" if tf32 else "ieee", ACC=tl.float32)
 
 
-def _num_programs(num_nodes: int, device: torch.device, per_sm: int) -> int:
-    if device.type != "cuda":  # the interpreter runs programs one by one: few partial buffers
-        return max(1, min(num_nodes, 8))
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(num_nodes, sms * per_sm))
+def _launch_config(a: Tensor) -> Dict[str, int]:
+    owners = 1 if a.device.type == "cuda" else INTERPRETER_OWNERS_PER_STEP
+    return block_config(a.shape[1], a.shape[2], owners)
+
+
+def _num_programs(a: Tensor, per_sm: int) -> int:
+    """Persistent programs: a few per SM on a GPU; few under the interpreter (it runs them one by one)."""
+    steps = triton.cdiv(a.shape[0], _launch_config(a)["BLOCK_R"])
+    if a.device.type != "cuda":
+        return max(1, min(steps, 8))
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    return max(1, min(steps, sms * per_sm))
 
 
 def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tensor, Tensor, Tensor],
             outputs: Dict[str, Tensor], num_programs: int) -> None:
     a = tensors["a"]
     num_nodes, num_frames, hidden = a.shape
-    cfg = block_config(num_frames, hidden)
-    low = a.dtype in (torch.bfloat16, torch.float16)
+    cfg = _launch_config(a)
     rowptr, other, perm = csr
     dummy = outputs["node_out"]
     egnn_edge_kernel[(num_programs,)](
@@ -353,8 +365,7 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
         outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
         outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
         num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
-        MODE=mode, ATOMIC=atomic, IEEE=_use_ieee(a.dtype), LOW_PRECISION_DOT=low,
-        ACC=tl.float64 if a.dtype == torch.float64 else tl.float32, **cfg)
+        MODE=mode, ATOMIC=atomic, **_dot_constexprs(a.dtype), **cfg)
 
 
 class EGNNEdgeFunction(torch.autograd.Function):
@@ -366,7 +377,7 @@ class EGNNEdgeFunction(torch.autograd.Function):
         tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2, bc2=bc2)
         msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
         _launch(MODE_FORWARD, False, tensors, (graph.rowptr, graph.sender, graph.sender),
-                dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a.shape[0], a.device, 16))
+                dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a, 16))
         ctx.save_for_backward(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2)
         ctx.graph, ctx.atomic = graph, atomic
         return msg_sum, coord_sum
@@ -380,9 +391,8 @@ class EGNNEdgeFunction(torch.autograd.Function):
         g_coord = torch.zeros_like(x) if g_coord is None else g_coord.contiguous()
         tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2,
                        bc2=bc2, gm=g_msg, gc=g_coord)
-        cfg = block_config(a.shape[1], hidden)
-        block_h, num_features = cfg["BLOCK_H"], edge_attr.shape[1]
-        programs = _num_programs(num_nodes, a.device, 2)
+        block_h, num_features = _launch_config(a)["BLOCK_H"], edge_attr.shape[1]
+        programs = _num_programs(a, 2)
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
         f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
         receiver_out = dict(
@@ -399,7 +409,7 @@ class EGNNEdgeFunction(torch.autograd.Function):
         else:
             g_b, g_x_sender = torch.empty_like(a), torch.empty_like(x)
             _launch(MODE_SENDER_GRAD, False, tensors, (graph.sender_rowptr, graph.receiver, graph.sender_perm),
-                    dict(node_out=g_b, coord_out=g_x_sender), _num_programs(num_nodes, a.device, 16))
+                    dict(node_out=g_b, coord_out=g_x_sender), _num_programs(a, 16))
         mats = receiver_out["part_mat"].sum(0)[:, :hidden, :hidden]
         vecs = receiver_out["part_vec"].sum(0)[:, :hidden]
         g_we = receiver_out["part_we"].sum(0)[:hidden, :num_features]
