@@ -259,6 +259,8 @@ def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict
         raise ValueError(f"the Triton EGNN layer supports 1 <= P <= 64 frames, got P = {num_frames}")
     if not 1 <= hidden <= MAX_HIDDEN:
         raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {MAX_HIDDEN}, got H = {hidden}")
+    if owners_per_step < 1 or owners_per_step & (owners_per_step - 1):
+        raise ValueError(f"owners_per_step must be a power of two, got {owners_per_step}")
     block_p = max(4, _next_pow2(num_frames))
     block_h = max(32, _next_pow2(hidden))
     block_e = max(1, _TARGET_ROWS[block_h] // block_p)

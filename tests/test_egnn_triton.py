@@ -1,0 +1,374 @@
+"""The fused Triton EGNN layer against the reference layer: forward and every gradient on the graph kinds of issue 4,
+equivariance, determinism, NaN-poisoned outputs, no edge-sized activations, the whole model, a training run, the
+patch function and ahead-of-time compilation of every configuration.
+
+Without a GPU the kernel runs in Triton's interpreter in float64 (several owners per step there; the GPU's one-owner
+configuration is exercised too); with a GPU the same tests run the compiled kernels in float32 against a float64
+reference.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from conftest import random_directed_graph, random_orthogonal
+from egno_fast.graph import build_graph
+from egno_fast.nn import EGNNLayer
+from egno_fast.reference.egnn import egnn_layer_reference
+
+import egno_fast.kernels.egnn as egnn_kernels  # noqa: E402  (triton is a test dependency)
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+DTYPE = torch.float32 if ON_GPU else torch.float64
+TOL = dict(rtol=1e-4, atol=1e-4) if ON_GPU else dict(rtol=1e-9, atol=1e-9)
+
+
+def make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed):
+    gen = torch.Generator().manual_seed(seed)
+    layer = EGNNLayer(hidden, edge_attr.shape[1])
+    with torch.no_grad():  # larger weights than the default init, so every term matters
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / max(1, p.shape[-1]) ** 0.5)
+    nodes = [torch.randn(num_nodes, num_frames, d, generator=gen, dtype=torch.float64) for d in (3, 3, hidden)]
+    return layer.double(), nodes, edge_attr
+
+
+def compare_with_reference(num_nodes, edge_index, edge_attr, num_frames, hidden, seed=0, atomic=False):
+    """Run the fused layer (DTYPE, DEVICE) and the float64 reference on the same inputs; compare the outputs and
+    the gradients of x, v, h, the edge features and every parameter."""
+    layer, nodes, edge_attr = make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed)
+    results = []
+    for fused in (True, False):
+        dtype, device = (DTYPE, DEVICE) if fused else (torch.float64, "cpu")
+        module = layer.to(device, dtype) if fused else layer.to("cpu", torch.float64)
+        x, v, h = (t.to(device, dtype).requires_grad_() for t in nodes)
+        attr = edge_attr.to(device, dtype).requires_grad_()
+        graph = build_graph(edge_index.to(device), num_nodes, attr)
+        args = (x, v, h, graph, module.edge_mlp, module.coord_mlp, module.velocity_mlp, module.node_mlp)
+        if fused:
+            egnn_kernels.use_atomic_backward(atomic)
+            try:
+                out = egnn_kernels.egnn_layer_triton(*args)
+            finally:
+                egnn_kernels.use_atomic_backward(False)
+        else:
+            out = egnn_layer_reference(*args)
+        gen = torch.Generator().manual_seed(seed + 1)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(device, dtype)).sum()
+                   for o in out)
+        params = [x, v, h, attr] + list(module.parameters())
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append(([o.detach().double().cpu() for o in out],
+                        [torch.zeros_like(p) if g is None else g.double().cpu() for p, g in zip(params, grads)]))
+        layer.double().cpu()
+    (fused_out, fused_grads), (ref_out, ref_grads) = results
+    for name, a, b in zip("xvh", fused_out, ref_out):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"output {name}: {m}")
+    names = ["x", "v", "h", "edge_attr"] + [n for n, _ in layer.named_parameters()]
+    for name, a, b in zip(names, fused_grads, ref_grads):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"gradient of {name}: {m}")
+
+
+def graph_of(kind, gen):
+    """(num_nodes, edge_index, edge_attr) of the graph kinds issue 4 names."""
+    if kind == "directed":
+        edge_index, edge_attr = random_directed_graph(12, 60, gen, edge_dim=3)
+        return 12, edge_index, edge_attr
+    if kind == "isolated":  # nodes 0, 5 and 9 receive nothing; node 9 sends nothing either
+        edge_index, edge_attr = random_directed_graph(9, 30, gen, edge_dim=2)
+        keep = (edge_index[1] != 0) & (edge_index[1] != 5)
+        return 10, edge_index[:, keep], edge_attr[keep]
+    if kind == "single_node":
+        return 1, torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 1, dtype=torch.float64)
+    if kind == "self_loop":
+        return 1, torch.zeros(2, 1, dtype=torch.long), torch.randn(1, 2, generator=gen, dtype=torch.float64)
+    if kind == "skewed":  # node 0 receives 1000 edges, the other 30 nodes 3 each
+        hub_senders = torch.randint(1, 31, (1000,), generator=gen)
+        others = torch.arange(1, 31).repeat_interleave(3)
+        senders = torch.cat([hub_senders, (others + torch.randint(1, 30, (90,), generator=gen)) % 31])
+        edge_index = torch.stack([senders, torch.cat([torch.zeros(1000, dtype=torch.long), others])])
+        return 31, edge_index, torch.randn(edge_index.shape[1], 2, generator=gen, dtype=torch.float64)
+    if kind == "no_features":
+        edge_index, _ = random_directed_graph(8, 30, gen)
+        return 8, edge_index, torch.zeros(edge_index.shape[1], 0, dtype=torch.float64)
+    if kind == "wide_features":  # 19 features: two chunks of 16
+        edge_index, edge_attr = random_directed_graph(8, 30, gen, edge_dim=19)
+        return 8, edge_index, edge_attr
+    raise ValueError(kind)
+
+
+KINDS = ("directed", "isolated", "single_node", "self_loop", "skewed", "no_features", "wide_features")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_graph_kinds_match_reference(kind):
+    num_nodes, edge_index, edge_attr = graph_of(kind, torch.Generator().manual_seed(KINDS.index(kind)))
+    compare_with_reference(num_nodes, edge_index, edge_attr, num_frames=3, hidden=20, seed=KINDS.index(kind))
+
+
+@pytest.mark.parametrize("num_frames, hidden", [(1, 1), (2, 7), (5, 64), (8, 100), (16, 128), (33, 20), (64, 32)])
+def test_frames_and_widths_match_reference(num_frames, hidden):
+    num_nodes, edge_index, edge_attr = graph_of("directed", torch.Generator().manual_seed(num_frames))
+    compare_with_reference(num_nodes, edge_index, edge_attr, num_frames, hidden, seed=num_frames)
+
+
+@pytest.mark.parametrize("owners_per_step", [1, 2])
+def test_other_owner_blocks_match_reference(monkeypatch, owners_per_step):
+    """The GPU's configuration (one owner per step) and a small block, under the interpreter."""
+    if not ON_GPU:
+        monkeypatch.setattr(egnn_kernels, "INTERPRETER_OWNERS_PER_STEP", owners_per_step)
+    for kind in ("isolated", "skewed"):
+        num_nodes, edge_index, edge_attr = graph_of(kind, torch.Generator().manual_seed(3))
+        compare_with_reference(num_nodes, edge_index, edge_attr, num_frames=5, hidden=16, seed=3)
+
+
+def test_atomic_backward_matches_reference():
+    num_nodes, edge_index, edge_attr = graph_of("skewed", torch.Generator().manual_seed(4))
+    compare_with_reference(num_nodes, edge_index, edge_attr, num_frames=4, hidden=24, seed=4, atomic=True)
+
+
+def test_atomic_backward_is_refused_in_deterministic_mode():
+    layer, x, v, h, edge_index, edge_attr = fused_layer_setup()
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    egnn_kernels.use_atomic_backward(True)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="deterministic"):
+            layer(x, v, h, graph)
+    finally:
+        torch.use_deterministic_algorithms(False)
+        egnn_kernels.use_atomic_backward(False)
+
+
+def fused_layer_setup(seed=7, num_frames=4, hidden=16):
+    gen = torch.Generator().manual_seed(seed)
+    num_nodes, edge_index, edge_attr = graph_of("directed", gen)
+    layer, nodes, edge_attr = make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed)
+    layer = layer.to(DEVICE, DTYPE)
+    layer.backend = "triton"
+    x, v, h = (t.to(DEVICE, DTYPE) for t in nodes)
+    return layer, x, v, h, edge_index.to(DEVICE), edge_attr.to(DEVICE, DTYPE)
+
+
+def test_e3_and_permutation_equivariance():
+    layer, x, v, h, edge_index, edge_attr = fused_layer_setup()
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    base = layer(x, v, h, graph)
+    gen = torch.Generator().manual_seed(8)
+    rot = random_orthogonal(gen).to(DEVICE, DTYPE)
+    shift = torch.randn(3, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    moved = layer(x @ rot + shift, v @ rot, h, graph)
+    torch.testing.assert_close(moved[0], base[0] @ rot + shift, **TOL)
+    torch.testing.assert_close(moved[1], base[1] @ rot, **TOL)
+    torch.testing.assert_close(moved[2], base[2], **TOL)
+    perm = torch.randperm(x.shape[0], generator=gen).to(DEVICE)
+    inverse = torch.argsort(perm)
+    permuted = layer(x[perm], v[perm], h[perm], build_graph(inverse[edge_index], x.shape[0], edge_attr))
+    for a, b in zip(permuted, base):
+        torch.testing.assert_close(a, b[perm], **TOL)
+
+
+def test_default_backward_is_bitwise_deterministic():
+    layer, x, v, h, edge_index, edge_attr = fused_layer_setup()
+    x.requires_grad_()
+    edge_attr.requires_grad_()
+    runs = []
+    for _ in range(2):
+        out = layer(x, v, h.requires_grad_(), build_graph(edge_index, x.shape[0], edge_attr))
+        loss = sum(o.square().sum() for o in out)
+        runs.append(torch.autograd.grad(loss, [x, h, edge_attr] + list(layer.parameters())))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("mode", [egnn_kernels.MODE_FORWARD, egnn_kernels.MODE_RECEIVER_GRAD,
+                                  egnn_kernels.MODE_SENDER_GRAD])
+def test_every_output_element_is_written(mode):
+    """Outputs start as NaN; isolated nodes, padded frames and channels must still be written (as zeros)."""
+    gen = torch.Generator().manual_seed(9)
+    num_nodes, edge_index, edge_attr = graph_of("isolated", gen)
+    graph = build_graph(edge_index.to(DEVICE), num_nodes, edge_attr.to(DEVICE, DTYPE))
+    hidden, frames = 20, 3
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
+    tensors = dict(a=rand(num_nodes, frames, hidden), b=rand(num_nodes, frames, hidden), x=rand(num_nodes, frames, 3),
+                   ea=graph.edge_attr, wd=rand(hidden), we=rand(hidden, 2), w2=rand(hidden, hidden), b2=rand(hidden),
+                   wc1=rand(hidden, hidden), bc1=rand(hidden), wc2=rand(hidden), bc2=rand(1),
+                   gm=rand(num_nodes, frames, hidden), gc=rand(num_nodes, frames, 3))
+    nan = lambda t: torch.full_like(t, float("nan"))
+    outputs = dict(node_out=nan(tensors["a"]), coord_out=nan(tensors["x"]))
+    programs = egnn_kernels._num_programs(tensors["a"], 2)
+    block_h = egnn_kernels._launch_config(tensors["a"])["BLOCK_H"]
+    if mode == egnn_kernels.MODE_RECEIVER_GRAD:
+        outputs.update(g_ea=nan(graph.edge_attr),
+                       part_mat=torch.zeros(programs, 2, block_h, block_h, dtype=DTYPE, device=DEVICE),
+                       part_we=torch.zeros(programs, block_h, 16, dtype=DTYPE, device=DEVICE),
+                       part_vec=nan(torch.empty(programs, 5, block_h, dtype=DTYPE, device=DEVICE)))
+    csr = ((graph.sender_rowptr, graph.receiver, graph.sender_perm) if mode == egnn_kernels.MODE_SENDER_GRAD
+           else (graph.rowptr, graph.sender, graph.sender))
+    egnn_kernels._launch(mode, False, tensors, csr, outputs, programs)
+    for name, value in outputs.items():
+        assert torch.isfinite(value).all(), name
+    for isolated in (0, 5, 9) if mode != egnn_kernels.MODE_SENDER_GRAD else (9,):
+        assert not outputs["node_out"][isolated].any() and not outputs["coord_out"][isolated].any()
+
+
+class _AllocationRecorder(TorchDispatchMode):
+    """Records the number of elements of every tensor an aten op returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.sizes.append((t.numel(), str(func)))
+        return out
+
+
+def largest_tensors(layer_fn):
+    """(largest tensor saved for backward, largest tensor any op allocated) in a forward+backward of layer_fn."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    recorder = _AllocationRecorder()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), recorder:
+        loss = sum(o.square().sum() for o in layer_fn())
+        loss.backward()
+    return max(saved), max(recorder.sizes)
+
+
+def test_no_edge_by_hidden_tensor_is_allocated_or_saved():
+    gen = torch.Generator().manual_seed(10)
+    num_nodes, hidden, frames, degree = 40, 32, 2, 30
+    receiver = torch.arange(num_nodes).repeat_interleave(degree)
+    sender = (receiver + torch.randint(1, num_nodes, receiver.shape, generator=gen)) % num_nodes
+    edge_index = torch.stack([sender, receiver]).to(DEVICE)
+    layer, nodes, edge_attr = make_inputs(num_nodes, edge_index, torch.randn(edge_index.shape[1], 2, generator=gen,
+                                                                             dtype=torch.float64), frames, hidden, 10)
+    layer = layer.to(DEVICE, DTYPE)
+    x, v, h = (t.to(DEVICE, DTYPE).requires_grad_() for t in nodes)
+    graph = build_graph(edge_index, num_nodes, edge_attr.to(DEVICE, DTYPE))
+    edge_hidden = edge_index.shape[1] * hidden  # E x H = 38400; node tensors are N x P x 2H = 5120 at most
+    mlps = (layer.edge_mlp, layer.coord_mlp, layer.velocity_mlp, layer.node_mlp)
+    saved, allocated = largest_tensors(lambda: egnn_kernels.egnn_layer_triton(x, v, h, graph, *mlps))
+    assert saved < edge_hidden and allocated[0] < edge_hidden, (saved, allocated)
+    # the probe sees the reference's edge-sized tensors
+    saved, allocated = largest_tensors(lambda: egnn_layer_reference(x, v, h, graph, *mlps))
+    assert saved >= edge_hidden * frames and allocated[0] >= edge_hidden * frames
+
+
+def test_rejects_unsupported_layers_and_sizes():
+    with pytest.raises(ValueError, match="1 <= P <= 64"):
+        egnn_kernels.block_config(65, 16)
+    with pytest.raises(ValueError, match="H <= 128"):
+        egnn_kernels.block_config(4, 129)
+    layer, x, v, h, edge_index, edge_attr = fused_layer_setup()
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    odd = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).to(DEVICE, DTYPE)
+    with pytest.raises(ValueError, match="coord_mlp"):
+        egnn_kernels.egnn_layer_triton(x, v, h, graph, layer.edge_mlp, odd, layer.velocity_mlp, layer.node_mlp)
+
+
+def test_dispatcher_only_picks_configurations_of_the_compiled_table():
+    table = egnn_kernels.all_block_configs()
+    for frames in range(1, 65):
+        for hidden in (1, 2, 16, 17, 31, 32, 33, 64, 65, 100, 128):
+            assert egnn_kernels.block_config(frames, hidden) in table, (frames, hidden)
+
+
+# ------------------------------------------------------------------------------------------ the whole model
+
+def test_model_with_triton_backend_matches_reference_on_nbody_batch():
+    from test_model import make_model, small_batch
+
+    x, v, h, edge_index, edge_attr, batch = small_batch(9)
+    outputs = {}
+    for backend in ("reference", "triton"):
+        model = make_model(backend=backend, hidden_dim=16)
+        dtype, device = (DTYPE, DEVICE) if backend == "triton" else (torch.float64, "cpu")
+        model = model.to(device, dtype)
+        inputs = [t.to(device, dtype) for t in (x, v, h)]
+        out = model(*inputs, edge_index.to(device), edge_attr.to(device, dtype), batch.to(device))
+        (out.x.square().sum() + out.h.square().sum() + out.v.square().sum()).backward()
+        outputs[backend] = (out, {n: p.grad.double().cpu() for n, p in model.named_parameters()},
+                            model.active_backend)
+    (ref, ref_grads, _), (fused, fused_grads, active) = outputs.values()
+    assert active == {"temporal_residual": "triton", "egnn_layer": "triton"}
+    for a, b in zip(ref, fused):
+        torch.testing.assert_close(b.double().cpu(), a, **TOL)
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_model_with_triton_backend_matches_reference_on_protein_sized_graph():
+    """855 nodes with 16 nearest neighbours each (a protein backbone's size), P = 4, one layer pair."""
+    from benchmarks.cases import knn_graph
+    from egno_fast import EGNO
+
+    gen = torch.Generator().manual_seed(11)
+    num_nodes, frames = 855, 4
+    edge_index = knn_graph(num_nodes, 16, gen)
+    edge_attr = torch.randn(edge_index.shape[1], 2, generator=gen, dtype=torch.float64)
+    x, v = (torch.randn(num_nodes, 3, generator=gen, dtype=torch.float64) * 3 for _ in range(2))
+    h = torch.randn(num_nodes, 1, generator=gen, dtype=torch.float64)
+    results = {}
+    for backend in ("reference", "triton"):
+        torch.manual_seed(0)
+        model = EGNO(node_dim=1, edge_dim=2, hidden_dim=32, num_layers=1, num_frames=frames, backend=backend)
+        dtype, device = (DTYPE, DEVICE) if backend == "triton" else (torch.float64, "cpu")
+        model = model.to(device, dtype)
+        out = model(*(t.to(device, dtype) for t in (x, v, h)), edge_index.to(device), edge_attr.to(device, dtype))
+        (out.x.square().sum() + out.h.square().sum()).backward()
+        results[backend] = (out, {n: p.grad.double().cpu() for n, p in model.named_parameters()})
+    (ref, ref_grads), (fused, fused_grads) = results.values()
+    for a, b in zip(ref, fused):
+        torch.testing.assert_close(b.double().cpu(), a, **TOL)
+    for name in ref_grads:
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], **TOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_training_with_triton_backend_follows_the_reference_loss_curve(tmp_path):
+    from egno_fast.training import train
+    from test_training import tiny_config
+
+    curves = {}
+    for backend in ("reference", "triton"):
+        config = tiny_config(tmp_path / "data", "train.epochs=3", f'model.backend="{backend}"',
+                             f'train.device="{DEVICE}"')
+        train(config, tmp_path / backend, progress=False)
+        records = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
+        curves[backend] = [r["train_a_mse"] for r in records if r["event"] == "eval"]
+    assert len(curves["triton"]) == 3
+    torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["reference"]), rtol=1e-4, atol=0)
+
+
+# --------------------------------------------------------------------------------- ahead-of-time compilation
+
+def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    run = subprocess.run([sys.executable, "-m", "egno_fast.kernels.aot", "egno_fast.kernels.egnn", "--arch", "90",
+                          "--jobs", str(os.cpu_count() or 1)], capture_output=True, text=True, env=env, timeout=3000)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(results) == len(list(egnn_kernels.aot_configurations()))
+    print("\nTriton EGNN layer, ahead-of-time compile (registers / spill bytes / shared bytes):")
+    for r in results:
+        print(f"  sm_{r['arch']} {r['name']}: " + (r.get("error") or
+                                                  f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
+    assert not [r for r in results if "error" in r]
+    assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
+    atomic = {r["name"] for r in results if r["atomics"]}
+    assert atomic == {r["name"] for r in results if r["name"].startswith("receiver_grad_atomic")}, \
+        "atomic instructions must appear in the opt-in atomic variant and nowhere else"
+    assert all(r["mma"] == r["expect_mma"] for r in results), \
+        [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
