@@ -4,7 +4,9 @@
 #   bash benchmarks/gpu_check.sh [quick|full] [OUTPUT_DIR]
 # Through the device tool:  run(command="bash benchmarks/gpu_check.sh quick $OUT/gpu_check")
 # Quick mode is meant to finish in under 9 minutes on an H100; full mode may need several calls.
-# TESTS="tests/test_x.py ..." narrows the test run; TEST_TIMEOUT / BENCH_TIMEOUT (seconds) bound the two steps.
+# TESTS="tests/test_x.py ..." narrows the test run (PYTEST_ARGS adds options, e.g. -k); SWEEP_ARGS adds options to
+# the sweep (e.g. --ops egnn_layer model); EGNN_NODES sets the sizes of the EGNN-layer target benchmark;
+# TEST_TIMEOUT / EGNN_TIMEOUT / BENCH_TIMEOUT (seconds) bound the three steps.
 set -uo pipefail
 mode=${1:-quick}
 out=${2:-gpu_check_$(date +%Y%m%d-%H%M%S)}
@@ -25,11 +27,14 @@ status=0
 # exists (issue 5).
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$work/install.log" 2>&1 || status=1
 python3 -m egno_fast info > "$work/info.txt" 2>&1 || status=1
-timeout "${TEST_TIMEOUT:-250}" python3 -m pytest -q -p no:cacheprovider --durations=15 ${TESTS:-} > "$work/tests.log" 2>&1 || status=1
+timeout "${TEST_TIMEOUT:-250}" python3 -m pytest -q -p no:cacheprovider --durations=15 ${PYTEST_ARGS:-} ${TESTS:-} > "$work/tests.log" 2>&1 || status=1
+timeout "${EGNN_TIMEOUT:-240}" python3 -m benchmarks.egnn_target --nodes ${EGNN_NODES:-100000 50000 25000} \
+  --out "$work/egnn_target" > "$work/egnn_target.log" 2>&1 || status=1
 if [ "$mode" = full ]; then sweep=full; else sweep=quick; fi
 fit=""; [ "$mode" = full ] && fit=--max-fit
-timeout "${BENCH_TIMEOUT:-280}" python3 -m benchmarks --sweep "$sweep" $fit --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
-{ cat "$work/environment.txt"; tail -n 5 "$work/tests.log"; cat "$work/bench/summary.md" 2>/dev/null; } > "$out/summary.txt"
+timeout "${BENCH_TIMEOUT:-280}" python3 -m benchmarks --sweep "$sweep" $fit ${SWEEP_ARGS:-} --out "$work/bench" > "$work/bench.log" 2>&1 || status=1
+{ cat "$work/environment.txt"; tail -n 5 "$work/tests.log"; cat "$work/egnn_target/summary.md" 2>/dev/null
+  cat "$work/bench/summary.md" 2>/dev/null; } > "$out/summary.txt"
 tail -n 300 "$work/tests.log" > "$out/tests_tail.log"
 cp "$work/bench/time.png" "$work/bench/memory.png" "$work/bench/results.csv" "$out/" 2>/dev/null
 tar -czf "$out/gpu_check.tar.gz" -C "$(dirname "$work")" gpu_check

@@ -310,7 +310,7 @@ def test_model_with_triton_backend_matches_reference_on_nbody_batch():
 
 
 def test_model_with_triton_backend_matches_reference_on_protein_sized_graph():
-    """855 nodes with 16 nearest neighbours each (a protein backbone's size), P = 4, one layer pair."""
+    """855 nodes with 16 nearest neighbours each (a protein backbone's size), P = 4, four layers."""
     from benchmarks.cases import knn_graph
     from egno_fast import EGNO
 
@@ -323,7 +323,7 @@ def test_model_with_triton_backend_matches_reference_on_protein_sized_graph():
     results = {}
     for backend in ("reference", "triton"):
         torch.manual_seed(0)
-        model = EGNO(node_dim=1, edge_dim=2, hidden_dim=32, num_layers=1, num_frames=frames, backend=backend)
+        model = EGNO(node_dim=1, edge_dim=2, hidden_dim=32, num_layers=4, num_frames=frames, backend=backend)
         dtype, device = (DTYPE, DEVICE) if backend == "triton" else (torch.float64, "cpu")
         model = model.to(device, dtype)
         out = model(*(t.to(device, dtype) for t in (x, v, h)), edge_index.to(device), edge_attr.to(device, dtype))

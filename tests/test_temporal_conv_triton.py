@@ -19,7 +19,8 @@ import egno_fast.kernels.temporal_conv as triton_kernels  # noqa: E402  (triton 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPE = torch.float32 if ON_GPU else torch.float64  # fp64 dots in the interpreter; the GPU checks fp32
-TOL = dict(rtol=1e-5, atol=1e-5) if ON_GPU else dict(rtol=1e-10, atol=1e-10)
+# on a GPU: fp32 kernels against a float64 reference (weight gradients sum N x P products)
+TOL = dict(rtol=1e-4, atol=1e-4) if ON_GPU else dict(rtol=1e-10, atol=1e-10)
 
 FRAMES = (1, 2, 3, 4, 5, 8, 10, 16)
 WIDTHS = (1, 7, 64, 100, 128)
@@ -38,13 +39,14 @@ def check_against_reference(shape, num_modes, leaky, seed):
     weight = (torch.randn(channels, channels, num_modes, 2, generator=gen, dtype=torch.float64) / channels) \
         .to(DEVICE, DTYPE).requires_grad_()
     out = triton_kernels.temporal_residual_triton(x, weight, leaky)
-    expected = temporal_residual_reference(x, weight, leaky)
-    torch.testing.assert_close(out, expected, **TOL)
+    x64, weight64 = (t.detach().double().requires_grad_() for t in (x, weight))
+    expected = temporal_residual_reference(x64, weight64, leaky)
+    torch.testing.assert_close(out.double(), expected, **TOL)
     grad = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
     got = torch.autograd.grad(out, (x, weight), grad)
-    want = torch.autograd.grad(expected, (x, weight), grad)
+    want = torch.autograd.grad(expected, (x64, weight64), grad.double())
     for g, w in zip(got, want):
-        torch.testing.assert_close(g, w, **TOL)
+        torch.testing.assert_close(g.double(), w, **TOL)
 
 
 @pytest.mark.parametrize("num_frames, num_modes, width, nodes", GRID)
