@@ -30,14 +30,14 @@ from .runner import largest_fit, time_samples
 FRAMES, HIDDEN = 8, 128
 # name -> (module backend, TF32 allowed, autocast to bf16, atomic backward, torch.compile)
 VARIANTS = {
-    "reference": ("reference", False, False, False, False),
-    "reference_tf32": ("reference", True, False, False, False),
-    "compile_tf32": ("reference", True, False, False, True),
-    "triton_ieee": ("triton", False, False, False, False),
     "triton_tf32": ("triton", True, False, False, False),
     "triton_tf32_atomic": ("triton", True, False, True, False),
     "triton_bf16": ("triton", False, True, False, False),
+    "triton_ieee": ("triton", False, False, False, False),
+    "reference": ("reference", False, False, False, False),
+    "reference_tf32": ("reference", True, False, False, False),
     "reference_bf16": ("reference", False, True, False, False),
+    "compile_tf32": ("reference", True, False, False, True),
 }
 
 
@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nodes", type=int, nargs="+", default=[100_000])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--fit-first", action="store_true", help="search the largest graphs before timing")
     parser.add_argument("--no-fit", action="store_true", help="skip the largest-graph search")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -181,13 +182,22 @@ def main(argv=None) -> int:
     meta = dict(device=torch.cuda.get_device_name(device), torch=torch.__version__, triton=triton.__version__,
                 git_commit=git_commit(), time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 command="python -m benchmarks.egnn_target " + " ".join(sys.argv[1:] if argv is None else argv))
-    records = []
-    for nodes in args.nodes:
-        records += run_size(nodes, device, args.repeats, args.variants)
-    fits = {} if args.no_fit else {name: largest_fit(layer_fits(name, device))
-                                   for name in ("reference", "triton_tf32")}
     out = Path(args.out or Path(__file__).parent / "results" / f"egnn-target-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
+    records, fits = [], {}
+
+    def search():
+        for name in ("reference", "triton_tf32"):
+            fits[name] = largest_fit(layer_fits(name, device))
+            print(f"largest fit, {name}: {fits[name]}", flush=True)
+
+    if args.fit_first and not args.no_fit:
+        search()
+    for nodes in args.nodes:
+        records += run_size(nodes, device, args.repeats, args.variants)
+        (out / "results.json").write_text(json.dumps(dict(meta=meta, records=records, largest_fit=fits), indent=1))
+    if not args.fit_first and not args.no_fit:
+        search()
     (out / "results.json").write_text(json.dumps(dict(meta=meta, records=records, largest_fit=fits), indent=1))
     (out / "summary.md").write_text(summarise(records, fits, meta))
     print((out / "summary.md").read_text())

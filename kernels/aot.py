@@ -17,6 +17,10 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime.jit import JITFunction
 
 
+# Shared memory one block may use (bytes), per architecture: the launch fails above it.
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+
+
 @dataclass
 class CompiledKernel:
     """What a compile produced: PTX text and the cubin's resource usage."""
@@ -78,9 +82,11 @@ def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, obje
         except Exception:
             raise by_name from None
     usage = resource_usage(compiled.asm["cubin"])
+    # Triton's kernels take their shared memory dynamically: the launch needs metadata.shared bytes
+    shared = max(usage["shared"], int(getattr(compiled.metadata, "shared", 0) or 0))
     return CompiledKernel(ptx=compiled.asm["ptx"], registers=usage["registers"],
                           spill_stores=usage["spill_stores"] + usage["local"], spill_loads=usage["spill_loads"],
-                          shared_bytes=usage["shared"])
+                          shared_bytes=shared)
 
 
 def _compile_entry(entry):
@@ -95,7 +101,8 @@ def _compile_entry(entry):
     except Exception as error:  # reported, and the caller fails on it
         return {"name": name, "arch": arch, "error": f"{type(error).__name__}: {error}"}
     return {"name": name, "arch": arch, "registers": compiled.registers, "spills": compiled.spills,
-            "shared_bytes": compiled.shared_bytes, "atomics": compiled.has_atomics(),
+            "shared_bytes": compiled.shared_bytes, "shared_limit": SHARED_MEMORY_LIMIT.get(arch),
+            "atomics": compiled.has_atomics(),
             "mma": compiled.has_tensor_core_mma(), "expect_mma": expect_mma}
 
 

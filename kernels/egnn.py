@@ -40,7 +40,9 @@ _BLOCK_F = tl.constexpr(BLOCK_F)  # the same, readable inside kernels
 MAX_HIDDEN = 128
 
 
-@triton.jit
+# Sizes and counts are not specialised (divisibility by 16, value 1): one compiled variant per table entry, as
+# compiled ahead of time by the tests (F % 16 == 0 once hit a Triton 3.6 layout-verifier failure on sm_90).
+@triton.jit(do_not_specialize=["N", "F", "num_programs"])
 def egnn_edge_kernel(
     a_ptr, b_ptr, x_ptr, ea_ptr, wd_ptr, we_ptr, w2_ptr, b2_ptr, wc1_ptr, bc1_ptr, wc2_ptr, bc2_ptr,
     rowptr_ptr, other_ptr, perm_ptr,
@@ -77,7 +79,8 @@ def egnn_edge_kernel(
     local_owner = tl.arange(0, BLOCK_R)
     out_frames = tl.arange(0, BLOCK_P)
 
-    # weights, loaded once per program: W^T tiles [in, out] for the forward, W [out, in] for the backward
+    # the [H, H] weights are loaded where they are used (from L2): kept live across the loop, their shared-memory
+    # copies for tl.dot would not fit in fp32 with H = 128. W^T tiles [in, out] for the forward, W [out, in] back.
     w_mask = col_ok[:, None] & col_ok[None, :]
     w_rc = cols[:, None] * H + cols[None, :]  # element (row, col) of a row-major [H, H]
     w_cr = cols[None, :] * H + cols[:, None]  # its transpose
@@ -86,12 +89,6 @@ def egnn_edge_kernel(
     bc1 = tl.load(bc1_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     wc2 = tl.load(wc2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     bc2 = tl.load(bc2_ptr).to(ACC)
-    if MODE == 0:
-        w2 = tl.load(w2_ptr + w_cr, mask=w_mask, other=0.0).to(ACC)  # [in, out]
-        wc1 = tl.load(wc1_ptr + w_cr, mask=w_mask, other=0.0).to(ACC)
-    else:
-        w2 = tl.load(w2_ptr + w_rc, mask=w_mask, other=0.0).to(ACC)  # [out, in]
-        wc1 = tl.load(wc1_ptr + w_rc, mask=w_mask, other=0.0).to(ACC)
     if MODE == 1:
         acc_b2 = tl.zeros((BLOCK_H,), dtype=ACC)
         acc_bc1 = tl.zeros((BLOCK_H,), dtype=ACC)
@@ -116,7 +113,10 @@ def egnn_edge_kernel(
         acc_c0 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
         acc_c1 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
         acc_c2 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+        first_start = tl.load(rowptr_ptr + first_owner)
         for chunk in range(0, tl.max(ends - starts, axis=0), BLOCK_E):
+            # a loop-variant (always true) mask keeps the compiler from hoisting the weight loads out of the loop
+            w_live = w_mask & (w_rc + first_start + chunk >= 0)
             pos = row_start + chunk + row_slot
             row_ok = (pos < row_end) & frame_ok
             if MODE == 2:
@@ -144,22 +144,18 @@ def egnn_edge_kernel(
             for f0 in range(0, F, _BLOCK_F):
                 f_ok = (f0 + fcols) < F
                 ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
-                             mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [M, BF]
+                             mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [M, BF]
                 we_t = tl.load(we_ptr + cols[None, :] * F + f0 + fcols[:, None],
-                               mask=f_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)  # [BF, BH]
-                z1 += tl.dot(ea.to(DOT_DTYPE), we_t.to(DOT_DTYPE), input_precision=DOT_PRECISION)
+                               mask=f_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BF, BH]
+                z1 += tl.dot(ea, we_t, input_precision=DOT_PRECISION).to(ACC)
             s1 = 1.0 / (1.0 + tl.exp(-z1))
             m1 = z1 * s1
-            if MODE == 0:
-                z2 = tl.dot(m1.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION) + b2[None, :]
-            else:
-                z2 = tl.dot(m1.to(DOT_DTYPE), tl.trans(w2).to(DOT_DTYPE), input_precision=DOT_PRECISION) + b2[None, :]
+            w2_t = tl.load(w2_ptr + w_cr, mask=w_live, other=0.0).to(DOT_DTYPE)
+            z2 = tl.dot(m1.to(DOT_DTYPE), w2_t, input_precision=DOT_PRECISION).to(ACC) + b2[None, :]
             s2 = 1.0 / (1.0 + tl.exp(-z2))
             m = tl.where(hmask, z2 * s2, 0.0)
-            if MODE == 0:
-                z3 = tl.dot(m.to(DOT_DTYPE), wc1.to(DOT_DTYPE), input_precision=DOT_PRECISION) + bc1[None, :]
-            else:
-                z3 = tl.dot(m.to(DOT_DTYPE), tl.trans(wc1).to(DOT_DTYPE), input_precision=DOT_PRECISION) + bc1[None, :]
+            wc1_t = tl.load(wc1_ptr + w_cr, mask=w_live, other=0.0).to(DOT_DTYPE)
+            z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + bc1[None, :]
             s3 = 1.0 / (1.0 + tl.exp(-z3))
             phi = tl.sum(z3 * s3 * wc2[None, :], axis=1) + bc2
             phi = tl.where(row_ok, phi, 0.0)
@@ -176,10 +172,13 @@ def egnn_edge_kernel(
                 g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
                 g_phi = g0 * r0 + g1 * r1 + g2 * r2
                 g_z3 = g_phi[:, None] * wc2[None, :] * (s3 * (1.0 + z3 * (1.0 - s3)))
+                wc1 = tl.load(wc1_ptr + w_rc, mask=w_live, other=0.0).to(DOT_DTYPE)
                 g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
-                    tl.dot(g_z3.to(DOT_DTYPE), wc1.to(DOT_DTYPE), input_precision=DOT_PRECISION)
+                    tl.dot(g_z3.to(DOT_DTYPE), wc1, input_precision=DOT_PRECISION).to(ACC)
                 g_z2 = tl.where(hmask, g_m * (s2 * (1.0 + z2 * (1.0 - s2))), 0.0)
-                g_z1 = tl.dot(g_z2.to(DOT_DTYPE), w2.to(DOT_DTYPE), input_precision=DOT_PRECISION) * (s1 * (1.0 + z1 * (1.0 - s1)))
+                w2 = tl.load(w2_ptr + w_rc, mask=w_live, other=0.0).to(DOT_DTYPE)
+                g_z1 = tl.dot(g_z2.to(DOT_DTYPE), w2, input_precision=DOT_PRECISION).to(ACC) * \
+                    (s1 * (1.0 + z1 * (1.0 - s1)))
                 g_d2 = 2.0 * tl.sum(g_z1 * wd[None, :], axis=1)
                 gr0 = g0 * phi + g_d2 * r0
                 gr1 = g1 * phi + g_d2 * r1
@@ -190,8 +189,10 @@ def egnn_edge_kernel(
                     acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
                     acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
                     # weight gradients of this program (fixed order: deterministic)
-                    tl.store(part_w2, tl.load(part_w2) + tl.dot(tl.trans(g_z2).to(DOT_DTYPE), m1.to(DOT_DTYPE), input_precision=DOT_PRECISION))
-                    tl.store(part_wc1, tl.load(part_wc1) + tl.dot(tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE), input_precision=DOT_PRECISION))
+                    tl.store(part_w2, tl.load(part_w2) + tl.dot(tl.trans(g_z2).to(DOT_DTYPE), m1.to(DOT_DTYPE),
+                                                                input_precision=DOT_PRECISION).to(ACC))
+                    tl.store(part_wc1, tl.load(part_wc1) + tl.dot(tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE),
+                                                                  input_precision=DOT_PRECISION).to(ACC))
                     acc_b2 += tl.sum(g_z2, axis=0)
                     acc_bc1 += tl.sum(g_z3, axis=0)
                     acc_wc2 += tl.sum(g_phi[:, None] * (z3 * s3), axis=0)
@@ -202,16 +203,17 @@ def egnn_edge_kernel(
                     for f0 in range(0, F, _BLOCK_F):
                         f_ok = (f0 + fcols) < F
                         ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
-                                     mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)
+                                     mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)
                         we = tl.load(we_ptr + cols[:, None] * F + f0 + fcols[None, :],
-                                     mask=col_ok[:, None] & f_ok[None, :], other=0.0).to(ACC)  # [BH, BF]
-                        g_ea = tl.sum(tl.reshape(tl.dot(g_z1.to(DOT_DTYPE), we.to(DOT_DTYPE), input_precision=DOT_PRECISION),
-                                                 (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
+                                     mask=col_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BF]
+                        g_ea_rows = tl.dot(g_z1.to(DOT_DTYPE), we, input_precision=DOT_PRECISION).to(ACC)
+                        g_ea = tl.sum(tl.reshape(g_ea_rows, (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
                         tl.store(g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
                                  g_ea.to(g_ea_ptr.dtype.element_ty), mask=edge_ok[:, None] & f_ok[None, :])
                         part_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + cols[:, None]) * \
                             tl.cdiv(F, _BLOCK_F) * _BLOCK_F + f0 + fcols[None, :]
-                        tl.store(part_we, tl.load(part_we) + tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea.to(DOT_DTYPE), input_precision=DOT_PRECISION))
+                        tl.store(part_we, tl.load(part_we) + tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea,
+                                                                    input_precision=DOT_PRECISION).to(ACC))
                     if ATOMIC:
                         tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + cols[None, :], g_z1, mask=hmask)
                         tl.atomic_add(scatter_coord_ptr + node_j * 3, -gr0, mask=row_ok)

@@ -351,6 +351,53 @@ def test_training_with_triton_backend_follows_the_reference_loss_curve(tmp_path)
     torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["reference"]), rtol=1e-4, atol=0)
 
 
+def test_patch_swaps_layers_in_place_and_unpatch_restores_them():
+    import egno_fast
+    from test_model import make_model, small_batch
+
+    x, v, h, edge_index, edge_attr, batch = small_batch(3)
+    model = make_model(backend="reference").to(DEVICE, DTYPE)
+    inputs = [t.to(DEVICE, DTYPE) for t in (x, v, h)] + [edge_index.to(DEVICE), edge_attr.to(DEVICE, DTYPE),
+                                                          batch.to(DEVICE)]
+    state = {k: t.clone() for k, t in model.state_dict().items()}
+    parameters = [id(p) for p in model.parameters()]
+    expected = model(*inputs)
+    assert egno_fast.patch(model) is model
+    assert all(layer.backend == "triton" for layer in model.message_layers)
+    assert all(conv.backend == "triton" for conv in list(model.scalar_convs) + list(model.vector_convs))
+    patched = model(*inputs)
+    assert model.active_backend == {"temporal_residual": "triton", "egnn_layer": "triton"}
+    assert [id(p) for p in model.parameters()] == parameters
+    assert all(torch.equal(t, state[k]) for k, t in model.state_dict().items())
+    for a, b in zip(patched, expected):
+        torch.testing.assert_close(a, b, **TOL)
+    egno_fast.patch(model, "reference", ops=["egnn_layer"])  # a second patch keeps the first saved state
+    assert model.message_layers[0].backend == "reference" and model.scalar_convs[0].backend == "triton"
+    egno_fast.unpatch(model)
+    assert model.backend == "reference"
+    assert all(layer.backend == "reference" for layer in model.message_layers)
+    with pytest.raises(ValueError, match="not patched"):
+        egno_fast.unpatch(model)
+
+
+def test_patch_of_layers_outside_the_model_and_refusals():
+    import egno_fast
+    from egno_fast.nn import TemporalConv
+
+    stack = torch.nn.Sequential(EGNNLayer(8, 2), TemporalConv(8))
+    egno_fast.patch(stack, ops=["egnn_layer"])
+    assert stack[0].backend == "triton" and stack[1].backend == "reference"
+    egno_fast.unpatch(stack)
+    assert stack[0].backend == "reference"
+    with pytest.raises(ValueError, match="no egno_fast"):
+        egno_fast.patch(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="unknown ops"):
+        egno_fast.patch(stack, ops=["attention"])
+    with pytest.raises(egno_fast.BackendUnavailableError, match="cpp"):
+        egno_fast.patch(stack, "cpp")
+    assert stack[0].backend == "reference"  # nothing changed by the refused patch
+
+
 # --------------------------------------------------------------------------------- ahead-of-time compilation
 
 def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
@@ -367,6 +414,7 @@ def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
                                                   f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
     assert not [r for r in results if "error" in r]
     assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
+    assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
     atomic = {r["name"] for r in results if r["atomics"]}
     assert atomic == {r["name"] for r in results if r["name"].startswith("receiver_grad_atomic")}, \
         "atomic instructions must appear in the opt-in atomic variant and nowhere else"

@@ -173,6 +173,7 @@ def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
                                                   f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
     assert not [r for r in results if "error" in r]
     assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
+    assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
     assert not [r["name"] for r in results if r["atomics"]], "atomic instructions in a deterministic kernel"
     assert all(r["mma"] == r["expect_mma"] for r in results), \
         [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
