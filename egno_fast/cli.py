@@ -76,9 +76,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     model.to(device)
     if args.backend:
         model.backend = args.backend
-    metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device)
+    if args.resample > 1:
+        from .training.zero_shot import evaluate_resampled
+
+        metrics = evaluate_resampled(model, config, args.resample, args.split, device, not args.no_progress)
+        label = f"{args.split}, zero-shot {args.resample} x {config.data.num_frames} frames"
+    else:
+        metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device)
+        label = args.split
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
-    print(f"{args.split}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
+    print(f"{label}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
+    if args.output:
+        import json
+
+        from .data.io import atomic_path
+        from .training.trainer import git_commit
+
+        record = dict(metrics, command="egno-fast " + " ".join(sys.argv[1:]), checkpoint=str(args.checkpoint),
+                      checkpoint_epoch=state.get("state", {}).get("epoch"), config=state["config"],
+                      git_commit=git_commit())
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"metrics: {args.output}")
     if args.plot:
         print(f"plot: {plot_trajectories(model, datasets[args.split], args.plot, 3, device)}")
     return 0
@@ -139,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--backend", choices=["reference", "triton", "cpp", "auto"])
     evaluate.add_argument("--plot", help="also write a PNG of predicted vs true trajectories here")
+    evaluate.add_argument("--resample", type=int, default=1, metavar="K",
+                          help="zero-shot: predict K x P uniform frames over the same span (default 1)")
+    evaluate.add_argument("--output", help="also write the metrics, command and checkpoint epoch as JSON here")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 

@@ -71,7 +71,7 @@ class MocapDataset(Dataset):
         last = torch.as_tensor(ptr[trials[keep] + 1])
         if bool((first + SPAN >= last).any()):
             raise ValueError("a start frame leaves fewer than 30 frames (+1 for the velocity) in its trial")
-        self.split, self.offsets, self.height_scale = split, offsets.tolist(), height_scale
+        self.split, self.offsets, self.span, self.height_scale = split, offsets.tolist(), SPAN, height_scale
         self.x = positions[first]  # [S, J, 3]
         self.v = positions[first + 1] - positions[first]
         self.targets = positions[first[:, None] + torch.as_tensor(offsets)[None]]  # [S, P, J, 3]

@@ -220,7 +220,8 @@ class NBodyDataset(Dataset):
     def __init__(self, arrays: Dict[str, np.ndarray], split: str, num_frames: int = 5,
                  max_samples: Optional[int] = None, discretisation: str = "uniform", input_frame: int = 30,
                  span: int = 10):
-        frames = [input_frame + k for k in target_offsets(num_frames, span, discretisation)]
+        self.offsets, self.span = target_offsets(num_frames, span, discretisation), span
+        frames = [input_frame + k for k in self.offsets]
         loc = arrays[f"loc_{check_split(split)}"][:max_samples]
         if input_frame + span >= loc.shape[1]:
             raise ValueError(f"frames {input_frame}+{span} exceed the {loc.shape[1]} recorded frames")

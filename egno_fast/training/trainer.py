@@ -88,13 +88,15 @@ def build_model(config: ExperimentConfig, sample) -> EGNO:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | str) -> Dict[str, object]:
-    """F-MSE, A-MSE and the per-frame MSE of ``model`` over every sample of ``loader``."""
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | str,
+             frame_times: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    """F-MSE, A-MSE and the per-frame MSE of ``model`` over every sample of ``loader`` (``frame_times``: the
+    model's output times, see :meth:`EGNO.forward`; None for its training frames)."""
     model.eval()
     squared, count = None, 0
     for batch in loader:
         batch = batch.to(device)
-        pred = model(batch.x, batch.v, batch.h, batch.graph(validate=False)).x
+        pred = model(batch.x, batch.v, batch.h, batch.graph(validate=False), frame_times=frame_times).x
         errors = frame_squared_error(pred, batch.target)
         squared = errors if squared is None else squared + errors
         count += batch.target.shape[1] * batch.target.shape[2]
