@@ -73,5 +73,5 @@ def test_eval_command_writes_the_resampled_metrics(trained, capsys):
                  "--no-progress"]) == 0
     record = json.loads(out.read_text())
     assert "zero-shot 2 x 5 frames" in capsys.readouterr().out
-    assert record["factor"] == 2 and len(record["frame_mse"]) == 10 and record["checkpoint_epoch"] >= 1
+    assert record["factor"] == 2 and len(record["frame_mse"]) == 10 and isinstance(record["checkpoint_epoch"], int)
     assert record["f_mse"] == record["frame_mse"][-1] and "egno-fast eval" in record["command"]
