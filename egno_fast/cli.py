@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import platform
+import shlex
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -17,6 +18,11 @@ def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None
     parser.add_argument("--data-dir", help="where data sets are cached (default: $EGNO_FAST_DATA or ~/.cache/egno_fast)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=5e-4 (repeatable)")
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as typed (for logs): ``egno-fast`` and the arguments ``main`` received."""
+    return shlex.join(["egno-fast", *args.argv])
 
 
 def _config_from_args(args: argparse.Namespace):
@@ -47,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.name}-seed{config.train.seed}")
     result = train(config, run_dir, resume=not args.no_resume, progress=not args.no_progress,
-                   command=" ".join(["egno-fast"] + sys.argv[1:]))
+                   command=_command_line(args))
     print(f"\n{config.name}: stopped by {result.stopped} after {result.epochs_run} epochs "
           f"({result.wall_s / 60:.1f} min of training)")
     print(f"best validation F-MSE {result.val_f_mse:.6f} at epoch {result.best_epoch}; "
@@ -92,7 +98,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .data.io import atomic_path
         from .training.trainer import git_commit
 
-        record = dict(metrics, command="egno-fast " + " ".join(sys.argv[1:]), checkpoint=str(args.checkpoint),
+        record = dict(metrics, command=_command_line(args), checkpoint=str(args.checkpoint),
                       checkpoint_epoch=state.get("state", {}).get("epoch"), config=state["config"],
                       git_commit=git_commit())
         with atomic_path(args.output) as tmp:
@@ -171,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
