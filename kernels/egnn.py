@@ -20,7 +20,6 @@ deterministic. The opt-in atomic mode skips the sender pass and scatters the sen
 """
 from __future__ import annotations
 
-import os
 from typing import Dict, Optional, Tuple
 
 import torch

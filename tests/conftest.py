@@ -1,5 +1,8 @@
 """Shared helpers: paths to ../shared, random graphs, and random orthogonal transforms."""
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +40,38 @@ def random_directed_graph(num_nodes: int, num_edges: int, generator: torch.Gener
     edge_index = torch.stack([sender[keep], receiver[keep]])
     edge_attr = torch.randn(edge_index.shape[1], edge_dim, generator=generator, dtype=torch.float64)
     return edge_index, edge_attr
+
+
+def compile_every_configuration(module: str, production_archs=(), atomic_variants=frozenset(), title: str = ""):
+    """Compile ``module``'s aot_configurations() for sm_90 (and its production ones for ``production_archs``) in a
+    process without the interpreter; assert no errors, no spills, shared memory within the architecture's limit,
+    atomic instructions exactly in the configurations named in ``atomic_variants`` (name prefixes) and tensor-core
+    instructions exactly where expected. Returns the per-configuration results."""
+    import importlib
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    command = [sys.executable, "-m", "egno_fast.kernels.aot", module, "--arch", "90",
+               "--jobs", str(os.cpu_count() or 1)]
+    if production_archs:
+        command += ["--production-arch", *map(str, production_archs)]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3000)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(line) for line in run.stdout.splitlines()]
+    kernels = importlib.import_module(module)
+    expected = len(list(kernels.aot_configurations())) + \
+        len(production_archs) * len(list(kernels.aot_configurations(True)))
+    assert len(results) == expected
+    print(f"\n{title}, ahead-of-time compile (registers / spill bytes / shared bytes):")
+    for r in results:
+        print(f"  sm_{r['arch']} {r['name']}: " + (r.get("error") or f"{r['registers']} regs, {r['spills']} spill, "
+                                                                     f"{r['shared_bytes']} shared"))
+    assert not [r for r in results if "error" in r]
+    assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
+    assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
+    atomic = {r["name"] for r in results if r["atomics"]}
+    assert atomic == {r["name"] for r in results if r["name"].startswith(tuple(atomic_variants))}, \
+        "atomic instructions outside the opt-in atomic variants"
+    assert all(r["mma"] == r["expect_mma"] for r in results), \
+        [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
+    return results

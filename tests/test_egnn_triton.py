@@ -6,16 +6,12 @@ Without a GPU the kernel runs in Triton's interpreter in float64 (several owners
 configuration is exercised too); with a GPU the same tests run the compiled kernels in float32 against a float64
 reference.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import random_directed_graph, random_orthogonal
+from conftest import compile_every_configuration, random_directed_graph, random_orthogonal
 from egno_fast.graph import build_graph
 from egno_fast.nn import EGNNLayer
 from egno_fast.reference.egnn import egnn_layer_reference
@@ -337,16 +333,9 @@ def test_model_with_triton_backend_matches_reference_on_protein_sized_graph():
 
 
 def test_training_with_triton_backend_follows_the_reference_loss_curve(tmp_path):
-    from egno_fast.training import train
-    from test_training import tiny_config
+    from test_training import training_loss_curves
 
-    curves = {}
-    for backend in ("reference", "triton"):
-        config = tiny_config(tmp_path / "data", "train.epochs=3", f'model.backend="{backend}"',
-                             f'train.device="{DEVICE}"')
-        train(config, tmp_path / backend, progress=False)
-        records = [json.loads(line) for line in (tmp_path / backend / "metrics.jsonl").read_text().splitlines()]
-        curves[backend] = [r["train_a_mse"] for r in records if r["event"] == "eval"]
+    curves = training_loss_curves(tmp_path, {"reference": "reference", "triton": "triton"}, DEVICE)
     assert len(curves["triton"]) == 3
     torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["reference"]), rtol=1e-4, atol=0)
 
@@ -401,22 +390,7 @@ def test_patch_of_layers_outside_the_model_and_refusals():
 # --------------------------------------------------------------------------------- ahead-of-time compilation
 
 def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    run = subprocess.run([sys.executable, "-m", "egno_fast.kernels.aot", "egno_fast.kernels.egnn", "--arch", "90",
-                          "--jobs", str(os.cpu_count() or 1)], capture_output=True, text=True, env=env, timeout=3000)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = [json.loads(line) for line in run.stdout.splitlines()]
-    assert len(results) == len(list(egnn_kernels.aot_configurations()))
-    print("\nTriton EGNN layer, ahead-of-time compile (registers / spill bytes / shared bytes):")
-    for r in results:
-        print(f"  sm_{r['arch']} {r['name']}: " + (r.get("error") or
-                                                  f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
-    assert not [r for r in results if "error" in r]
-    assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
-    assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
-    atomic = {r["name"] for r in results if r["atomics"]}
-    assert atomic == {r["name"] for r in results if r["name"].startswith("receiver_grad_atomic")}, \
-        "atomic instructions must appear in the opt-in atomic variant and nowhere else"
-    assert all(r["mma"] == r["expect_mma"] for r in results), \
-        [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
+    """Atomics only in the opt-in atomic variant; the deterministic ones have none (the GPU-independent evidence
+    for the determinism claim: under the interpreter programs run one after another)."""
+    compile_every_configuration("egno_fast.kernels.egnn", atomic_variants={"receiver_grad_atomic"},
+                                title="Triton EGNN layer")

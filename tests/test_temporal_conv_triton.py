@@ -4,15 +4,11 @@ equivariance, determinism, the model and a training run; and ahead-of-time compi
 Without a GPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest) in float64; the
 compilation for sm_90 / sm_80 runs in a separate process, where the interpreter is off.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import random_orthogonal
+from conftest import compile_every_configuration, random_orthogonal
 from egno_fast.reference.temporal_conv import temporal_residual_reference
 
 import egno_fast.kernels.temporal_conv as triton_kernels  # noqa: E402  (triton is a test dependency)
@@ -140,16 +136,9 @@ def test_model_with_triton_temporal_convs_matches_reference():
 
 
 def test_training_follows_the_reference_loss_curve(tmp_path):
-    from egno_fast.training import train
-    from test_training import tiny_config
+    from test_training import training_loss_curves
 
-    curves = {}
-    for name, backend in (("reference", "reference"), ("triton", MIXED)):
-        config = tiny_config(tmp_path / "data", "train.epochs=3", f"model.backend={json.dumps(backend)}",
-                             f'train.device="{DEVICE}"')
-        train(config, tmp_path / name, progress=False)
-        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        curves[name] = [r["train_a_mse"] for r in records if r["event"] == "eval"]
+    curves = training_loss_curves(tmp_path, {"reference": "reference", "triton": MIXED}, DEVICE)
     assert len(curves["triton"]) == 3
     torch.testing.assert_close(torch.tensor(curves["triton"]), torch.tensor(curves["reference"]), rtol=1e-4,
                                atol=0)
@@ -158,25 +147,8 @@ def test_training_follows_the_reference_loss_curve(tmp_path):
 # --------------------------------------------------------------------------------- ahead-of-time compilation
 
 def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    run = subprocess.run([sys.executable, "-m", "egno_fast.kernels.aot", "egno_fast.kernels.temporal_conv",
-                          "--arch", "90", "--production-arch", "80", "--jobs", str(os.cpu_count() or 1)],
-                         capture_output=True, text=True, env=env, timeout=1500)
-    assert run.returncode == 0, run.stderr[-3000:]
-    results = [json.loads(line) for line in run.stdout.splitlines()]
-    expected = len(list(triton_kernels.aot_configurations())) + len(list(triton_kernels.aot_configurations(True)))
-    assert len(results) == expected
-    print("\nTriton temporal convolution, ahead-of-time compile (registers / spill bytes / shared bytes):")
-    for r in results:
-        print(f"  sm_{r['arch']} {r['name']}: " + (r.get("error") or
-                                                  f"{r['registers']} regs, {r['spills']} spill, {r['shared_bytes']} shared"))
-    assert not [r for r in results if "error" in r]
-    assert not [r["name"] for r in results if r["spills"]], "local-memory spills"
-    assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
-    assert not [r["name"] for r in results if r["atomics"]], "atomic instructions in a deterministic kernel"
-    assert all(r["mma"] == r["expect_mma"] for r in results), \
-        [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
+    compile_every_configuration("egno_fast.kernels.temporal_conv", production_archs=(80,),
+                                title="Triton temporal convolution")
 
 
 def test_reference_and_fused_modules_share_state_dicts():

@@ -24,6 +24,19 @@ def tiny_config(data_dir, *overrides) -> ExperimentConfig:
     return apply_overrides(load_config("default"), TINY + [f'data.data_dir="{data_dir}"', *overrides])
 
 
+def training_loss_curves(root, backends, device="cpu", epochs=3):
+    """Train the tiny config once per entry of ``backends`` (name -> model.backend) and return name -> the
+    training A-MSE of every epoch, read from each run's log."""
+    curves = {}
+    for name, backend in backends.items():
+        config = tiny_config(root / "data", f"train.epochs={epochs}", f"model.backend={json.dumps(backend)}",
+                             f'train.device="{device}"')
+        train(config, root / name, progress=False)
+        records = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+        curves[name] = [r["train_a_mse"] for r in records if r["event"] == "eval"]
+    return curves
+
+
 def test_frame_mse_convention():
     pred, target = torch.zeros(2, 4, 3), torch.ones(2, 4, 3)
     target[1] = 2.0
