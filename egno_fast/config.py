@@ -25,6 +25,10 @@ class DataConfig:
     num_valid: int = 2000
     num_test: int = 2000
     generator_seed: int = 43
+    # MD17 (DESIGN.md §2): which molecule, and "file" (md17_<molecule>.npz in the data folder, e.g. the sGDML
+    # download) or "standin" (generated once with RDKit's MMFF94 into <data folder>/md17_standin/).
+    molecule: str = "aspirin"
+    md17_source: str = "file"
 
 
 @dataclass

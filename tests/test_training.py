@@ -78,6 +78,17 @@ def test_resume_is_exact(data_dir, tmp_path):
     assert [h["resumed_at_epoch"] for h in headers] == [None, 2]
 
 
+def test_checkpoints_of_older_versions_resume(data_dir, tmp_path):
+    """A config key added after a checkpoint was written (here data.molecule) takes its default on resume."""
+    from egno_fast.training.checkpoint import save_checkpoint
+
+    train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["config"]["data"]["molecule"]
+    save_checkpoint(tmp_path / "last.pt", state)
+    assert train(tiny_config(data_dir, "train.epochs=2"), tmp_path, progress=False).epochs_run == 2
+
+
 def test_time_limit_stops_resumably(data_dir, tmp_path):
     stopped = train(tiny_config(data_dir, "train.epochs=3", "train.max_minutes=0"), tmp_path, progress=False)
     assert stopped.stopped == "time_limit" and stopped.epochs_run == 1

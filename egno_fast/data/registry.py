@@ -8,11 +8,12 @@ from typing import Dict
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from .md17 import MD17Dataset, generate_md17_standin, md17_path
 from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
 from .protocol import SPLITS
 
-DATASETS = ("nbody", "mocap")
+DATASETS = ("nbody", "mocap", "md17")
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -39,4 +40,26 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
         path = find_mocap_file(config.data_dir or None)
         return mocap_datasets(path, config.num_frames, config.discretisation, config.max_train_samples,
                               config.max_eval_samples)
+    if config.name == "md17":
+        path = md17_file(config)
+        limits = {"train": config.max_train_samples, "valid": config.max_eval_samples,
+                  "test": config.max_eval_samples}
+        return {split: MD17Dataset(path, split, config.num_frames, limits[split],
+                                   discretisation=config.discretisation) for split in SPLITS}
     raise ValueError(f"unknown dataset {config.name!r}; available: {DATASETS}")
+
+
+def md17_file(config: DataConfig) -> Path:
+    """The npz of ``config.molecule``: the user's file ("file"), or the RDKit stand-in, generated once ("standin")."""
+    if config.md17_source == "standin":
+        path = md17_path(resolve_data_dir(config) / "md17_standin", config.molecule)
+        if not path.exists():
+            generate_md17_standin(path, config.molecule)
+        return path
+    if config.md17_source != "file":
+        raise ValueError(f"data.md17_source must be 'file' or 'standin', got {config.md17_source!r}")
+    path = md17_path(resolve_data_dir(config), config.molecule)
+    if not path.exists():
+        raise FileNotFoundError(f"MD17 file not found: {path}. Put the sGDML md17_{config.molecule}.npz there "
+                                "(--data-dir), or use the RDKit stand-in: --set data.md17_source=\"standin\"")
+    return path

@@ -119,9 +119,10 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> Da
 
 
 def _check_resumable(saved: Dict, config: ExperimentConfig) -> None:
-    new = config.to_dict()
+    new, defaults = config.to_dict(), ExperimentConfig().to_dict()  # keys added since the checkpoint: defaults
     changed = [(section, key) for section in ("data", "model", "train") for key in new[section]
-               if saved[section].get(key) != new[section][key] and (section, key) not in RESUMABLE_CHANGES]
+               if saved[section].get(key, defaults[section][key]) != new[section][key]
+               and (section, key) not in RESUMABLE_CHANGES]
     if changed:
         names = ", ".join(f"{s}.{k}: {saved[s].get(k)!r} -> {new[s][k]!r}" for s, k in changed)
         raise ValueError(f"cannot resume: the config differs from the checkpoint's ({names}); use a new --run-dir")
