@@ -46,3 +46,19 @@ def test_largest_fit_search_brackets_the_limit():
     assert 0.97 * 123_456 <= found["largest_fit_nodes"] <= 123_456 < found["first_failure_nodes"]
     assert largest_fit(lambda n: False)["largest_fit_nodes"] == 0
     assert largest_fit(lambda n: True, limit=40_000) == {"largest_fit_nodes": 40_000, "first_failure_nodes": None}
+
+
+def test_egnn_target_summary_and_cpu_refusal(capsys):
+    from benchmarks import egnn_target
+
+    records = [dict(variant="reference", nodes=10, status="measured", median_ms=8.0, peak_memory_MB=100.0),
+               dict(variant="compile_tf32", nodes=10, status="oom"),
+               dict(variant="triton_tf32", nodes=10, status="measured", median_ms=2.0, peak_memory_MB=10.0,
+                    max_rel_err_h=1e-6)]
+    text = egnn_target.summarise(records, {"triton_tf32": {"largest_fit_nodes": 5}},
+                                 dict(device="d", torch="t", triton="x", git_commit="c"))
+    assert "| 10 | triton_tf32 | measured | 2.00 | 10 | 4.00x | - | 1.0e-06 |" in text
+    assert "triton_tf32" in text.split("fits")[1]
+    if not torch.cuda.is_available():
+        assert egnn_target.main(["--nodes", "10"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err
