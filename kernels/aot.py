@@ -23,17 +23,20 @@ SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 @dataclass
 class CompiledKernel:
-    """What a compile produced: PTX text and the cubin's resource usage."""
+    """What a compile produced: PTX text and the cubin's resource usage. ``stack_bytes`` is the per-thread stack
+    frame: Triton kernels have no local arrays or calls, so a stack frame holds spilled registers."""
 
     ptx: str
     registers: int
     spill_stores: int
     spill_loads: int
     shared_bytes: int
+    stack_bytes: int = 0
 
     @property
     def spills(self) -> int:
-        return self.spill_stores + self.spill_loads
+        """Bytes of spilled state per thread (the stack frame, or ptxas's spill counts where larger)."""
+        return max(self.stack_bytes, self.spill_stores + self.spill_loads)
 
     def has_atomics(self) -> bool:
         return re.search(r"\b(atom|red)\.", self.ptx) is not None
@@ -54,10 +57,13 @@ def resource_usage(cubin: bytes) -> Dict[str, int]:
         text = subprocess.run([_cuobjdump(), "--dump-resource-usage", handle.name], capture_output=True, text=True,
                               check=True).stdout
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    if "REG" not in fields:
+        raise RuntimeError(f"cuobjdump printed no resource usage:\n{text}")
     spill_stores = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", text))
     spill_loads = sum(int(v) for v in re.findall(r"(\d+) bytes spill loads", text))
-    return {"registers": int(fields.get("REG", 0)), "shared": int(fields.get("SHARED", 0)),
-            "local": int(fields.get("LOCAL", 0)), "spill_stores": spill_stores, "spill_loads": spill_loads}
+    return {"registers": int(fields["REG"]), "shared": int(fields.get("SHARED", 0)),
+            "local": int(fields.get("LOCAL", 0)), "stack": int(fields.get("STACK", 0)),
+            "spill_stores": spill_stores, "spill_loads": spill_loads}
 
 
 def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, object], arch: int = 90,
@@ -86,7 +92,7 @@ def compile_kernel(kernel, signature: Dict[str, str], constexprs: Dict[str, obje
     shared = max(usage["shared"], int(getattr(compiled.metadata, "shared", 0) or 0))
     return CompiledKernel(ptx=compiled.asm["ptx"], registers=usage["registers"],
                           spill_stores=usage["spill_stores"] + usage["local"], spill_loads=usage["spill_loads"],
-                          shared_bytes=shared)
+                          shared_bytes=shared, stack_bytes=usage["stack"])
 
 
 def _compile_entry(entry):
