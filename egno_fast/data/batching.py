@@ -1,10 +1,11 @@
 """Samples and batches of graphs in PyTorch Geometric's convention (row 0 of edge_index = sender)."""
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from ..graph import Graph, build_graph
 
@@ -18,6 +19,32 @@ class GraphSample(NamedTuple):
     edge_index: Tensor
     edge_attr: Tensor
     target: Tensor
+
+
+class StartFrameDataset(Dataset):
+    """Samples that start from one input frame: ``x``, ``v`` [S, n, 3], ``targets`` [S, P, n, 3] and one
+    ``edge_index`` [2, e] shared by every sample; subclasses give the node and edge features in :meth:`features`."""
+
+    x: Tensor
+    v: Tensor
+    targets: Tensor
+    edge_index: Tensor
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> GraphSample:
+        x, v = self.x[index], self.v[index]
+        sender, receiver = self.edge_index
+        rel = x[receiver] - x[sender]
+        h, edge_attr = self.features(index, x, v, sender, receiver, (rel * rel).sum(-1))
+        return GraphSample(x=x, v=v, h=h, edge_index=self.edge_index, edge_attr=edge_attr,
+                           target=self.targets[index])
+
+    def features(self, index: int, x: Tensor, v: Tensor, sender: Tensor, receiver: Tensor,
+                 dist2: Tensor) -> Tuple[Tensor, Tensor]:
+        """(h [n, k], edge_attr [e, f]) of sample ``index``; dist2 [e] = |x_i - x_j|^2 of its input frame."""
+        raise NotImplementedError
 
 
 class GraphBatch(NamedTuple):

@@ -18,9 +18,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .batching import GraphSample
+from .batching import StartFrameDataset
 from .io import atomic_savez, load_npz
 from .protocol import check_split, target_offsets
 
@@ -77,7 +76,7 @@ def molecule_graph(positions: np.ndarray, cutoff: float = BOND_CUTOFF):
     return torch.as_tensor(np.stack([sender, receiver])), torch.as_tensor(hop, dtype=torch.float32)
 
 
-class MD17Dataset(Dataset):
+class MD17Dataset(StartFrameDataset):
     """One split of one molecule (module docstring for the protocol).
 
     Args:
@@ -110,17 +109,9 @@ class MD17Dataset(Dataset):
         self.targets = torch.as_tensor(x[starts[:, None] + np.array(self.offsets)[None]], dtype=torch.float32)
         self.edge_index, self.hop = molecule_graph(x[0])
 
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index: int) -> GraphSample:
-        x, v = self.x[index], self.v[index]
-        sender, receiver = self.edge_index
-        rel = x[receiver] - x[sender]
-        edge_attr = torch.stack([self.z[receiver], self.z[sender], self.hop, (rel * rel).sum(-1)], dim=-1)
-        h = torch.stack([v.norm(dim=-1), self.z / self.z.max()], dim=-1)
-        return GraphSample(x=x, v=v, h=h, edge_index=self.edge_index, edge_attr=edge_attr,
-                           target=self.targets[index])
+    def features(self, index, x, v, sender, receiver, dist2):
+        edge_attr = torch.stack([self.z[receiver], self.z[sender], self.hop, dist2], dim=-1)
+        return torch.stack([v.norm(dim=-1), self.z / self.z.max()], dim=-1), edge_attr
 
 
 # ------------------------------------------------------------------------------------------ stand-in generator

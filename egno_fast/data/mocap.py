@@ -7,9 +7,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .batching import GraphSample
+from .batching import StartFrameDataset
 from .io import load_npz
 from .protocol import check_split, target_offsets
 
@@ -43,7 +42,7 @@ def skeleton_edges(bones: np.ndarray, num_joints: int):
     return torch.stack([sender, receiver]), hop
 
 
-class MocapDataset(Dataset):
+class MocapDataset(StartFrameDataset):
     """One split: input = frame t of a trial (position, velocity X[t+1] - X[t]), targets = P later frames.
 
     Discretisation "last" (EGNO-L, the reference's default): frames t+26..t+30 for P = 5; "uniform" (EGNO-U):
@@ -77,17 +76,9 @@ class MocapDataset(Dataset):
         self.targets = positions[first[:, None] + torch.as_tensor(offsets)[None]]  # [S, P, J, 3]
         self.edge_index, self.hop = skeleton_edges(arrays["bones"], positions.shape[1])
 
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index: int) -> GraphSample:
-        x, v = self.x[index], self.v[index]
-        sender, receiver = self.edge_index
-        rel = x[receiver] - x[sender]
+    def features(self, index, x, v, sender, receiver, dist2):
         h = torch.stack([v.norm(dim=-1), x[:, 1] / self.height_scale], dim=-1)
-        edge_attr = torch.stack([self.hop, (rel * rel).sum(-1)], dim=-1)
-        return GraphSample(x=x, v=v, h=h, edge_index=self.edge_index, edge_attr=edge_attr,
-                           target=self.targets[index])
+        return h, torch.stack([self.hop, dist2], dim=-1)
 
 
 def mocap_datasets(path: str | Path, num_frames: int = 5, discretisation: str = "last",

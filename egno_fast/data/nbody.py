@@ -13,9 +13,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from .batching import GraphSample, complete_graph_edges
+from .batching import StartFrameDataset, complete_graph_edges
 from .io import atomic_savez, load_npz
 from .protocol import SPLITS, check_split, target_offsets
 
@@ -200,7 +199,7 @@ def load_or_generate_nbody(data_dir: str | Path, params: NBodyParams = NBodyPara
     return arrays
 
 
-class NBodyDataset(Dataset):
+class NBodyDataset(StartFrameDataset):
     """EGNO samples from one split: the state at ``input_frame``, targets at P later frames.
 
     Uniform discretisation ("U"): targets are frames ``input_frame + span * p // P`` for p = 1..P (P = 5: 32..40).
@@ -233,13 +232,6 @@ class NBodyDataset(Dataset):
         self.charges = torch.as_tensor(arrays[f"charges_{split}"][:max_samples][..., 0], dtype=torch.float32)
         self.edge_index = complete_graph_edges(self.x.shape[1])
 
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def __getitem__(self, index: int) -> GraphSample:
-        x, v, q = self.x[index], self.v[index], self.charges[index]
-        sender, receiver = self.edge_index
-        rel = x[receiver] - x[sender]
-        edge_attr = torch.stack([q[receiver] * q[sender], (rel * rel).sum(-1)], dim=-1)
-        return GraphSample(x=x, v=v, h=v.norm(dim=-1, keepdim=True), edge_index=self.edge_index,
-                           edge_attr=edge_attr, target=self.targets[index])
+    def features(self, index, x, v, sender, receiver, dist2):
+        q = self.charges[index]
+        return v.norm(dim=-1, keepdim=True), torch.stack([q[receiver] * q[sender], dist2], dim=-1)
