@@ -1,5 +1,7 @@
 """Backend dispatch: one explicit, reported choice among "reference", "triton" and "cpp" per op ("auto" picks).
 
+Ops: the model's layers (:data:`OPS`) and the graph builders (:data:`GRAPH_OPS`).
+
 Each op has one entry point per backend, registered here. A backend that is requested for an op it cannot run
 (not built, no kernel for that op yet, wrong device) raises :class:`BackendUnavailableError` naming the reason;
 nothing falls back silently. "auto" takes, per op and device, the first backend of :data:`AUTO_PRIORITY` that can
@@ -9,25 +11,24 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .reference import egnn_layer_reference, temporal_residual_reference
+from .reference import (egnn_layer_reference, knn_graph_reference, radius_graph_reference, receiver_csr_reference,
+                        temporal_residual_reference)
 
 BACKENDS = ("reference", "triton", "cpp")
-OPS = ("temporal_residual", "egnn_layer")
+OPS = ("temporal_residual", "egnn_layer")  # the model's layers (what patch() and the model's backend choose)
+GRAPH_OPS = ("receiver_csr", "radius_graph", "knn_graph")  # graph construction (egno_fast.graph)
+ALL_OPS = OPS + GRAPH_OPS
 # The order in which "auto" tries the backends, per device type.
 AUTO_PRIORITY = {"cuda": ("triton", "cpp", "reference"), "cpu": ("cpp", "reference")}
 # Modules that register a backend's ops when imported (imported on first use: Triton is slow to import).
-_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv", "egno_fast.kernels.egnn"), "cpp": ()}
-# Why a backend lacks an op in this build (removed as the implementations land).
-_MISSING = {
-    ("cpp", "temporal_residual"): "the C++/CUDA extension is not implemented yet",
-    ("cpp", "egnn_layer"): "the C++/CUDA extension is not implemented yet",
-}
+_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv", "egno_fast.kernels.egnn"), "cpp": ("egno_fast.cpp",)}
 
-_REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in OPS}
+_REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in ALL_OPS}
+_DEVICES: Dict[tuple, Tuple[str, ...]] = {}  # (op, backend) -> device types it runs on (absent: any)
 _LOAD_ERRORS: Dict[str, str] = {}
 _LOADED = {"reference"}
 
@@ -36,15 +37,20 @@ class BackendUnavailableError(RuntimeError):
     """Raised when a requested backend cannot run an op here (not built, not implemented, wrong device)."""
 
 
-def register(op: str, backend: str, fn: Callable) -> None:
-    """Register ``fn`` as the implementation of ``op`` for ``backend``."""
-    if op not in OPS or backend not in BACKENDS:
+def register(op: str, backend: str, fn: Callable, devices: Optional[Tuple[str, ...]] = None) -> None:
+    """Register ``fn`` as the implementation of ``op`` for ``backend`` on ``devices`` (device types; None: any)."""
+    if op not in ALL_OPS or backend not in BACKENDS:
         raise ValueError(f"unknown op {op!r} or backend {backend!r}")
     _REGISTRY[op][backend] = fn
+    if devices is not None:
+        _DEVICES[(op, backend)] = tuple(devices)
 
 
 register("temporal_residual", "reference", temporal_residual_reference)
 register("egnn_layer", "reference", egnn_layer_reference)
+register("receiver_csr", "reference", receiver_csr_reference)
+register("radius_graph", "reference", radius_graph_reference)
+register("knn_graph", "reference", knn_graph_reference)
 
 
 def _load(backend: str) -> None:
@@ -73,7 +79,10 @@ def unavailable_reason(backend: str, op: str, device: torch.device | str | None 
     if backend in _LOAD_ERRORS:
         return _LOAD_ERRORS[backend]
     if backend not in _REGISTRY[op]:
-        return _MISSING.get((backend, op), f"{backend!r} has no implementation of {op!r}")
+        return f"{backend!r} has no implementation of {op!r}"
+    supported = _DEVICES.get((op, backend))
+    if device is not None and supported is not None and torch.device(device).type not in supported:
+        return f"{backend!r} runs {op!r} on {' and '.join(supported)} tensors only in this build"
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
             and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before import)"
@@ -82,7 +91,7 @@ def unavailable_reason(backend: str, op: str, device: torch.device | str | None 
 
 def backend_status(device: torch.device | str | None = None) -> Dict[str, Dict[str, str]]:
     """backend -> op -> "available" or the reason it is not (what ``egno-fast info`` prints)."""
-    return {b: {op: unavailable_reason(b, op, device) or "available" for op in OPS} for b in BACKENDS}
+    return {b: {op: unavailable_reason(b, op, device) or "available" for op in ALL_OPS} for b in BACKENDS}
 
 
 def resolve_backend(requested: str, device: torch.device | str, op: str) -> str:

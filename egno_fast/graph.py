@@ -61,14 +61,6 @@ class Graph:
         return Graph(**moved)
 
 
-def _offsets(sorted_keys: Tensor, num_nodes: int) -> Tensor:
-    """[N + 1] int64 CSR offsets of ``sorted_keys`` (values in [0, N)), by counting."""
-    counts = torch.bincount(sorted_keys, minlength=num_nodes)
-    rowptr = torch.zeros(num_nodes + 1, dtype=torch.int64, device=sorted_keys.device)
-    torch.cumsum(counts, dim=0, out=rowptr[1:])
-    return rowptr
-
-
 def _fail(message: str) -> None:
     raise GraphInputError(message)
 
@@ -112,8 +104,14 @@ def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optiona
             _fail("edge_index connects nodes of different graphs in the batch")
 
 
+def _graph_op(op: str, backend: str, device: torch.device):
+    from .backends import check_backend_name, get_op, resolve_backend  # backends imports the references
+
+    return get_op(op, resolve_backend(check_backend_name(backend), device, op))
+
+
 def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
-                batch: Optional[Tensor] = None, validate: bool = True) -> Graph:
+                batch: Optional[Tensor] = None, validate: bool = True, backend: str = "auto") -> Graph:
     """Convert a PyG-style batch into a receiver-sorted CSR :class:`Graph`.
 
     Args:
@@ -122,27 +120,84 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
         edge_attr:  [E, f] floating-point edge features, or None (f = 0).
         batch:      [N] sorted graph id of each node, or None (one graph).
         validate:   check the inputs (shapes, dtypes, finite values, index range); False skips it for speed.
+        backend:    who sorts the edges ("reference": torch.argsort, "cpp": counting sort, "auto": cpp if built);
+                    every backend gives the same stable order.
     """
     if validate:
         validate_graph_inputs(edge_index, num_nodes, edge_attr, batch)
     device = edge_index.device
     edge_index = edge_index.long()
-    sender, receiver = edge_index[0], edge_index[1]
-    edge_perm = torch.argsort(receiver, stable=True)
-    sender, receiver = sender[edge_perm], receiver[edge_perm]
+    receiver_csr = _graph_op("receiver_csr", backend, device)
+    rowptr, edge_perm = receiver_csr(edge_index[1], num_nodes)
+    sender, receiver = edge_index[0][edge_perm], edge_index[1][edge_perm]
     if edge_attr is None:
         edge_attr = torch.zeros(edge_index.shape[1], 0, device=device)
     edge_attr = edge_attr[edge_perm]
-    sender_perm = torch.argsort(sender, stable=True)
+    sender_rowptr, sender_perm = receiver_csr(sender, num_nodes)
     if batch is None:
         batch = torch.zeros(num_nodes, dtype=torch.int64, device=device)
         num_graphs = 1
     else:
         batch = batch.long()
         num_graphs = int(batch.max()) + 1
-    return Graph(num_nodes=num_nodes, num_graphs=num_graphs, rowptr=_offsets(receiver, num_nodes),
-                 sender=sender, receiver=receiver, edge_perm=edge_perm, edge_attr=edge_attr, batch=batch,
-                 sender_perm=sender_perm, sender_rowptr=_offsets(sender[sender_perm], num_nodes))
+    return Graph(num_nodes=num_nodes, num_graphs=num_graphs, rowptr=rowptr, sender=sender, receiver=receiver,
+                 edge_perm=edge_perm, edge_attr=edge_attr, batch=batch, sender_perm=sender_perm,
+                 sender_rowptr=sender_rowptr)
+
+
+def _check_points(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]) -> None:
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3 or not pos.is_floating_point():
+        _fail(f"pos must be a floating-point tensor [N, 3], got "
+              f"{list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}")
+    if not bool(torch.isfinite(pos).all()):
+        _fail("pos contains NaN or infinite values")
+    if batch is not None:
+        if batch.shape != (pos.shape[0],) or batch.dtype not in (torch.int32, torch.int64):
+            _fail(f"batch must be an int tensor [N] with N = {pos.shape[0]}, got {batch.dtype} {list(batch.shape)}")
+        if batch.numel() and int(batch.min()) < 0:
+            _fail("batch contains negative graph ids")
+    if box is not None and (box.numel() != 3 or not bool((box > 0).all()) or not bool(torch.isfinite(box).all())):
+        _fail(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got {box.tolist()}")
+
+
+def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
+                 backend: str = "auto") -> Tensor:
+    """Edges j -> i between points of the same graph with |x_i - x_j| <= cutoff (cell lists on "cpp").
+
+    Args:
+        pos:    [N, 3] positions (any float dtype; distances are compared in float64).
+        cutoff: the radius (inclusive); with a periodic box at most half its smallest length.
+        batch:  [N] graph id of each point, or None (one graph).
+        box:    [3] orthorhombic periodic box lengths (minimum image), or None.
+        backend: "reference" (brute force), "cpp" or "auto".
+    Returns:
+        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender; no self loops.
+        ``build_graph(edge_index, N, ...)`` turns it into a :class:`Graph`.
+    """
+    _check_points(pos, batch, box)
+    if not cutoff > 0 or cutoff == float("inf"):
+        _fail(f"cutoff must be positive and finite, got {cutoff}")
+    if box is not None and 2 * cutoff > float(box.min()):
+        _fail(f"with a periodic box the cutoff ({cutoff}) must be at most half the smallest box length "
+              f"({float(box.min())})")
+    return _graph_op("radius_graph", backend, pos.device)(pos, float(cutoff), batch, box)
+
+
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
+              backend: str = "auto") -> Tensor:
+    """Edges j -> i from the k nearest points j of each point i in its graph (fewer if the graph has <= k points);
+    equal distances are broken by the smaller index.
+
+    Args:
+        pos: [N, 3]; k >= 1; batch: [N] graph ids or None; box: [3] periodic box lengths or None;
+        backend: "reference" (brute force), "cpp" (cell lists) or "auto".
+    Returns:
+        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender.
+    """
+    _check_points(pos, batch, box)
+    if int(k) < 1:
+        _fail(f"k must be >= 1, got {k}")
+    return _graph_op("knn_graph", backend, pos.device)(pos, int(k), batch, box)
 
 
 def validate_node_inputs(num_nodes: int, **tensors: Tensor) -> None:

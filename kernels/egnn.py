@@ -26,10 +26,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.nn import functional as F
 
 from egno_fast.graph import Graph
-from egno_fast.reference.egnn import COORD_CLAMP
+from egno_fast.split_egnn import split_egnn_layer
 
 MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
 MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, edge-feature gradients, weight partial sums
@@ -422,17 +421,6 @@ class EGNNEdgeFunction(torch.autograd.Function):
                 None, None)
 
 
-def _mlp_linears(mlp, name: str, silu_count: int):
-    """The two nn.Linear layers of an MLP built as Linear, SiLU, Linear[, SiLU] (the reference layer's)."""
-    layers = list(mlp) if isinstance(mlp, torch.nn.Sequential) else []
-    kinds = [type(layer) for layer in layers]
-    expected = [torch.nn.Linear, torch.nn.SiLU, torch.nn.Linear] + [torch.nn.SiLU] * (silu_count - 1)
-    if kinds != expected:
-        raise ValueError(f"the Triton EGNN layer fuses {name} = Sequential({', '.join(k.__name__ for k in expected)})"
-                         f"; got {mlp!r}")
-    return layers[0], layers[2]
-
-
 def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, coord_mlp, velocity_mlp,
                       node_mlp) -> Tuple[Tensor, Tensor, Tensor]:
     """Fused EGNN layer; same contract and parameters as :func:`egno_fast.reference.egnn.egnn_layer_reference`.
@@ -443,29 +431,16 @@ def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, c
     Returns:
         (x, v, h) updated.
     """
-    first, second = _mlp_linears(edge_mlp, "edge_mlp", 2)
-    coord_hidden, coord_out = _mlp_linears(coord_mlp, "coord_mlp", 1)
-    hidden = h.shape[-1]
-    num_features = graph.edge_attr.shape[1]
-    if first.in_features != 1 + 2 * hidden + num_features or coord_out.out_features != 1:
-        raise ValueError(f"edge_mlp expects {first.in_features} inputs, but 1 + 2H + f = "
-                         f"{1 + 2 * hidden + num_features} (H = {hidden}, f = {num_features})")
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
+    atomic = atomic_backward_enabled()
+
+    def edge_sums(a, b, x, edge_attr, weights, graph):
+        return EGNNEdgeFunction.apply(a, b, x, edge_attr, *weights, graph, atomic)
+
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    w1 = first.weight
-    a = F.linear(h, w1[:, 1:1 + hidden], first.bias).contiguous()
-    b = F.linear(h, w1[:, 1 + hidden:1 + 2 * hidden]).contiguous()
-    weights = (w1[:, 0], w1[:, 1 + 2 * hidden:], second.weight, second.bias, coord_hidden.weight, coord_hidden.bias,
-               coord_out.weight.reshape(-1), coord_out.bias)
-    weights = [w.to(acc).contiguous() for w in weights]
-    msg_sum, coord_sum = EGNNEdgeFunction.apply(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(),
-                                                *weights, graph, atomic_backward_enabled())
-    degree = graph.in_degree.clamp(min=1).to(x.dtype)[:, None, None]
-    x_new = x + velocity_mlp(h) * v + (coord_sum / degree).clamp(-COORD_CLAMP, COORD_CLAMP)
-    h_new = node_mlp(torch.cat([h, msg_sum], dim=-1))
-    return x_new, v, h_new
+    return split_egnn_layer(x, v, h, graph, edge_mlp, coord_mlp, velocity_mlp, node_mlp, edge_sums, acc)
 
 
 def register_ops(register) -> None:

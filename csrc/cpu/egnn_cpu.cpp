@@ -1,0 +1,430 @@
+// Fused EGNN edge computation on the CPU: forward and backward over the receiver-sorted CSR.
+//
+// The node-level part of the layer (first edge layer split into A = h W_a + b1 and B = h W_b, the velocity and node
+// MLPs) stays in PyTorch; this op does everything per edge, for all P frames of an edge together (rows = edge x
+// frame), on tiles of at most kTileRows rows kept in cache:
+//   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
+//   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
+//   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
+//   msg_sum_i = sum_j m,  coord_sum_i = sum_j r phi
+// Work is split into at most kMaxGroups groups of consecutive receivers with about equal edge counts; a group owns
+// its receivers' outputs and its own partial weight gradients, which are added in group order afterwards, so the
+// results do not depend on the number of threads (deterministic, no atomics).
+//
+// Memory choice: the forward stores the three pre-activations [3, E, P, H] for the backward instead of recomputing
+// them. On the CPU memory is plentiful and recomputing costs a third of the layer's matrix FLOPs (two tile GEMMs of
+// H x H per row), while storing costs one write and one read of 12 H bytes per row (fp32): faster here.
+// The sender side of the backward (dL/dB_j and the sender part of dL/dx) is gathered over the transposed CSR from the
+// stored per-row dL/dpre1 and dL/dr: deterministic as well.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../common/activations.h"
+
+namespace egno_fast {
+namespace {
+
+constexpr int64_t kTileRows = 512;  // a [512, 128] fp32 tile is 256 KB: a few of them stay in L2
+constexpr int64_t kMaxGroups = 64;  // fixed work split: partial sums do not depend on the thread count
+
+// Boundaries of node groups [bounds[g], bounds[g+1]) with about E / groups edges each (whole receivers).
+std::vector<int64_t> node_groups(const int64_t* rowptr, int64_t num_nodes, int64_t num_groups) {
+  const int64_t num_edges = rowptr[num_nodes];
+  const int64_t target = std::max<int64_t>(1, (num_edges + num_groups - 1) / num_groups);
+  std::vector<int64_t> bounds{0};
+  for (int64_t n = 0; n + 1 < num_nodes; ++n) {
+    if (rowptr[n + 1] - rowptr[bounds.back()] >= target) bounds.push_back(n + 1);
+  }
+  bounds.push_back(num_nodes);
+  return bounds;
+}
+
+int64_t group_count(int64_t num_edges, int64_t tile_edges) {
+  return std::min<int64_t>(kMaxGroups, std::max<int64_t>(1, (num_edges + tile_edges - 1) / tile_edges));
+}
+
+void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr,
+                  const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver) {
+  TORCH_CHECK(a.dim() == 3 && b.sizes() == a.sizes(), "egnn_edge: a and b must be [N, P, H] of the same shape, got ",
+              a.sizes(), " and ", b.sizes());
+  const int64_t n = a.size(0), p = a.size(1);
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == n && x.size(1) == p && x.size(2) == 3, "egnn_edge: x must be [N, P, 3] = [",
+              n, ", ", p, ", 3], got ", x.sizes());
+  TORCH_CHECK(rowptr.dim() == 1 && rowptr.size(0) == n + 1 && rowptr.scalar_type() == at::kLong,
+              "egnn_edge: rowptr must be int64 [N + 1], got ", rowptr.scalar_type(), " ", rowptr.sizes());
+  const int64_t e = sender.size(0);
+  TORCH_CHECK(sender.dim() == 1 && receiver.dim() == 1 && receiver.size(0) == e &&
+                  sender.scalar_type() == at::kLong && receiver.scalar_type() == at::kLong,
+              "egnn_edge: sender and receiver must be int64 [E]");
+  TORCH_CHECK(edge_attr.dim() == 2 && edge_attr.size(0) == e, "egnn_edge: edge_attr must be [E, f] with E = ", e,
+              ", got ", edge_attr.sizes());
+  for (const at::Tensor* t : {&a, &b, &x, &edge_attr, &rowptr, &sender, &receiver}) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu(), "egnn_edge (CPU): inputs must be contiguous CPU tensors");
+  }
+  for (const at::Tensor* t : {&b, &x, &edge_attr}) {
+    TORCH_CHECK(t->scalar_type() == a.scalar_type(), "egnn_edge: all float inputs must share a's dtype ",
+                a.scalar_type(), ", got ", t->scalar_type());
+  }
+  TORCH_CHECK(rowptr[n].item<int64_t>() == e, "egnn_edge: rowptr[N] = ", rowptr[n].item<int64_t>(),
+              " but there are ", e, " edges");
+}
+
+// The weights of the edge computation, as raw pointers, with the matrices as tensors for the tile GEMMs.
+template <typename T>
+struct EdgeWeights {
+  const T *wd, *b2, *bc1, *wc2;
+  T bc2;
+  at::Tensor we, w2, wc1;  // [H, f], [H, H] (out, in), [H, H]
+};
+
+template <typename T>
+EdgeWeights<T> edge_weights(const at::Tensor& wd, const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2,
+                            const at::Tensor& wc1, const at::Tensor& bc1, const at::Tensor& wc2,
+                            const at::Tensor& bc2, int64_t hidden, int64_t features) {
+  const auto check = [&](const at::Tensor& t, std::vector<int64_t> shape, const char* name) {
+    TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "egnn_edge: ", name, " must have shape ", at::IntArrayRef(shape),
+                ", got ", t.sizes());
+    TORCH_CHECK(t.is_contiguous() && t.scalar_type() == c10::CppTypeToScalarType<T>::value, "egnn_edge: ", name,
+                " must be contiguous with the activations' dtype");
+  };
+  check(wd, {hidden}, "w_d");
+  check(we, {hidden, features}, "W_e");
+  check(w2, {hidden, hidden}, "W2");
+  check(b2, {hidden}, "b2");
+  check(wc1, {hidden, hidden}, "Wc1");
+  check(bc1, {hidden}, "bc1");
+  check(wc2, {hidden}, "w_c2");
+  check(bc2, {1}, "b_c2");
+  return {wd.data_ptr<T>(), b2.data_ptr<T>(), bc1.data_ptr<T>(), wc2.data_ptr<T>(), bc2.data_ptr<T>()[0], we, w2,
+          wc1};
+}
+
+template <typename T>
+void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr,
+                  const EdgeWeights<T>& w, const at::Tensor& rowptr, const at::Tensor& sender,
+                  const at::Tensor& receiver, at::Tensor& msg_sum, at::Tensor& coord_sum, at::Tensor& acts) {
+  const int64_t num_nodes = a.size(0), frames = a.size(1), hidden = a.size(2);
+  const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
+  const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
+  const int64_t* rp = rowptr.data_ptr<int64_t>();
+  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, group_count(num_edges, tile_edges));
+  const int64_t* snd = sender.data_ptr<int64_t>();
+  const int64_t* rcv = receiver.data_ptr<int64_t>();
+  const T *pa = a.data_ptr<T>(), *pb = b.data_ptr<T>(), *px = x.data_ptr<T>();
+  T *msg = msg_sum.data_ptr<T>(), *coord = coord_sum.data_ptr<T>();
+  const at::Tensor pre1_all = acts[0].view({num_edges * frames, hidden});
+  const at::Tensor pre2_all = acts[1].view({num_edges * frames, hidden});
+  const at::Tensor pre3_all = acts[2].view({num_edges * frames, hidden});
+  const at::Tensor w2_t = w.w2.t(), wc1_t = w.wc1.t(), we_t = w.we.t();
+  const at::Tensor bias2 = at::from_blob(const_cast<T*>(w.b2), {hidden}, a.options());
+  const at::Tensor bias_c1 = at::from_blob(const_cast<T*>(w.bc1), {hidden}, a.options());
+
+  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
+    const int64_t rows_max = tile_edges * frames;
+    at::Tensor s1_buf = at::empty({rows_max, hidden}, a.options());
+    at::Tensor m_buf = at::empty({rows_max, hidden}, a.options());
+    at::Tensor ew_buf = at::empty({features > 0 ? tile_edges : 0, hidden}, a.options());  // W_e e per edge
+    std::vector<T> rel(rows_max * 3);
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      const int64_t n0 = bounds[g], n1 = bounds[g + 1];
+      std::fill(msg + n0 * frames * hidden, msg + n1 * frames * hidden, T(0));
+      std::fill(coord + n0 * frames * 3, coord + n1 * frames * 3, T(0));
+      for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
+        const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
+        const int64_t rows = (e1 - e0) * frames;
+        const T* ew = nullptr;
+        if (features > 0) {
+          at::Tensor ew_tile = ew_buf.narrow(0, 0, e1 - e0);
+          at::mm_out(ew_tile, edge_attr.narrow(0, e0, e1 - e0), we_t);
+          ew = ew_tile.data_ptr<T>();
+        }
+        at::Tensor pre1 = pre1_all.narrow(0, e0 * frames, rows), s1 = s1_buf.narrow(0, 0, rows);
+        T *p1 = pre1.data_ptr<T>(), *ps1 = s1.data_ptr<T>();
+        for (int64_t k = e0; k < e1; ++k) {
+          const int64_t i = rcv[k], j = snd[k];
+          for (int64_t p = 0; p < frames; ++p) {
+            const int64_t r = (k - e0) * frames + p;
+            const T* xi = px + (i * frames + p) * 3;
+            const T* xj = px + (j * frames + p) * 3;
+            T* rv = rel.data() + r * 3;
+            rv[0] = xi[0] - xj[0];
+            rv[1] = xi[1] - xj[1];
+            rv[2] = xi[2] - xj[2];
+            const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
+            const T* ai = pa + (i * frames + p) * hidden;
+            const T* bj = pb + (j * frames + p) * hidden;
+            T* out = p1 + r * hidden;
+            T* act = ps1 + r * hidden;
+            if (ew != nullptr) {
+              const T* ek = ew + (k - e0) * hidden;
+              for (int64_t h = 0; h < hidden; ++h) out[h] = ai[h] + bj[h] + w.wd[h] * d2 + ek[h];
+            } else {
+              for (int64_t h = 0; h < hidden; ++h) out[h] = ai[h] + bj[h] + w.wd[h] * d2;
+            }
+            for (int64_t h = 0; h < hidden; ++h) act[h] = silu(out[h]);
+          }
+        }
+        at::Tensor pre2 = pre2_all.narrow(0, e0 * frames, rows), m = m_buf.narrow(0, 0, rows);
+        at::addmm_out(pre2, bias2, s1, w2_t);
+        const T* p2 = pre2.data_ptr<T>();
+        T* pm = m.data_ptr<T>();
+        for (int64_t idx = 0; idx < rows * hidden; ++idx) pm[idx] = silu(p2[idx]);
+        at::Tensor pre3 = pre3_all.narrow(0, e0 * frames, rows);
+        at::addmm_out(pre3, bias_c1, m, wc1_t);
+        const T* p3 = pre3.data_ptr<T>();
+        for (int64_t k = e0; k < e1; ++k) {
+          const int64_t i = rcv[k];
+          for (int64_t p = 0; p < frames; ++p) {
+            const int64_t r = (k - e0) * frames + p;
+            const T* row3 = p3 + r * hidden;
+            T phi = 0;
+            for (int64_t h = 0; h < hidden; ++h) phi += w.wc2[h] * silu(row3[h]);
+            phi += w.bc2;
+            T* ci = coord + (i * frames + p) * 3;
+            const T* rv = rel.data() + r * 3;
+            ci[0] += rv[0] * phi;
+            ci[1] += rv[1] * phi;
+            ci[2] += rv[2] * phi;
+            T* mi = msg + (i * frames + p) * hidden;
+            const T* mr = pm + r * hidden;
+            for (int64_t h = 0; h < hidden; ++h) mi[h] += mr[h];
+          }
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
+    const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd,
+    const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1,
+    const at::Tensor& wc2, const at::Tensor& bc2, const at::Tensor& rowptr, const at::Tensor& sender,
+    const at::Tensor& receiver) {
+  check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
+  at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
+  at::Tensor acts = at::empty({3, sender.size(0), a.size(1), a.size(2)}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "egnn_edge_forward_cpu", [&] {
+    const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, a.size(2), edge_attr.size(1));
+    forward_impl<scalar_t>(a, b, x, edge_attr, w, rowptr, sender, receiver, msg_sum, coord_sum, acts);
+  });
+  return {msg_sum, coord_sum, acts};
+}
+
+// Per-group partial weight gradients, added in group order at the end.
+struct Partials {
+  at::Tensor w2, wc1, we, vec;  // [G, H, H], [G, H, H], [G, H, f], [G, 5, H]: b2, bc1, wc2, wd, (bc2 at [4][0])
+};
+
+template <typename T>
+void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& x,
+                   const at::Tensor& edge_attr, const EdgeWeights<T>& w, const at::Tensor& rowptr,
+                   const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
+                   const at::Tensor& sender_perm, at::Tensor& g_a, at::Tensor& g_b, at::Tensor& g_x,
+                   at::Tensor& g_edge_attr, Partials& part) {
+  const int64_t num_nodes = x.size(0), frames = x.size(1), hidden = acts.size(3);
+  const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
+  const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
+  const int64_t* rp = rowptr.data_ptr<int64_t>();
+  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, group_count(num_edges, tile_edges));
+  const int64_t num_groups = static_cast<int64_t>(bounds.size()) - 1;
+  const int64_t* snd = sender.data_ptr<int64_t>();
+  const int64_t* rcv = receiver.data_ptr<int64_t>();
+  const T *px = x.data_ptr<T>(), *gm = g_msg.data_ptr<T>(), *gc = g_coord.data_ptr<T>();
+  const at::TensorOptions opts = x.options();
+  part.w2 = at::zeros({num_groups, hidden, hidden}, opts);
+  part.wc1 = at::zeros({num_groups, hidden, hidden}, opts);
+  part.we = at::zeros({num_groups, hidden, features}, opts);
+  part.vec = at::zeros({num_groups, 5, hidden}, opts);
+  // dL/dpre1 and dL/dr per row, for the sender pass
+  at::Tensor d1_all = at::empty({num_edges * frames, hidden}, opts);
+  std::vector<T> dr_all(num_edges * frames * 3);
+  const at::Tensor pre1_all = acts[0].view({num_edges * frames, hidden});
+  const at::Tensor pre2_all = acts[1].view({num_edges * frames, hidden});
+  const at::Tensor pre3_all = acts[2].view({num_edges * frames, hidden});
+  T *ga = g_a.data_ptr<T>(), *gx = g_x.data_ptr<T>();
+
+  at::parallel_for(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    const int64_t rows_max = tile_edges * frames;
+    at::Tensor d3_buf = at::empty({rows_max, hidden}, opts);   // dL/dpre3, then dL/dpre2
+    at::Tensor act_buf = at::empty({rows_max, hidden}, opts);  // m, then silu(pre1)
+    at::Tensor dm_buf = at::empty({rows_max, hidden}, opts);   // dL/dm, then dL/dsilu(pre1)
+    at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
+    std::vector<T> rel(rows_max * 3), phi(rows_max), dphi(rows_max);
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      T* vec = part.vec[g].data_ptr<T>();
+      T *d_b2 = vec, *d_bc1 = vec + hidden, *d_wc2 = vec + 2 * hidden, *d_wd = vec + 3 * hidden;
+      T& d_bc2 = vec[4 * hidden];
+      at::Tensor d_w2 = part.w2[g], d_wc1 = part.wc1[g], d_we = part.we[g];
+      const int64_t n0 = bounds[g], n1 = bounds[g + 1];
+      std::fill(ga + n0 * frames * hidden, ga + n1 * frames * hidden, T(0));
+      std::fill(gx + n0 * frames * 3, gx + n1 * frames * 3, T(0));
+      for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
+        const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
+        const int64_t rows = (e1 - e0) * frames;
+        const T* p1 = pre1_all.data_ptr<T>() + e0 * frames * hidden;
+        const T* p2 = pre2_all.data_ptr<T>() + e0 * frames * hidden;
+        const T* p3 = pre3_all.data_ptr<T>() + e0 * frames * hidden;
+        at::Tensor d3 = d3_buf.narrow(0, 0, rows), act = act_buf.narrow(0, 0, rows), dm = dm_buf.narrow(0, 0, rows);
+        T *pd3 = d3.data_ptr<T>(), *pact = act.data_ptr<T>();
+        // coordinate MLP: phi, dL/dphi = g_coord_i . r, dL/dpre3; m = silu(pre2) for dL/dWc1
+        for (int64_t k = e0; k < e1; ++k) {
+          const int64_t i = rcv[k], j = snd[k];
+          for (int64_t p = 0; p < frames; ++p) {
+            const int64_t r = (k - e0) * frames + p;
+            const T* xi = px + (i * frames + p) * 3;
+            const T* xj = px + (j * frames + p) * 3;
+            const T* gci = gc + (i * frames + p) * 3;
+            T* rv = rel.data() + r * 3;
+            rv[0] = xi[0] - xj[0];
+            rv[1] = xi[1] - xj[1];
+            rv[2] = xi[2] - xj[2];
+            const T dp = gci[0] * rv[0] + gci[1] * rv[1] + gci[2] * rv[2];
+            const T* row3 = p3 + r * hidden;
+            T* out3 = pd3 + r * hidden;
+            T ph = 0;
+            for (int64_t h = 0; h < hidden; ++h) {
+              const T s = silu(row3[h]);
+              ph += w.wc2[h] * s;
+              d_wc2[h] += dp * s;
+              out3[h] = dp * w.wc2[h] * silu_grad(row3[h]);
+              d_bc1[h] += out3[h];
+            }
+            phi[r] = ph + w.bc2;
+            dphi[r] = dp;
+            d_bc2 += dp;
+          }
+        }
+        for (int64_t idx = 0; idx < rows * hidden; ++idx) pact[idx] = silu(p2[idx]);
+        d_wc1.addmm_(d3.t(), act);  // dL/dWc1 += dpre3^T m
+        at::mm_out(dm, d3, w.wc1);    // dL/dm from the coordinate MLP
+        // dL/dpre2 = (g_msg_i + dL/dm) silu'(pre2), into d3; act <- silu(pre1)
+        T* pdm = dm.data_ptr<T>();
+        for (int64_t k = e0; k < e1; ++k) {
+          const int64_t i = rcv[k];
+          for (int64_t p = 0; p < frames; ++p) {
+            const int64_t r = (k - e0) * frames + p;
+            const T* gmi = gm + (i * frames + p) * hidden;
+            const T* row2 = p2 + r * hidden;
+            const T* row1 = p1 + r * hidden;
+            const T* dmr = pdm + r * hidden;
+            T* d2r = pd3 + r * hidden;
+            T* s1r = pact + r * hidden;
+            for (int64_t h = 0; h < hidden; ++h) {
+              d2r[h] = (gmi[h] + dmr[h]) * silu_grad(row2[h]);
+              d_b2[h] += d2r[h];
+              s1r[h] = silu(row1[h]);
+            }
+          }
+        }
+        d_w2.addmm_(d3.t(), act);  // dL/dW2 += dpre2^T silu(pre1)
+        at::mm_out(dm, d3, w.w2);  // dL/dsilu(pre1)
+        // dL/dpre1: to A_i (receiver, here), B_j (sender pass), w_d, W_e, e_ij, and r through |r|^2
+        T* d1 = d1_all.data_ptr<T>() + e0 * frames * hidden;
+        T* d1sum = d1sum_buf.data_ptr<T>();
+        for (int64_t k = e0; k < e1; ++k) {
+          const int64_t i = rcv[k];
+          T* d1s = d1sum + (k - e0) * hidden;
+          std::fill(d1s, d1s + hidden, T(0));
+          for (int64_t p = 0; p < frames; ++p) {
+            const int64_t r = (k - e0) * frames + p;
+            const T* row1 = p1 + r * hidden;
+            const T* dmr = pdm + r * hidden;
+            T* d1r = d1 + r * hidden;
+            T* gai = ga + (i * frames + p) * hidden;
+            const T* rv = rel.data() + r * 3;
+            const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
+            T dd2 = 0;
+            for (int64_t h = 0; h < hidden; ++h) {
+              const T v = dmr[h] * silu_grad(row1[h]);
+              d1r[h] = v;
+              gai[h] += v;
+              d_wd[h] += v * d2;
+              dd2 += v * w.wd[h];
+              d1s[h] += v;
+            }
+            const T* gci = gc + (i * frames + p) * 3;
+            T* dr = dr_all.data() + (k * frames + p) * 3;
+            T* gxi = gx + (i * frames + p) * 3;
+            for (int c = 0; c < 3; ++c) {
+              dr[c] = gci[c] * phi[r] + T(2) * rv[c] * dd2;
+              gxi[c] += dr[c];
+            }
+          }
+        }
+        if (features > 0) {
+          at::Tensor d1s = d1sum_buf.narrow(0, 0, e1 - e0);
+          at::Tensor g_ea = g_edge_attr.narrow(0, e0, e1 - e0);
+          at::mm_out(g_ea, d1s, w.we);
+          d_we.addmm_(d1s.t(), edge_attr.narrow(0, e0, e1 - e0));
+        }
+      }
+    }
+  });
+
+  // sender pass: dL/dB_j = sum of dL/dpre1 over the edges j sends; dL/dx_j -= sum of dL/dr
+  const int64_t* srp = sender_rowptr.data_ptr<int64_t>();
+  const int64_t* sperm = sender_perm.data_ptr<int64_t>();
+  const T* d1 = d1_all.data_ptr<T>();
+  T* gb = g_b.data_ptr<T>();
+  at::parallel_for(0, num_nodes, 64, [&](int64_t j_begin, int64_t j_end) {
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      T* gbj = gb + j * frames * hidden;
+      std::fill(gbj, gbj + frames * hidden, T(0));
+      T* gxj = gx + j * frames * 3;
+      for (int64_t s = srp[j]; s < srp[j + 1]; ++s) {
+        const int64_t k = sperm[s];
+        const T* d1k = d1 + k * frames * hidden;
+        for (int64_t idx = 0; idx < frames * hidden; ++idx) gbj[idx] += d1k[idx];
+        const T* dr = dr_all.data() + k * frames * 3;
+        for (int64_t idx = 0; idx < frames * 3; ++idx) gxj[idx] -= dr[idx];
+      }
+    }
+  });
+}
+
+// Adds the [G, ...] partials in group order (deterministic for any thread count).
+at::Tensor ordered_sum(const at::Tensor& partials) {
+  at::Tensor total = partials[0].clone();
+  for (int64_t g = 1; g < partials.size(0); ++g) total.add_(partials[g]);
+  return total;
+}
+
+std::vector<at::Tensor> egnn_edge_backward_cpu(
+    const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& x,
+    const at::Tensor& edge_attr, const at::Tensor& wd, const at::Tensor& we, const at::Tensor& w2,
+    const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1, const at::Tensor& wc2, const at::Tensor& bc2,
+    const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
+    const at::Tensor& sender_perm) {
+  TORCH_CHECK(acts.dim() == 4 && acts.size(0) == 3 && acts.size(1) == sender.size(0),
+              "egnn_edge_backward: activations must be [3, E, P, H] from the forward, got ", acts.sizes());
+  const at::Tensor g_msg_c = g_msg.contiguous(), g_coord_c = g_coord.contiguous();
+  TORCH_CHECK(g_msg_c.dim() == 3 && g_msg_c.size(0) == x.size(0) && g_msg_c.size(2) == acts.size(3) &&
+                  g_coord_c.sizes() == x.sizes(),
+              "egnn_edge_backward: gradient shapes do not match the forward's outputs");
+  TORCH_CHECK(sender_rowptr.size(0) == x.size(0) + 1 && sender_perm.size(0) == sender.size(0),
+              "egnn_edge_backward: the transposed CSR does not match the graph");
+  at::Tensor g_a = at::empty_like(g_msg_c), g_b = at::empty_like(g_msg_c), g_x = at::empty_like(x);
+  at::Tensor g_edge_attr = at::zeros_like(edge_attr);
+  Partials part;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "egnn_edge_backward_cpu", [&] {
+    const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, acts.size(3), edge_attr.size(1));
+    backward_impl<scalar_t>(g_msg_c.to(x.scalar_type()), g_coord_c.to(x.scalar_type()), acts, x, edge_attr, w,
+                            rowptr, sender, receiver, sender_rowptr, sender_perm, g_a, g_b, g_x, g_edge_attr, part);
+  });
+  const at::Tensor vec = ordered_sum(part.vec);
+  return {g_a, g_b, g_x, g_edge_attr, vec[3], ordered_sum(part.we), ordered_sum(part.w2), vec[0],
+          ordered_sum(part.wc1), vec[1], vec[2], vec[4].narrow(0, 0, 1).clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(egno_fast, CPU, m) {
+  m.impl("egnn_edge_forward", &egnn_edge_forward_cpu);
+  m.impl("egnn_edge_backward", &egnn_edge_backward_cpu);
+}
+
+}  // namespace egno_fast

@@ -1,0 +1,214 @@
+// Fused temporal Fourier convolution on the CPU: out = x + act(K x) along the frame axis, forward and backward.
+//
+// x is [N, P, C] (scalar channels) or [N, P, 3, C] (vector channels; the 3 components are independent rows).
+// No FFT and no complex tensors: a block of rows at a time, the I kept DFT coefficients are sums over the P frames
+// (cos / sin tables), the per-mode complex channel mixing is one real GEMM per mode,
+//   [Re | Im] (rows x 2C) @ [[W_re, W_im], [-W_im, W_re]] (2C x 2C) = [Y_re | Y_im],
+// and the inverse real DFT, the activation and the residual are applied while the block is in cache: one read of
+// x and one write of the output. As torch.fft.irfft does, the imaginary parts of the DC bin and (even P) of the
+// Nyquist bin are ignored (their sine tables are zero) and the other kept bins count twice.
+// Backward: grad_pre = grad_out * act'(pre) with the pre-activation stored by the forward (one [N, P, ..., C] tensor),
+// grad_x = grad_out + K^H grad_pre (the same pass with conjugate-transposed weights), and dL/dW from the spectra of x
+// and grad_pre, accumulated per group of blocks and added in group order (deterministic for any thread count).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+namespace egno_fast {
+namespace {
+
+constexpr int64_t kBlockRows = 128;
+constexpr int64_t kMaxGroups = 64;
+constexpr double kLeakySlope = 0.01;
+
+struct Layout {
+  int64_t nodes, frames, comps, channels, modes;  // x viewed as [N, P, S, C]
+  int64_t rows() const { return nodes * comps; }
+  // offset of frame 0 of row r (node r / S, component r % S); frames are S * C apart
+  int64_t base(int64_t r) const { return (r / comps) * frames * comps * channels + (r % comps) * channels; }
+};
+
+Layout layout_of(const at::Tensor& x, const at::Tensor& weight) {
+  TORCH_CHECK(x.dim() == 3 || (x.dim() == 4 && x.size(2) == 3),
+              "temporal_residual: x must be [N, P, C] or [N, P, 3, C], got ", x.sizes());
+  TORCH_CHECK(x.device().is_cpu() && weight.device().is_cpu(), "temporal_residual (CPU): tensors must be on the CPU");
+  const int64_t channels = x.size(-1);
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == channels && weight.size(1) == channels && weight.size(3) == 2,
+              "temporal_residual: weight must be [C, C, I, 2] with C = ", channels, ", got ", weight.sizes());
+  const int64_t frames = x.size(1), modes = weight.size(2);
+  TORCH_CHECK(modes >= 1 && modes <= frames / 2 + 1, "temporal_residual: I = ", modes,
+              " modes need 1 <= I <= P // 2 + 1 with P = ", frames);
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type(), "temporal_residual: weight dtype ", weight.scalar_type(),
+              " differs from x's ", x.scalar_type());
+  return {x.size(0), frames, x.dim() == 4 ? 3 : 1, channels, modes};
+}
+
+// cos / sin(2 pi m t / P) [I, P] (sines of the DC and Nyquist bins exactly zero) and the inverse weights alpha_m / P.
+template <typename T>
+struct DftTables {
+  std::vector<T> cos, sin, inverse;
+  DftTables(int64_t frames, int64_t modes) : cos(modes * frames), sin(modes * frames), inverse(modes) {
+    for (int64_t m = 0; m < modes; ++m) {
+      const bool real_bin = m == 0 || 2 * m == frames;
+      inverse[m] = (real_bin ? 1.0 : 2.0) / static_cast<double>(frames);
+      for (int64_t t = 0; t < frames; ++t) {
+        const double angle = 2.0 * M_PI * static_cast<double>((m * t) % frames) / static_cast<double>(frames);
+        cos[m * frames + t] = static_cast<T>(std::cos(angle));
+        sin[m * frames + t] = real_bin ? T(0) : static_cast<T>(std::sin(angle));
+      }
+    }
+  }
+};
+
+// Per mode the real [2C, 2C] matrix of the complex mixing; adjoint: the conjugate transpose (K^H).
+at::Tensor packed_mixing(const at::Tensor& weight, bool adjoint) {
+  at::Tensor re = weight.select(3, 0).permute({2, 0, 1});  // [I, C_in, C_out]
+  at::Tensor im = weight.select(3, 1).permute({2, 0, 1});
+  if (adjoint) {
+    re = re.transpose(1, 2);
+    im = -im.transpose(1, 2);
+  }
+  return at::cat({at::cat({re, im}, 2), at::cat({-im, re}, 2)}, 1).contiguous();  // [I, 2C, 2C]
+}
+
+// The truncated spectrum of rows [r0, r0 + rows) of src: spec[m] = [Re | Im] [rows, 2C].
+template <typename T>
+void block_spectrum(const T* src, const Layout& L, const DftTables<T>& dft, int64_t r0, int64_t rows, T* spec) {
+  const int64_t c2 = 2 * L.channels;
+  for (int64_t m = 0; m < L.modes; ++m) {
+    for (int64_t b = 0; b < rows; ++b) {
+      T* re = spec + (m * rows + b) * c2;
+      T* im = re + L.channels;
+      std::fill(re, re + c2, T(0));
+      const T* row = src + L.base(r0 + b);
+      for (int64_t t = 0; t < L.frames; ++t) {
+        const T cs = dft.cos[m * L.frames + t], sn = dft.sin[m * L.frames + t];
+        const T* xt = row + t * L.comps * L.channels;
+        for (int64_t c = 0; c < L.channels; ++c) {
+          re[c] += cs * xt[c];
+          im[c] -= sn * xt[c];
+        }
+      }
+    }
+  }
+}
+
+// out = residual + act(K src) (store_pre: pre <- K src), or with adjoint weights out = residual + K^H src.
+template <typename T>
+void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Tensor& mixing, const Layout& L,
+                   bool leaky, const at::TensorOptions& opts) {
+  const DftTables<T> dft(L.frames, L.modes);
+  const int64_t c2 = 2 * L.channels, num_blocks = (L.rows() + kBlockRows - 1) / kBlockRows;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+    at::Tensor spec = at::empty({L.modes, kBlockRows, c2}, opts), mixed = at::empty({L.modes, kBlockRows, c2}, opts);
+    std::vector<T> y(L.frames * L.channels);
+    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+      const int64_t r0 = blk * kBlockRows, rows = std::min(kBlockRows, L.rows() - r0);
+      block_spectrum(src, L, dft, r0, rows, spec.data_ptr<T>());
+      for (int64_t m = 0; m < L.modes; ++m) {
+        at::Tensor s = at::from_blob(spec.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
+        at::Tensor o = at::from_blob(mixed.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
+        at::mm_out(o, s, mixing[m]);
+      }
+      const T* pm = mixed.data_ptr<T>();
+      for (int64_t b = 0; b < rows; ++b) {
+        std::fill(y.begin(), y.end(), T(0));
+        for (int64_t m = 0; m < L.modes; ++m) {
+          const T* yre = pm + (m * rows + b) * c2;
+          const T* yim = yre + L.channels;
+          for (int64_t t = 0; t < L.frames; ++t) {
+            const T cs = dft.cos[m * L.frames + t] * dft.inverse[m], sn = dft.sin[m * L.frames + t] * dft.inverse[m];
+            T* yt = y.data() + t * L.channels;
+            for (int64_t c = 0; c < L.channels; ++c) yt[c] += cs * yre[c] - sn * yim[c];
+          }
+        }
+        const int64_t base = L.base(r0 + b);
+        for (int64_t t = 0; t < L.frames; ++t) {
+          const int64_t off = base + t * L.comps * L.channels;
+          const T* yt = y.data() + t * L.channels;
+          for (int64_t c = 0; c < L.channels; ++c) {
+            const T v = yt[c];
+            if (pre != nullptr) pre[off + c] = v;
+            out[off + c] = residual[off + c] + (leaky && v < T(0) ? T(kLeakySlope) * v : v);
+          }
+        }
+      }
+    }
+  });
+}
+
+// dL/dW [C, C, I, 2] from the spectra of x and of grad_pre (scaled by the inverse weights).
+template <typename T>
+at::Tensor weight_grad(const T* x, const T* grad_pre, const Layout& L, const at::TensorOptions& opts) {
+  const DftTables<T> dft(L.frames, L.modes);
+  const int64_t c2 = 2 * L.channels, num_blocks = (L.rows() + kBlockRows - 1) / kBlockRows;
+  const int64_t num_groups = std::max<int64_t>(1, std::min(kMaxGroups, num_blocks));
+  const int64_t per_group = (num_blocks + num_groups - 1) / num_groups;
+  at::Tensor partial = at::zeros({num_groups, L.modes, c2, c2}, opts);
+  at::parallel_for(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
+    at::Tensor xs = at::empty({L.modes, kBlockRows, c2}, opts), gs = at::empty({L.modes, kBlockRows, c2}, opts);
+    for (int64_t g = g_begin; g < g_end; ++g) {
+      for (int64_t blk = g * per_group; blk < std::min(num_blocks, (g + 1) * per_group); ++blk) {
+        const int64_t r0 = blk * kBlockRows, rows = std::min(kBlockRows, L.rows() - r0);
+        block_spectrum(x, L, dft, r0, rows, xs.data_ptr<T>());
+        block_spectrum(grad_pre, L, dft, r0, rows, gs.data_ptr<T>());
+        for (int64_t m = 0; m < L.modes; ++m) {
+          at::Tensor xm = at::from_blob(xs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
+          at::Tensor gm = at::from_blob(gs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
+          partial[g][m].addmm_(xm.t(), gm, /*beta=*/1, /*alpha=*/dft.inverse[m]);
+        }
+      }
+    }
+  });
+  at::Tensor q = partial[0].clone();
+  for (int64_t g = 1; g < num_groups; ++g) q.add_(partial[g]);
+  const int64_t C = L.channels;
+  const at::Tensor rr = q.narrow(1, 0, C).narrow(2, 0, C), ii = q.narrow(1, C, C).narrow(2, C, C);
+  const at::Tensor ri = q.narrow(1, 0, C).narrow(2, C, C), ir = q.narrow(1, C, C).narrow(2, 0, C);
+  return at::stack({rr + ii, ri - ir}, -1).permute({1, 2, 0, 3}).contiguous();  // [C, C, I, 2]
+}
+
+std::tuple<at::Tensor, at::Tensor> temporal_residual_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                                                 bool leaky) {
+  const Layout L = layout_of(x, weight);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  at::Tensor pre = leaky ? at::empty_like(xc) : at::empty({0}, xc.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_forward_cpu", [&] {
+    spectral_pass<scalar_t>(xc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                            leaky ? pre.data_ptr<scalar_t>() : nullptr, packed_mixing(weight, false), L, leaky,
+                            xc.options());
+  });
+  return {out, pre};
+}
+
+std::tuple<at::Tensor, at::Tensor> temporal_residual_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
+                                                                  const at::Tensor& pre, const at::Tensor& weight,
+                                                                  bool leaky) {
+  const Layout L = layout_of(x, weight);
+  TORCH_CHECK(grad_out.sizes() == x.sizes(), "temporal_residual_backward: grad_out ", grad_out.sizes(),
+              " does not match x ", x.sizes());
+  TORCH_CHECK(!leaky || pre.sizes() == x.sizes(), "temporal_residual_backward: the stored pre-activation is missing");
+  const at::Tensor xc = x.contiguous(), g = grad_out.contiguous().to(x.scalar_type());
+  // grad_pre = grad_out * LeakyReLU'(pre) (slope at pre <= 0, as PyTorch's leaky_relu_backward)
+  const at::Tensor grad_pre = leaky ? at::where(pre.contiguous() > 0, g, g * kLeakySlope) : g;
+  at::Tensor grad_x = at::empty_like(xc), grad_w;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_backward_cpu", [&] {
+    spectral_pass<scalar_t>(grad_pre.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
+                            nullptr, packed_mixing(weight, true), L, false, xc.options());
+    grad_w = weight_grad<scalar_t>(xc.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(), L, xc.options());
+  });
+  return {grad_x, grad_w};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(egno_fast, CPU, m) {
+  m.impl("temporal_residual_forward", &temporal_residual_forward_cpu);
+  m.impl("temporal_residual_backward", &temporal_residual_backward_cpu);
+}
+
+}  // namespace egno_fast

@@ -1,0 +1,48 @@
+// The operator schemas of the "cpp" backend (torch.library, namespace egno_fast) and the Python module that loads
+// them. Implementations register per device: csrc/cpu/*.cpp (CPU), csrc/cuda_bindings.cpp (CUDA builds). Fake
+// (meta) kernels and autograd formulas are registered from Python (egno_fast/cpp/), so the ops run under
+// torch.compile.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(egno_fast, m) {
+  m.def(
+      "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor wd, Tensor we, Tensor w2, Tensor b2, "
+      "Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, Tensor receiver) "
+      "-> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
+  m.def(
+      "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor x, Tensor edge_attr, Tensor wd, "
+      "Tensor we, Tensor w2, Tensor b2, Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, "
+      "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm) -> Tensor[]");
+  m.def("temporal_residual_forward(Tensor x, Tensor weight, bool leaky) -> (Tensor out, Tensor pre)");
+  m.def(
+      "temporal_residual_backward(Tensor grad_out, Tensor x, Tensor pre, Tensor weight, bool leaky) "
+      "-> (Tensor grad_x, Tensor grad_weight)");
+  m.def("receiver_csr(Tensor receiver, int num_nodes) -> (Tensor rowptr, Tensor perm)");
+  m.def("radius_graph(Tensor pos, float cutoff, Tensor? batch=None, Tensor? box=None) -> Tensor");
+  m.def("knn_graph(Tensor pos, int k, Tensor? batch=None, Tensor? box=None) -> Tensor");
+}
+
+namespace {
+
+pybind11::dict build_info() {
+  pybind11::dict info;
+#ifdef EGNO_FAST_WITH_CUDA
+  info["cuda"] = true;
+#else
+  info["cuda"] = false;
+#endif
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "egno_fast C++/CUDA extension: registers the torch.ops.egno_fast operators";
+  m.def("build_info", &build_info, "how this extension was built: {'cuda': bool, 'openmp': bool}");
+}

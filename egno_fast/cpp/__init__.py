@@ -1,0 +1,34 @@
+"""The "cpp" backend: the C++/CUDA extension ``egno_fast._C`` (sources in csrc/), whose operators live under
+``torch.ops.egno_fast``. This package adds their fake (meta) kernels, autograd and the Python entry points, and
+registers them with :mod:`egno_fast.backends`.
+
+Importing it raises ImportError, with the reason and the build command, when the extension is not built;
+``egno-fast info`` reports that reason and the "cpp" backend then refuses to run (no silent fallback).
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+try:
+    from .. import _C
+except ImportError as error:  # not built, or built against another torch
+    raise ImportError(f"the C++ extension egno_fast._C is not built or does not load ({error}); build it with "
+                      "`pip install --no-build-isolation -e .` (needs a C++ compiler; see setup.py)") from error
+
+from . import egnn, graph, temporal_conv  # noqa: E402  (registers fake kernels)
+
+
+def build_info() -> Dict[str, bool]:
+    """How the extension was built: {"cuda": CUDA kernels compiled in, "openmp": parallel CPU loops}."""
+    return dict(_C.build_info())
+
+
+def register_ops(register) -> None:
+    """Called by :mod:`egno_fast.backends` to register this backend's ops (layers on the CPU; graph builders on the
+    CPU, and on CUDA when the extension was built with CUDA)."""
+    graph_devices = ("cpu", "cuda") if build_info()["cuda"] else ("cpu",)
+    register("egnn_layer", "cpp", egnn.egnn_layer_cpp, devices=("cpu",))
+    register("temporal_residual", "cpp", temporal_conv.temporal_residual_cpp, devices=("cpu",))
+    register("receiver_csr", "cpp", graph.receiver_csr_cpp, devices=graph_devices)
+    register("radius_graph", "cpp", graph.radius_graph_cpp, devices=graph_devices)
+    register("knn_graph", "cpp", graph.knn_graph_cpp, devices=graph_devices)
