@@ -155,6 +155,20 @@ EGNO_HD int64_t knn_query(int64_t i, const T* pos, const int64_t* batch, const C
   return found;
 }
 
+// First position in sorted[0, n) whose value is >= key (CSR offsets from sorted keys, one thread per key).
+EGNO_HD int64_t lower_bound(const int64_t* sorted, int64_t n, int64_t key) {
+  int64_t low = 0, high = n;
+  while (low < high) {
+    const int64_t mid = low + (high - low) / 2;
+    if (sorted[mid] < key) {
+      low = mid + 1;
+    } else {
+      high = mid;
+    }
+  }
+  return low;
+}
+
 // Sorts a short array in place (a row of senders).
 EGNO_HD void insertion_sort(int64_t* values, int64_t n) {
   for (int64_t a = 1; a < n; ++a) {

@@ -17,8 +17,9 @@
 // The sender side of the backward (dL/dB_j and the sender part of dL/dx) is gathered over the transposed CSR from the
 // stored per-row dL/dpre1 and dL/dr: deterministic as well.
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <vector>
@@ -123,7 +124,7 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   const at::Tensor bias2 = at::from_blob(const_cast<T*>(w.b2), {hidden}, a.options());
   const at::Tensor bias_c1 = at::from_blob(const_cast<T*>(w.bc1), {hidden}, a.options());
 
-  at::parallel_for(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
+  parallel_for_below_autograd(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
     at::Tensor s1_buf = at::empty({rows_max, hidden}, a.options());
     at::Tensor m_buf = at::empty({rows_max, hidden}, a.options());
@@ -204,6 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1,
     const at::Tensor& wc2, const at::Tensor& bc2, const at::Tensor& rowptr, const at::Tensor& sender,
     const at::Tensor& receiver) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
   at::Tensor acts = at::empty({3, sender.size(0), a.size(1), a.size(2)}, a.options());
@@ -218,6 +220,51 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
 struct Partials {
   at::Tensor w2, wc1, we, vec;  // [G, H, H], [G, H, H], [G, H, f], [G, 5, H]: b2, bc1, wc2, wd, (bc2 at [4][0])
 };
+
+// Row kernels of the backward (restrict pointers so that the compiler vectorises them).
+// Coordinate MLP: returns w_c2 . silu(pre3); dpre3 = dphi w_c2 silu'(pre3); accumulates dL/dw_c2 and dL/dbc1.
+template <typename T>
+inline T pre3_grad_row(int64_t n, const T* __restrict__ pre3, const T* __restrict__ wc2, T dphi,
+                       T* __restrict__ dpre3, T* __restrict__ d_wc2, T* __restrict__ d_bc1) {
+  T phi = 0;
+  for (int64_t h = 0; h < n; ++h) {
+    const T s = sigmoid(pre3[h]), act = pre3[h] * s;
+    phi += wc2[h] * act;
+    d_wc2[h] += dphi * act;
+    dpre3[h] = dphi * wc2[h] * s * (T(1) + pre3[h] * (T(1) - s));
+    d_bc1[h] += dpre3[h];
+  }
+  return phi;
+}
+
+// dpre2 = (g_msg_i + dL/dm) silu'(pre2), accumulating dL/db2; s1 = silu(pre1) for dL/dW2.
+template <typename T>
+inline void pre2_grad_row(int64_t n, const T* __restrict__ g_msg, const T* __restrict__ dm, const T* __restrict__ pre2,
+                          const T* __restrict__ pre1, T* __restrict__ dpre2, T* __restrict__ s1, T* __restrict__ d_b2) {
+  for (int64_t h = 0; h < n; ++h) {
+    dpre2[h] = (g_msg[h] + dm[h]) * silu_grad(pre2[h]);
+    d_b2[h] += dpre2[h];
+    s1[h] = silu(pre1[h]);
+  }
+}
+
+// dpre1 = dL/ds1 silu'(pre1), into dpre1 (kept for the sender pass), g_a_i, dL/dw_d and the per-edge sum over
+// frames; returns dL/d|r|^2.
+template <typename T>
+inline T pre1_grad_row(int64_t n, const T* __restrict__ ds1, const T* __restrict__ pre1, const T* __restrict__ wd,
+                       T d2, T* __restrict__ dpre1, T* __restrict__ g_a, T* __restrict__ d_wd,
+                       T* __restrict__ edge_sum) {
+  T dd2 = 0;
+  for (int64_t h = 0; h < n; ++h) {
+    const T v = ds1[h] * silu_grad(pre1[h]);
+    dpre1[h] = v;
+    g_a[h] += v;
+    d_wd[h] += v * d2;
+    dd2 += v * wd[h];
+    edge_sum[h] += v;
+  }
+  return dd2;
+}
 
 template <typename T>
 void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& x,
@@ -247,7 +294,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
   const at::Tensor pre3_all = acts[2].view({num_edges * frames, hidden});
   T *ga = g_a.data_ptr<T>(), *gx = g_x.data_ptr<T>();
 
-  at::parallel_for(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
+  parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
     at::Tensor d3_buf = at::empty({rows_max, hidden}, opts);   // dL/dpre3, then dL/dpre2
     at::Tensor act_buf = at::empty({rows_max, hidden}, opts);  // m, then silu(pre1)
@@ -283,17 +330,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             rv[1] = xi[1] - xj[1];
             rv[2] = xi[2] - xj[2];
             const T dp = gci[0] * rv[0] + gci[1] * rv[1] + gci[2] * rv[2];
-            const T* row3 = p3 + r * hidden;
-            T* out3 = pd3 + r * hidden;
-            T ph = 0;
-            for (int64_t h = 0; h < hidden; ++h) {
-              const T s = silu(row3[h]);
-              ph += w.wc2[h] * s;
-              d_wc2[h] += dp * s;
-              out3[h] = dp * w.wc2[h] * silu_grad(row3[h]);
-              d_bc1[h] += out3[h];
-            }
-            phi[r] = ph + w.bc2;
+            phi[r] = w.bc2 + pre3_grad_row(hidden, p3 + r * hidden, w.wc2, dp, pd3 + r * hidden, d_wc2, d_bc1);
             dphi[r] = dp;
             d_bc2 += dp;
           }
@@ -307,17 +344,8 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
           const int64_t i = rcv[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T* gmi = gm + (i * frames + p) * hidden;
-            const T* row2 = p2 + r * hidden;
-            const T* row1 = p1 + r * hidden;
-            const T* dmr = pdm + r * hidden;
-            T* d2r = pd3 + r * hidden;
-            T* s1r = pact + r * hidden;
-            for (int64_t h = 0; h < hidden; ++h) {
-              d2r[h] = (gmi[h] + dmr[h]) * silu_grad(row2[h]);
-              d_b2[h] += d2r[h];
-              s1r[h] = silu(row1[h]);
-            }
+            pre2_grad_row(hidden, gm + (i * frames + p) * hidden, pdm + r * hidden, p2 + r * hidden,
+                          p1 + r * hidden, pd3 + r * hidden, pact + r * hidden, d_b2);
           }
         }
         d_w2.addmm_(d3.t(), act);  // dL/dW2 += dpre2^T silu(pre1)
@@ -331,21 +359,10 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
           std::fill(d1s, d1s + hidden, T(0));
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T* row1 = p1 + r * hidden;
-            const T* dmr = pdm + r * hidden;
-            T* d1r = d1 + r * hidden;
-            T* gai = ga + (i * frames + p) * hidden;
             const T* rv = rel.data() + r * 3;
             const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
-            T dd2 = 0;
-            for (int64_t h = 0; h < hidden; ++h) {
-              const T v = dmr[h] * silu_grad(row1[h]);
-              d1r[h] = v;
-              gai[h] += v;
-              d_wd[h] += v * d2;
-              dd2 += v * w.wd[h];
-              d1s[h] += v;
-            }
+            const T dd2 = pre1_grad_row(hidden, pdm + r * hidden, p1 + r * hidden, w.wd, d2, d1 + r * hidden,
+                                        ga + (i * frames + p) * hidden, d_wd, d1s);
             const T* gci = gc + (i * frames + p) * 3;
             T* dr = dr_all.data() + (k * frames + p) * 3;
             T* gxi = gx + (i * frames + p) * 3;
@@ -370,7 +387,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
   const int64_t* sperm = sender_perm.data_ptr<int64_t>();
   const T* d1 = d1_all.data_ptr<T>();
   T* gb = g_b.data_ptr<T>();
-  at::parallel_for(0, num_nodes, 64, [&](int64_t j_begin, int64_t j_end) {
+  parallel_for_below_autograd(0, num_nodes, 64, [&](int64_t j_begin, int64_t j_end) {
     for (int64_t j = j_begin; j < j_end; ++j) {
       T* gbj = gb + j * frames * hidden;
       std::fill(gbj, gbj + frames * hidden, T(0));
@@ -399,6 +416,7 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
     const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1, const at::Tensor& wc2, const at::Tensor& bc2,
     const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
     const at::Tensor& sender_perm) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   TORCH_CHECK(acts.dim() == 4 && acts.size(0) == 3 && acts.size(1) == sender.size(0),
               "egnn_edge_backward: activations must be [3, E, P, H] from the forward, got ", acts.sizes());
   const at::Tensor g_msg_c = g_msg.contiguous(), g_coord_c = g_coord.contiguous();

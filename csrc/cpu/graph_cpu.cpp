@@ -24,6 +24,7 @@ void counting_sort(const int64_t* keys, int64_t n, int64_t num_keys, int64_t* of
 }
 
 std::tuple<at::Tensor, at::Tensor> receiver_csr_cpu(const at::Tensor& receiver, int64_t num_nodes) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_csr_inputs(receiver, num_nodes);
   const at::Tensor keys = receiver.to(at::kLong).contiguous();
   at::Tensor rowptr = at::empty({num_nodes + 1}, keys.options());
@@ -118,6 +119,7 @@ struct RadiusQuery {
 
 at::Tensor radius_graph_cpu(const at::Tensor& pos, double cutoff, const std::optional<at::Tensor>& batch,
                             const std::optional<at::Tensor>& box) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   const GraphQuery q = check_query_inputs(pos, batch, box, "radius_graph");
   check_cutoff(cutoff, q);
   const at::Tensor p = pos.contiguous();
@@ -135,6 +137,7 @@ at::Tensor radius_graph_cpu(const at::Tensor& pos, double cutoff, const std::opt
 
 at::Tensor knn_graph_cpu(const at::Tensor& pos, int64_t k, const std::optional<at::Tensor>& batch,
                          const std::optional<at::Tensor>& box) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   const GraphQuery q = check_query_inputs(pos, batch, box, "knn_graph");
   TORCH_CHECK(k >= 1, "knn_graph: k must be >= 1, got ", k);
   const at::Tensor p = pos.contiguous();

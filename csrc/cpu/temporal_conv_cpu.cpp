@@ -11,8 +11,9 @@
 // grad_x = grad_out + K^H grad_pre (the same pass with conjugate-transposed weights), and dL/dW from the spectra of x
 // and grad_pre, accumulated per group of blocks and added in group order (deterministic for any thread count).
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <cmath>
 #include <vector>
@@ -102,7 +103,7 @@ void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Te
                    bool leaky, const at::TensorOptions& opts) {
   const DftTables<T> dft(L.frames, L.modes);
   const int64_t c2 = 2 * L.channels, num_blocks = (L.rows() + kBlockRows - 1) / kBlockRows;
-  at::parallel_for(0, num_blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
+  parallel_for_below_autograd(0, num_blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
     at::Tensor spec = at::empty({L.modes, kBlockRows, c2}, opts), mixed = at::empty({L.modes, kBlockRows, c2}, opts);
     std::vector<T> y(L.frames * L.channels);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
@@ -148,7 +149,7 @@ at::Tensor weight_grad(const T* x, const T* grad_pre, const Layout& L, const at:
   const int64_t num_groups = std::max<int64_t>(1, std::min(kMaxGroups, num_blocks));
   const int64_t per_group = (num_blocks + num_groups - 1) / num_groups;
   at::Tensor partial = at::zeros({num_groups, L.modes, c2, c2}, opts);
-  at::parallel_for(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
+  parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
     at::Tensor xs = at::empty({L.modes, kBlockRows, c2}, opts), gs = at::empty({L.modes, kBlockRows, c2}, opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       for (int64_t blk = g * per_group; blk < std::min(num_blocks, (g + 1) * per_group); ++blk) {
@@ -173,6 +174,7 @@ at::Tensor weight_grad(const T* x, const T* grad_pre, const Layout& L, const at:
 
 std::tuple<at::Tensor, at::Tensor> temporal_residual_forward_cpu(const at::Tensor& x, const at::Tensor& weight,
                                                                  bool leaky) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   const Layout L = layout_of(x, weight);
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc);
@@ -188,6 +190,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_residual_forward_cpu(const at::Tenso
 std::tuple<at::Tensor, at::Tensor> temporal_residual_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x,
                                                                   const at::Tensor& pre, const at::Tensor& weight,
                                                                   bool leaky) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   const Layout L = layout_of(x, weight);
   TORCH_CHECK(grad_out.sizes() == x.sizes(), "temporal_residual_backward: grad_out ", grad_out.sizes(),
               " does not match x ", x.sizes());

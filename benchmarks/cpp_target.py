@@ -1,0 +1,136 @@
+"""Issue 5's CPU targets for the "cpp" backend, measured as ratios in one run on this machine.
+
+    python -m benchmarks.cpp_target [--repeats 5] [--points 10000 100000 1000000] [--output results.json]
+
+1. Whole model (EGNO, 4 layers) forward+backward, ``backend="cpp"`` vs ``backend="reference"`` on the same inputs
+   and parameters: a protein-sized graph (855 nodes, 40 nearest neighbours, P = 4, H = 128) and an N-body batch
+   (100 graphs x 5 nodes, P = 5, H = 64). Runs alternate between the backends; medians are reported with the
+   largest relative difference of the outputs and of the parameter gradients.
+2. Radius graph by cell lists vs scipy.spatial.cKDTree (tree build included; ``query_pairs``, which returns each
+   unordered pair once, and ``query_ball_point`` with every worker) on uniform points at about 30 neighbours each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Callable, Dict, List
+
+import torch
+
+from egno_fast import EGNO, build_graph
+from egno_fast.data.batching import complete_graph_edges
+from egno_fast.graph import radius_graph
+
+from .cases import knn_graph
+
+NEIGHBOURS = 30.0
+
+
+def _median_seconds(run: Callable[[], None], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        run()
+        samples.append(time.perf_counter() - begin)
+    return statistics.median(samples)
+
+
+def _model_case(name: str):
+    gen = torch.Generator().manual_seed(0)
+    if name == "protein":
+        nodes, frames, hidden, node_dim = 855, 4, 128, 2
+        edges, batch = knn_graph(855, 40, gen), None
+    else:
+        nodes, frames, hidden, node_dim = 500, 5, 64, 1
+        single = complete_graph_edges(5)
+        edges = torch.cat([single + 5 * g for g in range(100)], dim=1)
+        batch = torch.arange(100).repeat_interleave(5)
+    graph = build_graph(edges, nodes, torch.randn(edges.shape[1], 2, generator=gen), batch)
+    torch.manual_seed(0)
+    model = EGNO(node_dim=node_dim, edge_dim=2, hidden_dim=hidden, num_layers=4, num_frames=frames, num_modes=2,
+                 validate=False)
+    inputs = [torch.randn(nodes, 3, generator=gen), torch.randn(nodes, 3, generator=gen),
+              torch.randn(nodes, node_dim, generator=gen)]
+    return model, inputs, graph, dict(case=name, nodes=nodes, edges=graph.num_edges, frames=frames, hidden=hidden)
+
+
+def model_point(name: str, repeats: int) -> Dict:
+    model, inputs, graph, info = _model_case(name)
+    results = {}
+
+    def step(backend: str):
+        model.backend = backend
+        model.zero_grad(set_to_none=True)
+        out = model(*inputs, graph)
+        loss = sum(o.square().mean() for o in out[:3] if isinstance(o, torch.Tensor))
+        loss.backward()
+        return [o.detach().clone() for o in out[:3] if isinstance(o, torch.Tensor)], \
+            [p.grad.clone() for p in model.parameters()]
+
+    for backend in ("reference", "cpp"):
+        results[backend] = step(backend)  # warm-up, and the outputs compared below
+    times = {"reference": [], "cpp": []}
+    for _ in range(repeats):
+        for backend in ("reference", "cpp"):
+            times[backend].append(_median_seconds(lambda: step(backend), 1))
+    (ref_out, ref_grad), (cpp_out, cpp_grad) = results["reference"], results["cpp"]
+    rel = lambda a, b: float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
+    info.update(reference_s=statistics.median(times["reference"]), cpp_s=statistics.median(times["cpp"]),
+                output_rel_diff=max(rel(c, r) for c, r in zip(cpp_out, ref_out)),
+                grad_rel_diff=max(rel(c, r) for c, r in zip(cpp_grad, ref_grad)))
+    info["speedup"] = info["reference_s"] / info["cpp_s"]
+    return info
+
+
+def radius_point(num_points: int, repeats: int) -> Dict:
+    from scipy.spatial import cKDTree
+
+    gen = torch.Generator().manual_seed(0)
+    side = num_points ** (1 / 3)  # density 1
+    cutoff = (NEIGHBOURS / (4 / 3 * torch.pi)) ** (1 / 3)
+    pos = torch.rand(num_points, 3, generator=gen, dtype=torch.float64) * side
+    array = pos.numpy()
+    edges = radius_graph(pos, cutoff, backend="cpp")
+    pairs = cKDTree(array).query_pairs(cutoff, output_type="ndarray")
+    if 2 * len(pairs) != edges.shape[1]:
+        raise AssertionError(f"cell lists found {edges.shape[1]} edges, cKDTree {2 * len(pairs)}")
+    return dict(points=num_points, edges=edges.shape[1], mean_neighbours=edges.shape[1] / num_points,
+                cpp_s=_median_seconds(lambda: radius_graph(pos, cutoff, backend="cpp"), repeats),
+                ckdtree_pairs_s=_median_seconds(
+                    lambda: cKDTree(array).query_pairs(cutoff, output_type="ndarray"), repeats),
+                ckdtree_ball_s=_median_seconds(
+                    lambda: cKDTree(array).query_ball_point(array, cutoff, workers=-1), repeats))
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", nargs="+", default=["protein", "nbody"], choices=["protein", "nbody"])
+    parser.add_argument("--points", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--output", help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": [], "radius_graph": []}
+    for name in args.cases:
+        point = model_point(name, args.repeats)
+        report["model"].append(point)
+        print(f"model {name}: reference {point['reference_s'] * 1e3:.1f} ms, cpp {point['cpp_s'] * 1e3:.1f} ms, "
+              f"speed-up {point['speedup']:.2f}x, outputs rel diff {point['output_rel_diff']:.1e}, "
+              f"grads rel diff {point['grad_rel_diff']:.1e}", flush=True)
+    for num_points in args.points:
+        point = radius_point(num_points, max(1, args.repeats // 2))
+        report["radius_graph"].append(point)
+        print(f"radius graph {num_points} points ({point['mean_neighbours']:.1f} neighbours): cpp "
+              f"{point['cpp_s'] * 1e3:.1f} ms, cKDTree query_pairs {point['ckdtree_pairs_s'] * 1e3:.1f} ms, "
+              f"query_ball_point {point['ckdtree_ball_s'] * 1e3:.1f} ms", flush=True)
+    if args.output:
+        with open(args.output + ".tmp", "w") as handle:
+            json.dump(report, handle, indent=1)
+        import os
+        os.replace(args.output + ".tmp", args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
