@@ -66,7 +66,7 @@ EGNO_HD int64_t shifted_cell(int64_t c, int64_t offset, int axis, const CellGrid
 EGNO_HD void axis_window(int64_t c, int axis, const CellGrid& g, int64_t* first, int64_t* count) {
   const int64_t n = g.dims[axis];
   if (g.periodic) {
-    *first = n >= 3 ? c - 1 : -c;  // fewer than 3 cells: every cell once (offsets relative to c)
+    *first = n >= 3 ? -1 : -c;  // offsets relative to c; fewer than 3 cells: every cell once
     *count = n >= 3 ? 3 : n;
   } else {
     *first = c > 0 ? -1 : 0;

@@ -56,9 +56,19 @@ struct DftTables {
       const bool real_bin = m == 0 || 2 * m == frames;
       inverse[m] = (real_bin ? 1.0 : 2.0) / static_cast<double>(frames);
       for (int64_t t = 0; t < frames; ++t) {
-        const double angle = 2.0 * M_PI * static_cast<double>((m * t) % frames) / static_cast<double>(frames);
-        cos[m * frames + t] = static_cast<T>(std::cos(angle));
-        sin[m * frames + t] = real_bin ? T(0) : static_cast<T>(std::sin(angle));
+        const int64_t turn = (m * t) % frames;  // angle = 2 pi turn / P
+        double c, s;
+        if ((4 * turn) % frames == 0) {  // multiples of pi / 2 exactly, as an FFT's twiddles: constant inputs
+          const int64_t quarter = 4 * turn / frames;  // then give exact zeros in the other bins
+          c = quarter == 0 ? 1.0 : (quarter == 2 ? -1.0 : 0.0);
+          s = quarter == 1 ? 1.0 : (quarter == 3 ? -1.0 : 0.0);
+        } else {
+          const double angle = 2.0 * M_PI * static_cast<double>(turn) / static_cast<double>(frames);
+          c = std::cos(angle);
+          s = std::sin(angle);
+        }
+        cos[m * frames + t] = static_cast<T>(c);
+        sin[m * frames + t] = real_bin ? T(0) : static_cast<T>(s);
       }
     }
   }
