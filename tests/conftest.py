@@ -78,3 +78,11 @@ def compile_every_configuration(module: str, production_archs=(), atomic_variant
     assert all(r["mma"] == r["expect_mma"] for r in results), \
         [(r["name"], r["mma"]) for r in results if r["mma"] != r["expect_mma"]]
     return results
+
+
+def make_backend_unavailable(monkeypatch, backend: str, reason: str) -> None:
+    """Make ``backend`` report itself unavailable (as if its module failed to import) for this test."""
+    from egno_fast import backends
+
+    monkeypatch.setitem(backends._LOAD_ERRORS, backend, reason)
+    monkeypatch.setattr(backends, "_LOADED", backends._LOADED | {backend})

@@ -109,6 +109,23 @@ def test_egnn_model_matches_reference_on_protein_sized_graph():
     model_matches_reference_on_protein_sized_graph("cpp", torch.float64, "cpu", F64, neighbours=40, hidden=64)
 
 
+def test_patch_swaps_a_model_to_cpp_and_back():
+    import egno_fast
+    from test_model import make_model, small_batch
+
+    model = make_model(backend="reference", hidden_dim=16).double()
+    x, v, h, edge_index, edge_attr, batch = (t.double() if t.is_floating_point() else t for t in small_batch(3))
+    before = model(x, v, h, edge_index, edge_attr, batch)
+    egno_fast.patch(model, "cpp")
+    after = model(x, v, h, edge_index, edge_attr, batch)
+    assert model.active_backend == {"temporal_residual": "cpp", "egnn_layer": "cpp"}
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, **F64)
+    egno_fast.unpatch(model)
+    model(x, v, h, edge_index, edge_attr, batch)
+    assert model.active_backend == {"temporal_residual": "reference", "egnn_layer": "reference"}
+
+
 def test_egnn_refuses_other_dtypes_and_mismatched_edge_features():
     layer, (x, v, h), edge_index, edge_attr = _layer_setup()
     graph = build_graph(edge_index, x.shape[0], edge_attr)

@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import compile_every_configuration, random_orthogonal
+from conftest import compile_every_configuration, make_backend_unavailable, random_orthogonal
 from egno_fast.graph import build_graph
 from egno_fast.nn import EGNNLayer
 from egno_fast.reference.egnn import egnn_layer_reference
-from egno_cases import (KINDS, compare_layer_with_reference, graph_of, make_inputs,
+from egnn_cases import (KINDS, compare_layer_with_reference, graph_of, make_inputs,
                         model_matches_reference_on_nbody_batch, model_matches_reference_on_protein_sized_graph)
 
 import egno_fast.kernels.egnn as egnn_kernels  # noqa: E402  (triton is a test dependency)
@@ -263,7 +263,7 @@ def test_patch_swaps_layers_in_place_and_unpatch_restores_them():
         egno_fast.unpatch(model)
 
 
-def test_patch_of_layers_outside_the_model_and_refusals():
+def test_patch_of_layers_outside_the_model_and_refusals(monkeypatch):
     import egno_fast
     from egno_fast.nn import TemporalConv
 
@@ -276,7 +276,8 @@ def test_patch_of_layers_outside_the_model_and_refusals():
         egno_fast.patch(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="unknown ops"):
         egno_fast.patch(stack, ops=["attention"])
-    with pytest.raises(egno_fast.BackendUnavailableError, match="cpp"):
+    make_backend_unavailable(monkeypatch, "cpp", "simulated: not built")
+    with pytest.raises(egno_fast.BackendUnavailableError, match="cpp.*simulated: not built"):
         egno_fast.patch(stack, "cpp")
     assert stack[0].backend == "reference"  # nothing changed by the refused patch
 

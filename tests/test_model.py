@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from conftest import random_directed_graph, random_orthogonal
+from conftest import make_backend_unavailable, random_directed_graph, random_orthogonal
 from egno_fast import EGNO, BackendUnavailableError, GraphInputError, build_graph
 from egno_fast.compat import edge_index_from_official
 from egno_fast.models.egno import official_to_native
@@ -141,20 +141,25 @@ def test_bad_inputs_raise_clear_errors():
         model(x, v, h, edge_index, edge_attr, batch, frame_times=torch.zeros(1))
 
 
-def test_backend_choice_is_explicit_and_reported(caplog):
+def test_backend_choice_is_explicit_and_reported(caplog, monkeypatch):
+    from egno_fast import backends
+
+    auto = "cpp" if backends.unavailable_reason("cpp", "egnn_layer", "cpu") is None else "reference"
     model = make_model(backend="auto")
     x, v, h, edge_index, edge_attr, batch = small_batch(8)
     with caplog.at_level(logging.INFO, logger="egno_fast"):
         model(x, v, h, edge_index, edge_attr, batch)
-    assert model.active_backend == {"temporal_residual": "reference", "egnn_layer": "reference"}
-    assert "requested 'auto', running temporal_residual='reference', egnn_layer='reference'" in caplog.text
+    assert model.active_backend == {"temporal_residual": auto, "egnn_layer": auto}
+    assert f"requested 'auto', running temporal_residual='{auto}', egnn_layer='{auto}'" in caplog.text
     # a named backend runs every op itself (Triton: on CPU tensors through the interpreter the tests enable) ...
     triton_model = make_model(backend="triton")
     triton_model(x, v, h, edge_index, edge_attr, batch)
     assert triton_model.active_backend == {"temporal_residual": "triton", "egnn_layer": "triton"}
-    # ... and one that cannot run an op raises, naming the op, instead of falling back
-    with pytest.raises(BackendUnavailableError, match="backend 'cpp' cannot run"):
+    # ... and one that cannot run an op raises, naming the op and the reason, instead of falling back
+    make_backend_unavailable(monkeypatch, "cpp", "egno_fast.cpp cannot be imported (simulated: not built)")
+    with pytest.raises(BackendUnavailableError, match="backend 'cpp' cannot run .*simulated: not built"):
         make_model(backend="cpp")(x, v, h, edge_index, edge_attr, batch)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="unknown backend"):
         make_model(backend="cuda")
     with pytest.raises(ValueError, match="backend dict keys"):

@@ -74,6 +74,17 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
               " but there are ", e, " edges");
 }
 
+// r = x_i - x_j of frame p into rv[3]; returns |r|^2.
+template <typename T>
+inline T relative_position(const T* x, int64_t i, int64_t j, int64_t p, int64_t frames, T* rv) {
+  const T* xi = x + (i * frames + p) * 3;
+  const T* xj = x + (j * frames + p) * 3;
+  rv[0] = xi[0] - xj[0];
+  rv[1] = xi[1] - xj[1];
+  rv[2] = xi[2] - xj[2];
+  return rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
+}
+
 // The weights of the edge computation, as raw pointers, with the matrices as tensors for the tile GEMMs.
 template <typename T>
 struct EdgeWeights {
@@ -149,13 +160,7 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
           const int64_t i = rcv[k], j = snd[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T* xi = px + (i * frames + p) * 3;
-            const T* xj = px + (j * frames + p) * 3;
-            T* rv = rel.data() + r * 3;
-            rv[0] = xi[0] - xj[0];
-            rv[1] = xi[1] - xj[1];
-            rv[2] = xi[2] - xj[2];
-            const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
+            const T d2 = relative_position(px, i, j, p, frames, rel.data() + r * 3);
             const T* ai = pa + (i * frames + p) * hidden;
             const T* bj = pb + (j * frames + p) * hidden;
             T* out = p1 + r * hidden;
@@ -237,26 +242,39 @@ inline T pre3_grad_row(int64_t n, const T* __restrict__ pre3, const T* __restric
   return phi;
 }
 
-// dpre2 = (g_msg_i + dL/dm) silu'(pre2), accumulating dL/db2; s1 = silu(pre1) for dL/dW2.
+// act = silu(pre), grad = silu'(pre) over n values (one sigmoid each).
 template <typename T>
-inline void pre2_grad_row(int64_t n, const T* __restrict__ g_msg, const T* __restrict__ dm, const T* __restrict__ pre2,
-                          const T* __restrict__ pre1, T* __restrict__ dpre2, T* __restrict__ s1, T* __restrict__ d_b2) {
+inline void silu_with_grad(int64_t n, const T* __restrict__ pre, T* __restrict__ act, T* __restrict__ grad) {
   for (int64_t h = 0; h < n; ++h) {
-    dpre2[h] = (g_msg[h] + dm[h]) * silu_grad(pre2[h]);
+    const T s = sigmoid(pre[h]);
+    act[h] = pre[h] * s;
+    grad[h] = s * (T(1) + pre[h] * (T(1) - s));
+  }
+}
+
+// dpre2 = (g_msg_i + dL/dm) silu'(pre2), accumulating dL/db2; then s1 = silu(pre1) for dL/dW2 and, in the slot of
+// silu'(pre2), silu'(pre1) for the next row kernel.
+template <typename T>
+inline void pre2_grad_row(int64_t n, const T* __restrict__ g_msg, const T* __restrict__ dm, const T* __restrict__ pre1,
+                          T* __restrict__ grad, T* __restrict__ dpre2, T* __restrict__ s1, T* __restrict__ d_b2) {
+  for (int64_t h = 0; h < n; ++h) {
+    dpre2[h] = (g_msg[h] + dm[h]) * grad[h];
     d_b2[h] += dpre2[h];
-    s1[h] = silu(pre1[h]);
+    const T s = sigmoid(pre1[h]);
+    s1[h] = pre1[h] * s;
+    grad[h] = s * (T(1) + pre1[h] * (T(1) - s));
   }
 }
 
 // dpre1 = dL/ds1 silu'(pre1), into dpre1 (kept for the sender pass), g_a_i, dL/dw_d and the per-edge sum over
 // frames; returns dL/d|r|^2.
 template <typename T>
-inline T pre1_grad_row(int64_t n, const T* __restrict__ ds1, const T* __restrict__ pre1, const T* __restrict__ wd,
+inline T pre1_grad_row(int64_t n, const T* __restrict__ ds1, const T* __restrict__ grad1, const T* __restrict__ wd,
                        T d2, T* __restrict__ dpre1, T* __restrict__ g_a, T* __restrict__ d_wd,
                        T* __restrict__ edge_sum) {
   T dd2 = 0;
   for (int64_t h = 0; h < n; ++h) {
-    const T v = ds1[h] * silu_grad(pre1[h]);
+    const T v = ds1[h] * grad1[h];
     dpre1[h] = v;
     g_a[h] += v;
     d_wd[h] += v * d2;
@@ -299,6 +317,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
     at::Tensor d3_buf = at::empty({rows_max, hidden}, opts);   // dL/dpre3, then dL/dpre2
     at::Tensor act_buf = at::empty({rows_max, hidden}, opts);  // m, then silu(pre1)
     at::Tensor dm_buf = at::empty({rows_max, hidden}, opts);   // dL/dm, then dL/dsilu(pre1)
+    at::Tensor grad_buf = at::empty({rows_max, hidden}, opts);  // silu'(pre2), then silu'(pre1)
     at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
     std::vector<T> rel(rows_max * 3), phi(rows_max), dphi(rows_max);
     for (int64_t g = g_begin; g < g_end; ++g) {
@@ -322,20 +341,17 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
           const int64_t i = rcv[k], j = snd[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T* xi = px + (i * frames + p) * 3;
-            const T* xj = px + (j * frames + p) * 3;
             const T* gci = gc + (i * frames + p) * 3;
             T* rv = rel.data() + r * 3;
-            rv[0] = xi[0] - xj[0];
-            rv[1] = xi[1] - xj[1];
-            rv[2] = xi[2] - xj[2];
+            relative_position(px, i, j, p, frames, rv);
             const T dp = gci[0] * rv[0] + gci[1] * rv[1] + gci[2] * rv[2];
             phi[r] = w.bc2 + pre3_grad_row(hidden, p3 + r * hidden, w.wc2, dp, pd3 + r * hidden, d_wc2, d_bc1);
             dphi[r] = dp;
             d_bc2 += dp;
           }
         }
-        for (int64_t idx = 0; idx < rows * hidden; ++idx) pact[idx] = silu(p2[idx]);
+        T* pgrad = grad_buf.data_ptr<T>();
+        silu_with_grad(rows * hidden, p2, pact, pgrad);  // m and silu'(pre2)
         d_wc1.addmm_(d3.t(), act);  // dL/dWc1 += dpre3^T m
         at::mm_out(dm, d3, w.wc1);    // dL/dm from the coordinate MLP
         // dL/dpre2 = (g_msg_i + dL/dm) silu'(pre2), into d3; act <- silu(pre1)
@@ -344,8 +360,8 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
           const int64_t i = rcv[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            pre2_grad_row(hidden, gm + (i * frames + p) * hidden, pdm + r * hidden, p2 + r * hidden,
-                          p1 + r * hidden, pd3 + r * hidden, pact + r * hidden, d_b2);
+            pre2_grad_row(hidden, gm + (i * frames + p) * hidden, pdm + r * hidden, p1 + r * hidden,
+                          pgrad + r * hidden, pd3 + r * hidden, pact + r * hidden, d_b2);
           }
         }
         d_w2.addmm_(d3.t(), act);  // dL/dW2 += dpre2^T silu(pre1)
@@ -361,7 +377,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             const int64_t r = (k - e0) * frames + p;
             const T* rv = rel.data() + r * 3;
             const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
-            const T dd2 = pre1_grad_row(hidden, pdm + r * hidden, p1 + r * hidden, w.wd, d2, d1 + r * hidden,
+            const T dd2 = pre1_grad_row(hidden, pdm + r * hidden, pgrad + r * hidden, w.wd, d2, d1 + r * hidden,
                                         ga + (i * frames + p) * hidden, d_wd, d1s);
             const T* gci = gc + (i * frames + p) * 3;
             T* dr = dr_all.data() + (k * frames + p) * 3;
