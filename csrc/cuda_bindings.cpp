@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor> receiver_csr_cuda(const at::Tensor& receiver,
 
 struct DeviceBins {
   CellGrid grid;
-  at::Tensor start, points;
+  at::Tensor start, points, sorted_pos;  // sorted_pos: positions in cell order [n, 3]
 };
 
 DeviceBins bin_points(const at::Tensor& pos, const GraphQuery& q, double min_cell, double points_per_cell) {
@@ -69,6 +69,7 @@ DeviceBins bin_points(const at::Tensor& pos, const GraphQuery& q, double min_cel
   auto [sorted, order] = sort_by_key(keys, num_cells);
   bins.start = offsets_of(sorted, num_cells);
   bins.points = order;
+  bins.sorted_pos = pos.index_select(0, order).contiguous();
   return bins;
 }
 
@@ -94,11 +95,12 @@ at::Tensor radius_graph_cuda(const at::Tensor& pos, double cutoff, const std::op
   at::Tensor edges;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "radius_graph_cuda", [&] {
     cuda::radius_counts(p.data_ptr<scalar_t>(), graph_of, n, bins.grid, longs(bins.start), longs(bins.points),
-                        cutoff * cutoff, longs(offsets) + 1, current_stream());
+                        bins.sorted_pos.data_ptr<scalar_t>(), cutoff * cutoff, longs(offsets) + 1, current_stream());
     const int64_t num_edges = offsets_in_place(offsets);
     edges = at::empty({2, num_edges}, offsets.options());
     cuda::radius_fill(p.data_ptr<scalar_t>(), graph_of, n, bins.grid, longs(bins.start), longs(bins.points),
-                      cutoff * cutoff, longs(offsets), num_edges, longs(edges), current_stream());
+                      bins.sorted_pos.data_ptr<scalar_t>(), cutoff * cutoff, longs(offsets), num_edges, longs(edges),
+                      current_stream());
   });
   return edges;
 }
@@ -116,8 +118,9 @@ at::Tensor knn_graph_cuda(const at::Tensor& pos, int64_t k, const std::optional<
   at::Tensor nearest = at::empty({n, k}, p.options().dtype(at::kLong));
   at::Tensor offsets = at::zeros({n + 1}, p.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "knn_graph_cuda", [&] {
-    cuda::knn_rows(p.data_ptr<scalar_t>(), graph_of, n, bins.grid, longs(bins.start), longs(bins.points), k,
-                   best_d2.data_ptr<double>(), longs(nearest), longs(offsets) + 1, current_stream());
+    cuda::knn_rows(p.data_ptr<scalar_t>(), graph_of, n, bins.grid, longs(bins.start), longs(bins.points),
+                   bins.sorted_pos.data_ptr<scalar_t>(), k, best_d2.data_ptr<double>(), longs(nearest),
+                   longs(offsets) + 1, current_stream());
   });
   const int64_t num_edges = offsets_in_place(offsets);
   at::Tensor edges = at::empty({2, num_edges}, offsets.options());

@@ -11,7 +11,8 @@
 namespace egno_fast {
 
 EGNO_HD float exp_approx(float x) {
-  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  x = x < -87.0f ? -87.0f : x;  // two one-sided clamps: vmaxps / vminps, and NaN passes through
+  x = x > 88.0f ? 88.0f : x;
   const float n = std::floor(x * 1.44269504088896341f + 0.5f);
   const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;  // x - n ln2 in two parts (Cody-Waite)
   float p = 1.98412698e-4f;

@@ -27,11 +27,12 @@ EGNO_HD int64_t cells_per_graph(const CellGrid& g) { return g.dims[0] * g.dims[1
 
 EGNO_HD double min_image(double d, double box) { return d - box * rint(d / box); }
 
+// |a - b|^2 of two points (3 coordinates each), minimum image if periodic.
 template <typename T>
-EGNO_HD double distance2(const T* pos, int64_t i, int64_t j, const CellGrid& g) {
+EGNO_HD double distance2(const T* a, const T* b, const CellGrid& g) {
   double total = 0.0;
   for (int c = 0; c < 3; ++c) {
-    double d = static_cast<double>(pos[3 * i + c]) - static_cast<double>(pos[3 * j + c]);
+    double d = static_cast<double>(a[c]) - static_cast<double>(b[c]);
     if (g.periodic) d = min_image(d, g.box[c]);
     total += d * d;
   }
@@ -74,11 +75,13 @@ EGNO_HD void axis_window(int64_t c, int axis, const CellGrid& g, int64_t* first,
   }
 }
 
-// Calls visit(j) for every point j != i of i's graph with |x_i - x_j|^2 <= r2. cell_start [num cells + 1] and
-// cell_points (point indices sorted by cell key) describe the binned points.
+// Calls visit(j) for every point j != i of i's graph with |x_i - x_j|^2 <= r2. cell_start [num cells + 1],
+// cell_points (point indices sorted by cell key) and sorted_pos (their positions in that order, [n, 3], so that a
+// cell's points are read from contiguous memory) describe the binned points.
 template <typename T, typename Visit>
 EGNO_HD void visit_radius(int64_t i, const T* pos, const int64_t* batch, const CellGrid& g,
-                          const int64_t* cell_start, const int64_t* cell_points, double r2, Visit& visit) {
+                          const int64_t* cell_start, const int64_t* cell_points, const T* sorted_pos, double r2,
+                          Visit& visit) {
   int64_t home[3], first[3], count[3];
   point_cell(pos, i, g, home);
   for (int a = 0; a < 3; ++a) axis_window(home[a], a, g, &first[a], &count[a]);
@@ -92,7 +95,7 @@ EGNO_HD void visit_radius(int64_t i, const T* pos, const int64_t* batch, const C
         const int64_t key = cell_key(graph, cell, g);
         for (int64_t s = cell_start[key]; s < cell_start[key + 1]; ++s) {
           const int64_t j = cell_points[s];
-          if (j != i && distance2(pos, i, j, g) <= r2) visit(j);
+          if (j != i && distance2(pos + 3 * i, sorted_pos + 3 * s, g) <= r2) visit(j);
         }
       }
     }
@@ -118,10 +121,11 @@ EGNO_HD int64_t insert_candidate(double d2, int64_t j, int64_t k, int64_t size, 
 }
 
 // The k nearest points j != i of i's graph (fewer if the graph is smaller), sorted by (distance, index), searched
-// ring by ring. best_d2 and best_j hold k entries. Returns how many were found.
+// ring by ring (binned points as for visit_radius). best_d2 and best_j hold k entries. Returns how many were found.
 template <typename T>
 EGNO_HD int64_t knn_query(int64_t i, const T* pos, const int64_t* batch, const CellGrid& g, const int64_t* cell_start,
-                          const int64_t* cell_points, int64_t k, double* best_d2, int64_t* best_j) {
+                          const int64_t* cell_points, const T* sorted_pos, int64_t k, double* best_d2,
+                          int64_t* best_j) {
   int64_t home[3];
   point_cell(pos, i, g, home);
   const int64_t graph = batch != nullptr ? batch[i] : 0;
@@ -144,7 +148,9 @@ EGNO_HD int64_t knn_query(int64_t i, const T* pos, const int64_t* batch, const C
           const int64_t key = cell_key(graph, cell, g);
           for (int64_t s = cell_start[key]; s < cell_start[key + 1]; ++s) {
             const int64_t j = cell_points[s];
-            if (j != i) found = insert_candidate(distance2(pos, i, j, g), j, k, found, best_d2, best_j);
+            if (j != i) {
+              found = insert_candidate(distance2(pos + 3 * i, sorted_pos + 3 * s, g), j, k, found, best_d2, best_j);
+            }
           }
         }
       }

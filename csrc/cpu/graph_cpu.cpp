@@ -34,13 +34,16 @@ std::tuple<at::Tensor, at::Tensor> receiver_csr_cpu(const at::Tensor& receiver, 
   return {rowptr, perm};
 }
 
-// Points binned by cell key: cell_start [graphs * cells + 1], cell_points (indices sorted by key).
+// Points binned by cell key: cell_start [graphs * cells + 1], cell_points (indices sorted by key) and the
+// positions in that order.
+template <typename T>
 struct Bins {
   std::vector<int64_t> start, points;
+  std::vector<T> sorted_pos;
 };
 
 template <typename T>
-Bins bin_points(const T* pos, const int64_t* batch, int64_t n, const CellGrid& g) {
+Bins<T> bin_points(const T* pos, const int64_t* batch, int64_t n, const CellGrid& g) {
   const int64_t num_cells = g.num_graphs * cells_per_graph(g);
   std::vector<int64_t> keys(n);
   at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
@@ -50,8 +53,9 @@ Bins bin_points(const T* pos, const int64_t* batch, int64_t n, const CellGrid& g
       keys[i] = cell_key(batch != nullptr ? batch[i] : 0, cell, g);
     }
   });
-  Bins bins{std::vector<int64_t>(num_cells + 1), std::vector<int64_t>(n)};
+  Bins<T> bins{std::vector<int64_t>(num_cells + 1), std::vector<int64_t>(n), std::vector<T>(3 * n)};
   counting_sort(keys.data(), n, num_cells, bins.start.data(), bins.points.data());
+  for (int64_t s = 0; s < n; ++s) std::copy(pos + 3 * bins.points[s], pos + 3 * bins.points[s] + 3, &bins.sorted_pos[3 * s]);
   return bins;
 }
 
@@ -72,50 +76,49 @@ CellGrid grid_for(const at::Tensor& pos, const GraphQuery& q, double min_cell, d
   return make_grid(lo, hi, q.periodic ? q.box : nullptr, q.num_graphs, n, min_cell, points_per_cell);
 }
 
-// Rows of senders per receiver (counts, then fills) into edge_index [2, E]: receivers ascending, senders ascending.
-template <typename Query>
-at::Tensor rows_to_edges(int64_t n, const Query& query, const at::TensorOptions& opts) {
-  std::vector<int64_t> counts(n + 1, 0);
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) counts[i + 1] = query.count(i);
+// The senders of every receiver in one pass, queried in cell order (neighbouring queries read the same cells):
+// chunks of queries collect their rows (sorted by sender) in their own vectors, which are then copied into
+// edge_index [2, E] in receiver order (receivers ascending, senders ascending).
+template <typename T>
+at::Tensor radius_rows_to_edges(int64_t n, const T* pos, const int64_t* batch, const CellGrid& grid,
+                                const Bins<T>& bins, double r2, const at::TensorOptions& opts) {
+  constexpr int64_t kChunk = 1024;
+  const int64_t num_chunks = (n + kChunk - 1) / kChunk;
+  std::vector<std::vector<int64_t>> chunk_senders(num_chunks);
+  std::vector<int64_t> offsets(n + 1, 0), row_start(n);  // row_start: where receiver i's row begins in its chunk
+  struct Appender {
+    std::vector<int64_t>* out;
+    void operator()(int64_t j) { out->push_back(j); }
+  };
+  at::parallel_for(0, num_chunks, 1, [&](int64_t c_begin, int64_t c_end) {
+    for (int64_t c = c_begin; c < c_end; ++c) {
+      std::vector<int64_t>& out = chunk_senders[c];
+      for (int64_t slot = c * kChunk; slot < std::min(n, (c + 1) * kChunk); ++slot) {
+        const int64_t i = bins.points[slot];
+        const size_t start = out.size();
+        Appender append{&out};
+        visit_radius(i, pos, batch, grid, bins.start.data(), bins.points.data(), bins.sorted_pos.data(), r2, append);
+        std::sort(out.begin() + start, out.end());
+        row_start[i] = static_cast<int64_t>(start);
+        offsets[i + 1] = static_cast<int64_t>(out.size() - start);
+      }
+    }
   });
-  for (int64_t i = 0; i < n; ++i) counts[i + 1] += counts[i];
-  at::Tensor edges = at::empty({2, counts[n]}, opts);
+  std::vector<int64_t> slot_of(n);
+  for (int64_t slot = 0; slot < n; ++slot) slot_of[bins.points[slot]] = slot;
+  for (int64_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+  at::Tensor edges = at::empty({2, offsets[n]}, opts);
   int64_t* senders = edges.data_ptr<int64_t>();
-  int64_t* receivers = senders + counts[n];
-  at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
+  int64_t* receivers = senders + offsets[n];
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      query.fill(i, senders + counts[i]);
-      std::sort(senders + counts[i], senders + counts[i + 1]);
-      std::fill(receivers + counts[i], receivers + counts[i + 1], i);
+      const int64_t* row = chunk_senders[slot_of[i] / kChunk].data() + row_start[i];
+      std::copy(row, row + (offsets[i + 1] - offsets[i]), senders + offsets[i]);
+      std::fill(receivers + offsets[i], receivers + offsets[i + 1], i);
     }
   });
   return edges;
 }
-
-template <typename T>
-struct RadiusQuery {
-  const T* pos;
-  const int64_t* batch;
-  CellGrid grid;
-  const Bins* bins;
-  double r2;
-  int64_t count(int64_t i) const {
-    struct Counter {
-      int64_t n = 0;
-      void operator()(int64_t) { ++n; }
-    } counter;
-    visit_radius(i, pos, batch, grid, bins->start.data(), bins->points.data(), r2, counter);
-    return counter.n;
-  }
-  void fill(int64_t i, int64_t* out) const {
-    struct Writer {
-      int64_t* out;
-      void operator()(int64_t j) { *out++ = j; }
-    } writer{out};
-    visit_radius(i, pos, batch, grid, bins->start.data(), bins->points.data(), r2, writer);
-  }
-};
 
 at::Tensor radius_graph_cpu(const at::Tensor& pos, double cutoff, const std::optional<at::Tensor>& batch,
                             const std::optional<at::Tensor>& box) {
@@ -127,10 +130,9 @@ at::Tensor radius_graph_cpu(const at::Tensor& pos, double cutoff, const std::opt
   at::Tensor edges;
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "radius_graph_cpu", [&] {
     const CellGrid grid = grid_for<scalar_t>(p, q, cutoff * (1.0 + 1e-9), 0.5);
-    const Bins bins = bin_points(p.data_ptr<scalar_t>(), q.has_batch ? b.data_ptr<int64_t>() : nullptr, p.size(0), grid);
-    const RadiusQuery<scalar_t> query{p.data_ptr<scalar_t>(), q.has_batch ? b.data_ptr<int64_t>() : nullptr, grid,
-                                      &bins, cutoff * cutoff};
-    edges = rows_to_edges(p.size(0), query, p.options().dtype(at::kLong));
+    const auto bins = bin_points(p.data_ptr<scalar_t>(), q.has_batch ? b.data_ptr<int64_t>() : nullptr, p.size(0), grid);
+    edges = radius_rows_to_edges(p.size(0), p.data_ptr<scalar_t>(), q.has_batch ? b.data_ptr<int64_t>() : nullptr,
+                                 grid, bins, cutoff * cutoff, p.options().dtype(at::kLong));
   });
   return edges;
 }
@@ -148,12 +150,13 @@ at::Tensor knn_graph_cpu(const at::Tensor& pos, int64_t k, const std::optional<a
     const scalar_t* pp = p.data_ptr<scalar_t>();
     // cells of about k / 2 points: the k nearest usually lie within the first ring of cells
     const CellGrid grid = grid_for<scalar_t>(p, q, 0.0, std::max<double>(1.0, 0.5 * static_cast<double>(k)));
-    const Bins bins = bin_points(pp, graph_of, n, grid);
+    const auto bins = bin_points(pp, graph_of, n, grid);
     at::parallel_for(0, n, 256, [&](int64_t begin, int64_t end) {
       std::vector<double> d2(k);
       for (int64_t i = begin; i < end; ++i) {
         int64_t* row = nearest.data() + i * k;
-        found[i + 1] = knn_query(i, pp, graph_of, grid, bins.start.data(), bins.points.data(), k, d2.data(), row);
+        found[i + 1] = knn_query(i, pp, graph_of, grid, bins.start.data(), bins.points.data(), bins.sorted_pos.data(), k,
+                                 d2.data(), row);
         std::sort(row, row + found[i + 1]);
       }
     });

@@ -52,34 +52,35 @@ struct WriteVisitor {
 
 template <typename T>
 __global__ void radius_count_kernel(const T* pos, const int64_t* batch, int64_t n, CellGrid grid,
-                                    const int64_t* cell_start, const int64_t* cell_points, double r2,
-                                    int64_t* counts) {
+                                    const int64_t* cell_start, const int64_t* cell_points, const T* sorted_pos,
+                                    double r2, int64_t* counts) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   CountVisitor visitor{0};
-  visit_radius(i, pos, batch, grid, cell_start, cell_points, r2, visitor);
+  visit_radius(i, pos, batch, grid, cell_start, cell_points, sorted_pos, r2, visitor);
   counts[i] = visitor.count;
 }
 
 template <typename T>
 __global__ void radius_fill_kernel(const T* pos, const int64_t* batch, int64_t n, CellGrid grid,
-                                   const int64_t* cell_start, const int64_t* cell_points, double r2,
-                                   const int64_t* offsets, int64_t num_edges, int64_t* edges) {
+                                   const int64_t* cell_start, const int64_t* cell_points, const T* sorted_pos,
+                                   double r2, const int64_t* offsets, int64_t num_edges, int64_t* edges) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
   WriteVisitor visitor{edges + offsets[i]};
-  visit_radius(i, pos, batch, grid, cell_start, cell_points, r2, visitor);
+  visit_radius(i, pos, batch, grid, cell_start, cell_points, sorted_pos, r2, visitor);
   insertion_sort(edges + offsets[i], offsets[i + 1] - offsets[i]);
   for (int64_t e = offsets[i]; e < offsets[i + 1]; ++e) edges[num_edges + e] = i;
 }
 
 template <typename T>
 __global__ void knn_kernel(const T* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-                           const int64_t* cell_points, int64_t k, double* best_d2, int64_t* nearest,
-                           int64_t* counts) {
+                           const int64_t* cell_points, const T* sorted_pos, int64_t k, double* best_d2,
+                           int64_t* nearest, int64_t* counts) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= n) return;
-  const int64_t found = knn_query(i, pos, batch, grid, cell_start, cell_points, k, best_d2 + i * k, nearest + i * k);
+  const int64_t found =
+      knn_query(i, pos, batch, grid, cell_start, cell_points, sorted_pos, k, best_d2 + i * k, nearest + i * k);
   insertion_sort(nearest + i * k, found);
   counts[i] = found;
 }
@@ -139,24 +140,24 @@ void compact_rows(const int64_t* table, int64_t n, int64_t k, const int64_t* off
     cell_keys_kernel<T><<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(pos, batch, n, grid, keys);             \
   }                                                                                                                \
   void radius_counts(const T* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,      \
-                     const int64_t* cell_points, double r2, int64_t* counts, void* stream) {                       \
+                     const int64_t* cell_points, const T* sorted_pos, double r2, int64_t* counts, void* stream) {   \
     if (n == 0) return;                                                                                            \
     radius_count_kernel<T><<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(pos, batch, n, grid, cell_start,     \
-                                                                               cell_points, r2, counts);           \
+                                                                               cell_points, sorted_pos, r2, counts); \
   }                                                                                                                \
   void radius_fill(const T* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,        \
-                   const int64_t* cell_points, double r2, const int64_t* offsets, int64_t num_edges,               \
-                   int64_t* edges, void* stream) {                                                                 \
+                   const int64_t* cell_points, const T* sorted_pos, double r2, const int64_t* offsets,             \
+                   int64_t num_edges, int64_t* edges, void* stream) {                                              \
     if (n == 0) return;                                                                                            \
     radius_fill_kernel<T><<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(                                      \
-        pos, batch, n, grid, cell_start, cell_points, r2, offsets, num_edges, edges);                              \
+        pos, batch, n, grid, cell_start, cell_points, sorted_pos, r2, offsets, num_edges, edges);                  \
   }                                                                                                                \
   void knn_rows(const T* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,           \
-                const int64_t* cell_points, int64_t k, double* best_d2, int64_t* nearest, int64_t* counts,         \
-                void* stream) {                                                                                    \
+                const int64_t* cell_points, const T* sorted_pos, int64_t k, double* best_d2, int64_t* nearest,     \
+                int64_t* counts, void* stream) {                                                                   \
     if (n == 0) return;                                                                                            \
     knn_kernel<T><<<blocks_for(n), kThreads, 0, as_stream(stream)>>>(pos, batch, n, grid, cell_start, cell_points, \
-                                                                      k, best_d2, nearest, counts);               \
+                                                                      sorted_pos, k, best_d2, nearest, counts);   \
   }
 
 EGNO_FAST_GRAPH_LAUNCHERS(float)

@@ -25,25 +25,25 @@ void offsets_from_sorted(const int64_t* sorted_keys, int64_t n, int64_t num_keys
 void cell_keys(const float* pos, const int64_t* batch, int64_t n, CellGrid grid, int64_t* keys, void* stream);
 void cell_keys(const double* pos, const int64_t* batch, int64_t n, CellGrid grid, int64_t* keys, void* stream);
 
-// counts [n]: the number of radius neighbours of each point.
+// counts [n]: the number of radius neighbours of each point. sorted_pos [n, 3]: positions in cell order.
 void radius_counts(const float* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-                   const int64_t* cell_points, double r2, int64_t* counts, void* stream);
+                   const int64_t* cell_points, const float* sorted_pos, double r2, int64_t* counts, void* stream);
 void radius_counts(const double* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-                   const int64_t* cell_points, double r2, int64_t* counts, void* stream);
+                   const int64_t* cell_points, const double* sorted_pos, double r2, int64_t* counts, void* stream);
 
 // Writes edge_index [2, E] (row 0 senders, sorted within each receiver; row 1 receivers) from row offsets [n + 1].
 void radius_fill(const float* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-                 const int64_t* cell_points, double r2, const int64_t* offsets, int64_t num_edges, int64_t* edges,
+                 const int64_t* cell_points, const float* sorted_pos, double r2, const int64_t* offsets, int64_t num_edges, int64_t* edges,
                  void* stream);
 void radius_fill(const double* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-                 const int64_t* cell_points, double r2, const int64_t* offsets, int64_t num_edges, int64_t* edges,
+                 const int64_t* cell_points, const double* sorted_pos, double r2, const int64_t* offsets, int64_t num_edges, int64_t* edges,
                  void* stream);
 
 // nearest [n, k] (sorted by index in each row) and counts [n] of the k nearest; best_d2 [n, k] is scratch.
 void knn_rows(const float* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-              const int64_t* cell_points, int64_t k, double* best_d2, int64_t* nearest, int64_t* counts, void* stream);
+              const int64_t* cell_points, const float* sorted_pos, int64_t k, double* best_d2, int64_t* nearest, int64_t* counts, void* stream);
 void knn_rows(const double* pos, const int64_t* batch, int64_t n, CellGrid grid, const int64_t* cell_start,
-              const int64_t* cell_points, int64_t k, double* best_d2, int64_t* nearest, int64_t* counts, void* stream);
+              const int64_t* cell_points, const double* sorted_pos, int64_t k, double* best_d2, int64_t* nearest, int64_t* counts, void* stream);
 
 // Compacts rows of a [n, k] table with row offsets [n + 1] into edge_index [2, E].
 void compact_rows(const int64_t* table, int64_t n, int64_t k, const int64_t* offsets, int64_t num_edges,
