@@ -29,7 +29,7 @@
 namespace egno_fast {
 namespace {
 
-constexpr int64_t kTileRows = 512;  // a [512, 128] fp32 tile is 256 KB: a few of them stay in L2
+constexpr int64_t kTileRows = 256;  // a [256, 128] fp32 tile is 128 KB: a few of them stay in L2
 constexpr int64_t kMaxGroups = 64;  // fixed work split: partial sums do not depend on the thread count
 
 // Boundaries of node groups [bounds[g], bounds[g+1]) with about E / groups edges each (whole receivers).
