@@ -6,6 +6,7 @@ node tensors carry the frames as an axis ([N, P, ...]) and edge indices are neve
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -104,10 +105,19 @@ def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optiona
             _fail("edge_index connects nodes of different graphs in the batch")
 
 
+_REPORTED = set()  # (op, device type) whose "auto" choice was logged
+
+
 def _graph_op(op: str, backend: str, device: torch.device):
+    """The implementation of a graph op for ``backend`` on ``device``; an "auto" choice is logged once."""
     from .backends import check_backend_name, get_op, resolve_backend  # backends imports the references
 
-    return get_op(op, resolve_backend(check_backend_name(backend), device, op))
+    chosen = resolve_backend(check_backend_name(backend), device, op)
+    key = (op, torch.device(device).type)
+    if backend == "auto" and key not in _REPORTED:
+        _REPORTED.add(key)
+        logging.getLogger("egno_fast").info("graph op %s on %s: backend 'auto' runs %r", op, key[1], chosen)
+    return get_op(op, chosen)
 
 
 def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
