@@ -135,6 +135,9 @@ def test_egnn_refuses_other_dtypes_and_mismatched_edge_features():
     with pytest.raises(RuntimeError, match="x must be"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x[:, :2], edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
                                               graph.sender, graph.receiver)
+    with pytest.raises(RuntimeError, match="edge indices span"):
+        torch.ops.egno_fast.egnn_edge_forward(h, h, x, edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
+                                              graph.sender + x.shape[0], graph.receiver)
 
 
 # ------------------------------------------------------------------------------------- temporal convolution

@@ -72,6 +72,14 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   }
   TORCH_CHECK(rowptr[n].item<int64_t>() == e, "egnn_edge: rowptr[N] = ", rowptr[n].item<int64_t>(),
               " but there are ", e, " edges");
+  if (e > 0) {
+    for (const at::Tensor* t : {&sender, &receiver}) {
+      const auto range = at::aminmax(*t);
+      const int64_t low = std::get<0>(range).item<int64_t>(), high = std::get<1>(range).item<int64_t>();
+      TORCH_CHECK(low >= 0 && high < n, "egnn_edge: edge indices span [", low, ", ", high, "] but there are ", n,
+                  " nodes");
+    }
+  }
 }
 
 // r = x_i - x_j of frame p into rv[3]; returns |r|^2.
