@@ -5,6 +5,8 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "cpu/buffer_pool.h"
+
 TORCH_LIBRARY(egno_fast, m) {
   m.def(
       "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor wd, Tensor we, Tensor w2, Tensor b2, "
@@ -45,4 +47,6 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "egno_fast C++/CUDA extension: registers the torch.ops.egno_fast operators";
   m.def("build_info", &build_info, "how this extension was built: {'cuda': bool, 'openmp': bool}");
+  m.def("empty_cache", &egno_fast::empty_cache, "frees the CPU kernels' cached work buffers; returns the bytes freed");
+  m.def("cached_bytes", &egno_fast::cached_bytes, "bytes held by the CPU kernels' buffer cache");
 }

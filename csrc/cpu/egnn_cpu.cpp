@@ -11,9 +11,12 @@
 // its receivers' outputs and its own partial weight gradients, which are added in group order afterwards, so the
 // results do not depend on the number of threads (deterministic, no atomics).
 //
-// Memory choice: the forward stores the three pre-activations [3, E, P, H] for the backward instead of recomputing
-// them. On the CPU memory is plentiful and recomputing costs a third of the layer's matrix FLOPs (two tile GEMMs of
-// H x H per row), while storing costs one write and one read of 12 H bytes per row (fp32): faster here.
+// Memory choice: the forward stores, for each of the three SiLUs, its value and its derivative, [6, E, P, H]
+// (silu(pre1), silu'(pre1), m = silu(pre2), silu'(pre2), silu(pre3), silu'(pre3)), instead of recomputing them.
+// The backward then needs neither the tile GEMMs of the forward (a third of the layer's matrix FLOPs) nor a single
+// exponential: the activations are the weight-gradient GEMMs' inputs as they are, and the derivatives multiply the
+// incoming gradients. That is six [E, P, H] tensors where the reference keeps about eight; on the CPU the memory is
+// there, and on the development machine the sigmoid (about 2 ns an element even in AVX2) was the largest cost.
 // The sender side of the backward (dL/dB_j and the sender part of dL/dx) is gathered over the transposed CSR from the
 // stored per-row dL/dpre1 and dL/dr: deterministic as well.
 #include <ATen/ATen.h>
@@ -24,7 +27,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "../common/activations.h"
+#include "activations.h"
+#include "buffer_pool.h"
 
 namespace egno_fast {
 namespace {
@@ -32,20 +36,23 @@ namespace {
 constexpr int64_t kTileRows = 256;  // a [256, 128] fp32 tile is 128 KB: a few of them stay in L2
 constexpr int64_t kMaxGroups = 64;  // fixed work split: partial sums do not depend on the thread count
 
-// Boundaries of node groups [bounds[g], bounds[g+1]) with about E / groups edges each (whole receivers).
-std::vector<int64_t> node_groups(const int64_t* rowptr, int64_t num_nodes, int64_t num_groups) {
-  const int64_t num_edges = rowptr[num_nodes];
-  const int64_t target = std::max<int64_t>(1, (num_edges + num_groups - 1) / num_groups);
+// Boundaries of node groups [bounds[g], bounds[g+1]) of whole receivers. Small graphs: receivers packed greedily
+// into groups of at most tile_edges edges (one tile each, unless a receiver alone has more) when that needs at most
+// kMaxGroups groups; otherwise kMaxGroups groups of about E / kMaxGroups edges. Depends on the graph only.
+std::vector<int64_t> node_groups(const int64_t* rowptr, int64_t num_nodes, int64_t tile_edges) {
   std::vector<int64_t> bounds{0};
+  for (int64_t n = 0; n + 1 < num_nodes; ++n) {
+    if (rowptr[n + 2] - rowptr[bounds.back()] > tile_edges) bounds.push_back(n + 1);
+  }
+  bounds.push_back(num_nodes);
+  if (static_cast<int64_t>(bounds.size()) - 1 <= kMaxGroups) return bounds;
+  const int64_t target = (rowptr[num_nodes] + kMaxGroups - 1) / kMaxGroups;
+  bounds.assign(1, 0);
   for (int64_t n = 0; n + 1 < num_nodes; ++n) {
     if (rowptr[n + 1] - rowptr[bounds.back()] >= target) bounds.push_back(n + 1);
   }
   bounds.push_back(num_nodes);
   return bounds;
-}
-
-int64_t group_count(int64_t num_edges, int64_t tile_edges) {
-  return std::min<int64_t>(kMaxGroups, std::max<int64_t>(1, (num_edges + tile_edges - 1) / tile_edges));
 }
 
 void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr,
@@ -123,6 +130,49 @@ EdgeWeights<T> edge_weights(const at::Tensor& wd, const at::Tensor& we, const at
           wc1};
 }
 
+// Row kernels (restrict pointers so that the compiler vectorises them), n = H values each.
+// pre1 = A_i + B_j + w_d |r|^2 (+ W_e e_ij when ew is given).
+template <typename T>
+inline void first_layer_row(int64_t n, const T* __restrict__ a_i, const T* __restrict__ b_j, const T* __restrict__ wd,
+                            T d2, const T* __restrict__ ew, T* __restrict__ pre) {
+  if (ew != nullptr) {
+    for (int64_t h = 0; h < n; ++h) pre[h] = a_i[h] + b_j[h] + wd[h] * d2 + ew[h];
+  } else {
+    for (int64_t h = 0; h < n; ++h) pre[h] = a_i[h] + b_j[h] + wd[h] * d2;
+  }
+}
+
+template <typename T>
+inline T dot(int64_t n, const T* __restrict__ u, const T* __restrict__ v) {
+  T sum = 0;
+  for (int64_t h = 0; h < n; ++h) sum += u[h] * v[h];
+  return sum;
+}
+
+template <typename T>
+inline void add_row(int64_t n, const T* __restrict__ src, T* __restrict__ dst) {
+  for (int64_t h = 0; h < n; ++h) dst[h] += src[h];
+}
+
+// A [rows, cols] row-major view of raw memory for the tile GEMMs (cheaper than narrowing and selecting tensors).
+template <typename T>
+inline at::Tensor tile_view(const T* data, int64_t rows, int64_t cols, const at::TensorOptions& options) {
+  return at::from_blob(const_cast<T*>(data), {rows, cols}, options);
+}
+
+// The stored activations [6, E, P, H] of the rows from row0 on, in the tensor's order.
+template <typename T>
+struct ActivationRows {
+  T *act1, *grad1, *m, *grad2, *act3, *grad3;
+};
+
+template <typename T>
+inline ActivationRows<T> activation_rows(const at::Tensor& acts, int64_t row0) {
+  const int64_t plane = acts.size(1) * acts.size(2) * acts.size(3);
+  T* base = acts.data_ptr<T>() + row0 * acts.size(3);
+  return {base, base + plane, base + 2 * plane, base + 3 * plane, base + 4 * plane, base + 5 * plane};
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr,
                   const EdgeWeights<T>& w, const at::Tensor& rowptr, const at::Tensor& sender,
@@ -131,22 +181,18 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
   const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
-  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, group_count(num_edges, tile_edges));
+  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
   const int64_t* snd = sender.data_ptr<int64_t>();
   const int64_t* rcv = receiver.data_ptr<int64_t>();
   const T *pa = a.data_ptr<T>(), *pb = b.data_ptr<T>(), *px = x.data_ptr<T>();
   T *msg = msg_sum.data_ptr<T>(), *coord = coord_sum.data_ptr<T>();
-  const at::Tensor pre1_all = acts[0].view({num_edges * frames, hidden});
-  const at::Tensor pre2_all = acts[1].view({num_edges * frames, hidden});
-  const at::Tensor pre3_all = acts[2].view({num_edges * frames, hidden});
   const at::Tensor w2_t = w.w2.t(), wc1_t = w.wc1.t(), we_t = w.we.t();
   const at::Tensor bias2 = at::from_blob(const_cast<T*>(w.b2), {hidden}, a.options());
   const at::Tensor bias_c1 = at::from_blob(const_cast<T*>(w.bc1), {hidden}, a.options());
 
   parallel_for_below_autograd(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
-    at::Tensor s1_buf = at::empty({rows_max, hidden}, a.options());
-    at::Tensor m_buf = at::empty({rows_max, hidden}, a.options());
+    std::vector<T> pre_buf(rows_max * hidden);  // pre1, then pre2, then pre3
     at::Tensor ew_buf = at::empty({features > 0 ? tile_edges : 0, hidden}, a.options());  // W_e e per edge
     std::vector<T> rel(rows_max * 3);
     for (int64_t g = g_begin; g < g_end; ++g) {
@@ -156,56 +202,43 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
       for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
         const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
         const int64_t rows = (e1 - e0) * frames;
+        const ActivationRows<T> t = activation_rows<T>(acts, e0 * frames);
+        const at::Tensor act1 = tile_view(t.act1, rows, hidden, a.options());
+        const at::Tensor m = tile_view(t.m, rows, hidden, a.options());
         const T* ew = nullptr;
         if (features > 0) {
           at::Tensor ew_tile = ew_buf.narrow(0, 0, e1 - e0);
           at::mm_out(ew_tile, edge_attr.narrow(0, e0, e1 - e0), we_t);
           ew = ew_tile.data_ptr<T>();
         }
-        at::Tensor pre1 = pre1_all.narrow(0, e0 * frames, rows), s1 = s1_buf.narrow(0, 0, rows);
-        T *p1 = pre1.data_ptr<T>(), *ps1 = s1.data_ptr<T>();
+        T* pp = pre_buf.data();
+        at::Tensor pre = tile_view(pp, rows, hidden, a.options());
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k], j = snd[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
             const T d2 = relative_position(px, i, j, p, frames, rel.data() + r * 3);
-            const T* ai = pa + (i * frames + p) * hidden;
-            const T* bj = pb + (j * frames + p) * hidden;
-            T* out = p1 + r * hidden;
-            T* act = ps1 + r * hidden;
-            if (ew != nullptr) {
-              const T* ek = ew + (k - e0) * hidden;
-              for (int64_t h = 0; h < hidden; ++h) out[h] = ai[h] + bj[h] + w.wd[h] * d2 + ek[h];
-            } else {
-              for (int64_t h = 0; h < hidden; ++h) out[h] = ai[h] + bj[h] + w.wd[h] * d2;
-            }
-            for (int64_t h = 0; h < hidden; ++h) act[h] = silu(out[h]);
+            first_layer_row(hidden, pa + (i * frames + p) * hidden, pb + (j * frames + p) * hidden, w.wd, d2,
+                            ew != nullptr ? ew + (k - e0) * hidden : nullptr, pp + r * hidden);
           }
         }
-        at::Tensor pre2 = pre2_all.narrow(0, e0 * frames, rows), m = m_buf.narrow(0, 0, rows);
-        at::addmm_out(pre2, bias2, s1, w2_t);
-        const T* p2 = pre2.data_ptr<T>();
-        T* pm = m.data_ptr<T>();
-        for (int64_t idx = 0; idx < rows * hidden; ++idx) pm[idx] = silu(p2[idx]);
-        at::Tensor pre3 = pre3_all.narrow(0, e0 * frames, rows);
-        at::addmm_out(pre3, bias_c1, m, wc1_t);
-        const T* p3 = pre3.data_ptr<T>();
+        silu_with_grad(rows * hidden, pp, t.act1, t.grad1);
+        at::addmm_out(pre, bias2, act1, w2_t);
+        silu_with_grad(rows * hidden, pp, t.m, t.grad2);
+        at::addmm_out(pre, bias_c1, m, wc1_t);
+        silu_with_grad(rows * hidden, pp, t.act3, t.grad3);
+        const T *act3 = t.act3, *pm = t.m;
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T* row3 = p3 + r * hidden;
-            T phi = 0;
-            for (int64_t h = 0; h < hidden; ++h) phi += w.wc2[h] * silu(row3[h]);
-            phi += w.bc2;
+            const T phi = w.bc2 + dot(hidden, w.wc2, act3 + r * hidden);
             T* ci = coord + (i * frames + p) * 3;
             const T* rv = rel.data() + r * 3;
             ci[0] += rv[0] * phi;
             ci[1] += rv[1] * phi;
             ci[2] += rv[2] * phi;
-            T* mi = msg + (i * frames + p) * hidden;
-            const T* mr = pm + r * hidden;
-            for (int64_t h = 0; h < hidden; ++h) mi[h] += mr[h];
+            add_row(hidden, pm + r * hidden, msg + (i * frames + p) * hidden);
           }
         }
       }
@@ -221,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
-  at::Tensor acts = at::empty({3, sender.size(0), a.size(1), a.size(2)}, a.options());
+  at::Tensor acts = empty_cached({6, sender.size(0), a.size(1), a.size(2)}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "egnn_edge_forward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, a.size(2), edge_attr.size(1));
     forward_impl<scalar_t>(a, b, x, edge_attr, w, rowptr, sender, receiver, msg_sum, coord_sum, acts);
@@ -234,43 +267,25 @@ struct Partials {
   at::Tensor w2, wc1, we, vec;  // [G, H, H], [G, H, H], [G, H, f], [G, 5, H]: b2, bc1, wc2, wd, (bc2 at [4][0])
 };
 
-// Row kernels of the backward (restrict pointers so that the compiler vectorises them).
-// Coordinate MLP: returns w_c2 . silu(pre3); dpre3 = dphi w_c2 silu'(pre3); accumulates dL/dw_c2 and dL/dbc1.
+// Coordinate MLP, backward of one row: dpre3 = dphi w_c2 silu'(pre3); accumulates dL/dw_c2 and dL/dbc1.
 template <typename T>
-inline T pre3_grad_row(int64_t n, const T* __restrict__ pre3, const T* __restrict__ wc2, T dphi,
-                       T* __restrict__ dpre3, T* __restrict__ d_wc2, T* __restrict__ d_bc1) {
-  T phi = 0;
+inline void pre3_grad_row(int64_t n, const T* __restrict__ act3, const T* __restrict__ grad3,
+                          const T* __restrict__ wc2, T dphi, T* __restrict__ dpre3, T* __restrict__ d_wc2,
+                          T* __restrict__ d_bc1) {
   for (int64_t h = 0; h < n; ++h) {
-    const T s = sigmoid(pre3[h]), act = pre3[h] * s;
-    phi += wc2[h] * act;
-    d_wc2[h] += dphi * act;
-    dpre3[h] = dphi * wc2[h] * s * (T(1) + pre3[h] * (T(1) - s));
+    d_wc2[h] += dphi * act3[h];
+    dpre3[h] = dphi * wc2[h] * grad3[h];
     d_bc1[h] += dpre3[h];
   }
-  return phi;
 }
 
-// act = silu(pre), grad = silu'(pre) over n values (one sigmoid each).
+// dpre2 = (g_msg_i + dL/dm) silu'(pre2), accumulating dL/db2.
 template <typename T>
-inline void silu_with_grad(int64_t n, const T* __restrict__ pre, T* __restrict__ act, T* __restrict__ grad) {
+inline void pre2_grad_row(int64_t n, const T* __restrict__ g_msg, const T* __restrict__ dm,
+                          const T* __restrict__ grad2, T* __restrict__ dpre2, T* __restrict__ d_b2) {
   for (int64_t h = 0; h < n; ++h) {
-    const T s = sigmoid(pre[h]);
-    act[h] = pre[h] * s;
-    grad[h] = s * (T(1) + pre[h] * (T(1) - s));
-  }
-}
-
-// dpre2 = (g_msg_i + dL/dm) silu'(pre2), accumulating dL/db2; then s1 = silu(pre1) for dL/dW2 and, in the slot of
-// silu'(pre2), silu'(pre1) for the next row kernel.
-template <typename T>
-inline void pre2_grad_row(int64_t n, const T* __restrict__ g_msg, const T* __restrict__ dm, const T* __restrict__ pre1,
-                          T* __restrict__ grad, T* __restrict__ dpre2, T* __restrict__ s1, T* __restrict__ d_b2) {
-  for (int64_t h = 0; h < n; ++h) {
-    dpre2[h] = (g_msg[h] + dm[h]) * grad[h];
+    dpre2[h] = (g_msg[h] + dm[h]) * grad2[h];
     d_b2[h] += dpre2[h];
-    const T s = sigmoid(pre1[h]);
-    s1[h] = pre1[h] * s;
-    grad[h] = s * (T(1) + pre1[h] * (T(1) - s));
   }
 }
 
@@ -302,7 +317,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
   const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
   const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
-  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, group_count(num_edges, tile_edges));
+  const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
   const int64_t num_groups = static_cast<int64_t>(bounds.size()) - 1;
   const int64_t* snd = sender.data_ptr<int64_t>();
   const int64_t* rcv = receiver.data_ptr<int64_t>();
@@ -313,21 +328,16 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
   part.we = at::zeros({num_groups, hidden, features}, opts);
   part.vec = at::zeros({num_groups, 5, hidden}, opts);
   // dL/dpre1 and dL/dr per row, for the sender pass
-  at::Tensor d1_all = at::empty({num_edges * frames, hidden}, opts);
+  at::Tensor d1_all = empty_cached({num_edges * frames, hidden}, opts);
   std::vector<T> dr_all(num_edges * frames * 3);
-  const at::Tensor pre1_all = acts[0].view({num_edges * frames, hidden});
-  const at::Tensor pre2_all = acts[1].view({num_edges * frames, hidden});
-  const at::Tensor pre3_all = acts[2].view({num_edges * frames, hidden});
   T *ga = g_a.data_ptr<T>(), *gx = g_x.data_ptr<T>();
 
   parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
-    at::Tensor d3_buf = at::empty({rows_max, hidden}, opts);   // dL/dpre3, then dL/dpre2
-    at::Tensor act_buf = at::empty({rows_max, hidden}, opts);  // m, then silu(pre1)
-    at::Tensor dm_buf = at::empty({rows_max, hidden}, opts);   // dL/dm, then dL/dsilu(pre1)
-    at::Tensor grad_buf = at::empty({rows_max, hidden}, opts);  // silu'(pre2), then silu'(pre1)
+    std::vector<T> dpre_buf(rows_max * hidden);  // dL/dpre3, then dL/dpre2
+    std::vector<T> dact_buf(rows_max * hidden);  // dL/dm, then dL/dsilu(pre1)
     at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
-    std::vector<T> rel(rows_max * 3), phi(rows_max), dphi(rows_max);
+    std::vector<T> rel(rows_max * 3), phi(rows_max);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* vec = part.vec[g].data_ptr<T>();
       T *d_b2 = vec, *d_bc1 = vec + hidden, *d_wc2 = vec + 2 * hidden, *d_wd = vec + 3 * hidden;
@@ -339,12 +349,12 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
       for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
         const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
         const int64_t rows = (e1 - e0) * frames;
-        const T* p1 = pre1_all.data_ptr<T>() + e0 * frames * hidden;
-        const T* p2 = pre2_all.data_ptr<T>() + e0 * frames * hidden;
-        const T* p3 = pre3_all.data_ptr<T>() + e0 * frames * hidden;
-        at::Tensor d3 = d3_buf.narrow(0, 0, rows), act = act_buf.narrow(0, 0, rows), dm = dm_buf.narrow(0, 0, rows);
-        T *pd3 = d3.data_ptr<T>(), *pact = act.data_ptr<T>();
-        // coordinate MLP: phi, dL/dphi = g_coord_i . r, dL/dpre3; m = silu(pre2) for dL/dWc1
+        const ActivationRows<T> t = activation_rows<T>(acts, e0 * frames);
+        const T *act3 = t.act3, *grad3 = t.grad3, *grad2 = t.grad2, *grad1 = t.grad1;
+        T *pdpre = dpre_buf.data(), *pdact = dact_buf.data();
+        const at::Tensor dpre = tile_view(pdpre, rows, hidden, opts);
+        at::Tensor dact = tile_view(pdact, rows, hidden, opts);
+        // coordinate MLP: phi, dL/dphi = g_coord_i . r, dL/dpre3
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k], j = snd[k];
           for (int64_t p = 0; p < frames; ++p) {
@@ -353,27 +363,24 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             T* rv = rel.data() + r * 3;
             relative_position(px, i, j, p, frames, rv);
             const T dp = gci[0] * rv[0] + gci[1] * rv[1] + gci[2] * rv[2];
-            phi[r] = w.bc2 + pre3_grad_row(hidden, p3 + r * hidden, w.wc2, dp, pd3 + r * hidden, d_wc2, d_bc1);
-            dphi[r] = dp;
+            phi[r] = w.bc2 + dot(hidden, w.wc2, act3 + r * hidden);
+            pre3_grad_row(hidden, act3 + r * hidden, grad3 + r * hidden, w.wc2, dp, pdpre + r * hidden, d_wc2,
+                          d_bc1);
             d_bc2 += dp;
           }
         }
-        T* pgrad = grad_buf.data_ptr<T>();
-        silu_with_grad(rows * hidden, p2, pact, pgrad);  // m and silu'(pre2)
-        d_wc1.addmm_(d3.t(), act);  // dL/dWc1 += dpre3^T m
-        at::mm_out(dm, d3, w.wc1);    // dL/dm from the coordinate MLP
-        // dL/dpre2 = (g_msg_i + dL/dm) silu'(pre2), into d3; act <- silu(pre1)
-        T* pdm = dm.data_ptr<T>();
+        d_wc1.addmm_(dpre.t(), tile_view(t.m, rows, hidden, opts));  // dL/dWc1 += dpre3^T m
+        at::mm_out(dact, dpre, w.wc1);  // dL/dm from the coordinate MLP
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            pre2_grad_row(hidden, gm + (i * frames + p) * hidden, pdm + r * hidden, p1 + r * hidden,
-                          pgrad + r * hidden, pd3 + r * hidden, pact + r * hidden, d_b2);
+            pre2_grad_row(hidden, gm + (i * frames + p) * hidden, pdact + r * hidden, grad2 + r * hidden,
+                          pdpre + r * hidden, d_b2);
           }
         }
-        d_w2.addmm_(d3.t(), act);  // dL/dW2 += dpre2^T silu(pre1)
-        at::mm_out(dm, d3, w.w2);  // dL/dsilu(pre1)
+        d_w2.addmm_(dpre.t(), tile_view(t.act1, rows, hidden, opts));  // dL/dW2 += dpre2^T silu(pre1)
+        at::mm_out(dact, dpre, w.w2);   // dL/dsilu(pre1)
         // dL/dpre1: to A_i (receiver, here), B_j (sender pass), w_d, W_e, e_ij, and r through |r|^2
         T* d1 = d1_all.data_ptr<T>() + e0 * frames * hidden;
         T* d1sum = d1sum_buf.data_ptr<T>();
@@ -385,7 +392,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             const int64_t r = (k - e0) * frames + p;
             const T* rv = rel.data() + r * 3;
             const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
-            const T dd2 = pre1_grad_row(hidden, pdm + r * hidden, pgrad + r * hidden, w.wd, d2, d1 + r * hidden,
+            const T dd2 = pre1_grad_row(hidden, pdact + r * hidden, grad1 + r * hidden, w.wd, d2, d1 + r * hidden,
                                         ga + (i * frames + p) * hidden, d_wd, d1s);
             const T* gci = gc + (i * frames + p) * 3;
             T* dr = dr_all.data() + (k * frames + p) * 3;
@@ -441,8 +448,8 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
     const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
     const at::Tensor& sender_perm) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
-  TORCH_CHECK(acts.dim() == 4 && acts.size(0) == 3 && acts.size(1) == sender.size(0),
-              "egnn_edge_backward: activations must be [3, E, P, H] from the forward, got ", acts.sizes());
+  TORCH_CHECK(acts.dim() == 4 && acts.size(0) == 6 && acts.size(1) == sender.size(0) && acts.is_contiguous(),
+              "egnn_edge_backward: activations must be the forward's contiguous [6, E, P, H], got ", acts.sizes());
   const at::Tensor g_msg_c = g_msg.contiguous(), g_coord_c = g_coord.contiguous();
   TORCH_CHECK(g_msg_c.dim() == 3 && g_msg_c.size(0) == x.size(0) && g_msg_c.size(2) == acts.size(3) &&
                   g_coord_c.sizes() == x.sizes(),

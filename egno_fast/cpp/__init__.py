@@ -23,6 +23,18 @@ def build_info() -> Dict[str, bool]:
     return dict(_C.build_info())
 
 
+def empty_cache() -> int:
+    """Frees the work buffers that the CPU kernels keep for reuse (the fused EGNN layer's stored activations; at most
+    ``EGNO_FAST_CPU_CACHE_MB`` megabytes, default 4096, 0 = no cache; csrc/cpu/buffer_pool.h). Returns the bytes
+    freed."""
+    return int(_C.empty_cache())
+
+
+def cached_bytes() -> int:
+    """Bytes held by the CPU kernels' buffer cache (free buffers kept for reuse)."""
+    return int(_C.cached_bytes())
+
+
 def register_ops(register) -> None:
     """Called by :mod:`egno_fast.backends` to register this backend's ops (layers on the CPU; graph builders on the
     CPU, and on CUDA when the extension was built with CUDA)."""

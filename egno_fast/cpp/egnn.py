@@ -14,7 +14,7 @@ _ops = torch.ops.egno_fast
 
 @torch.library.register_fake("egno_fast::egnn_edge_forward")
 def _forward_fake(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, rowptr, sender, receiver):
-    return torch.empty_like(a), torch.empty_like(x), a.new_empty((3, sender.shape[0], a.shape[1], a.shape[2]))
+    return torch.empty_like(a), torch.empty_like(x), a.new_empty((6, sender.shape[0], a.shape[1], a.shape[2]))
 
 
 @torch.library.register_fake("egno_fast::egnn_edge_backward")
@@ -26,7 +26,8 @@ def _backward_fake(g_msg, g_coord, activations, x, edge_attr, wd, we, w2, b2, wc
 
 class EGNNEdgeCppFunction(torch.autograd.Function):
     """(A, B, x, e, w_d, W_e, W2, b2, Wc1, bc1, w_c2, b_c2) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's
-    edges; the forward stores the pre-activations [3, E, P, H] for the backward (see egnn_cpu.cpp)."""
+    edges; the forward stores the three SiLUs' values and derivatives [6, E, P, H] for the backward (see
+    egnn_cpu.cpp)."""
 
     @staticmethod
     def forward(ctx, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, graph: Graph):
