@@ -2,7 +2,7 @@
 //
 // The node-level part of the layer (first edge layer split into A = h W_a + b1 and B = h W_b, the velocity and node
 // MLPs) stays in PyTorch; this op does everything per edge, for all P frames of an edge together (rows = edge x
-// frame), on tiles of at most kTileRows rows kept in cache:
+// frame), on tiles of at most tile_rows(H) rows kept in cache:
 //   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
 //   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
 //   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
@@ -33,7 +33,13 @@
 namespace egno_fast {
 namespace {
 
-constexpr int64_t kTileRows = 256;  // a [256, 128] fp32 tile is 128 KB: a few of them stay in L2
+constexpr int64_t kTileValues = 32768;  // values of a [rows, H] tile: 128 KB in fp32, a few of them stay in L2
+
+// Edges per tile: all P frames of an edge in one tile, about kTileValues / H rows (at least 64).
+inline int64_t tile_edge_count(int64_t frames, int64_t hidden) {
+  const int64_t rows = std::max<int64_t>(64, kTileValues / std::max<int64_t>(1, hidden));
+  return std::max<int64_t>(1, rows / frames);
+}
 constexpr int64_t kMaxGroups = 64;  // fixed work split: partial sums do not depend on the thread count
 
 // Boundaries of node groups [bounds[g], bounds[g+1]) of whole receivers. Small graphs: receivers packed greedily
@@ -179,7 +185,7 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
                   const at::Tensor& receiver, at::Tensor& msg_sum, at::Tensor& coord_sum, at::Tensor& acts) {
   const int64_t num_nodes = a.size(0), frames = a.size(1), hidden = a.size(2);
   const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
-  const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
+  const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
   const int64_t* snd = sender.data_ptr<int64_t>();
@@ -315,7 +321,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
                    at::Tensor& g_edge_attr, Partials& part) {
   const int64_t num_nodes = x.size(0), frames = x.size(1), hidden = acts.size(3);
   const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
-  const int64_t tile_edges = std::max<int64_t>(1, kTileRows / frames);
+  const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
   const int64_t num_groups = static_cast<int64_t>(bounds.size()) - 1;

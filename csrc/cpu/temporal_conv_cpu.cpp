@@ -21,13 +21,16 @@
 namespace egno_fast {
 namespace {
 
-constexpr int64_t kBlockRows = 128;
+constexpr int64_t kBlockRows = 128;         // at least; more for narrow channels:
+constexpr int64_t kBlockSpectrum = 16384;   // about this many values per mode's [rows, 2C] spectrum
 constexpr int64_t kMaxGroups = 64;
 constexpr double kLeakySlope = 0.01;
 
 struct Layout {
   int64_t nodes, frames, comps, channels, modes;  // x viewed as [N, P, S, C]
   int64_t rows() const { return nodes * comps; }
+  int64_t block_rows() const { return std::max<int64_t>(kBlockRows, kBlockSpectrum / (2 * channels)); }
+  int64_t num_blocks() const { return (rows() + block_rows() - 1) / block_rows(); }
   // offset of frame 0 of row r (node r / S, component r % S); frames are S * C apart
   int64_t base(int64_t r) const { return (r / comps) * frames * comps * channels + (r % comps) * channels; }
 };
@@ -74,15 +77,55 @@ struct DftTables {
   }
 };
 
-// Per mode the real [2C, 2C] matrix of the complex mixing; adjoint: the conjugate transpose (K^H).
+// Per mode the real [2C, 2C] matrix of the complex mixing, [[W_re, W_im], [-W_im, W_re]] (row = input channel);
+// adjoint: the conjugate transpose K^H, [[W_re^T, -W_im^T], [W_im^T, W_re^T]].
+template <typename T>
 at::Tensor packed_mixing(const at::Tensor& weight, bool adjoint) {
-  at::Tensor re = weight.select(3, 0).permute({2, 0, 1});  // [I, C_in, C_out]
-  at::Tensor im = weight.select(3, 1).permute({2, 0, 1});
-  if (adjoint) {
-    re = re.transpose(1, 2);
-    im = -im.transpose(1, 2);
+  const at::Tensor w = weight.contiguous();  // [C_in, C_out, I, 2]
+  const int64_t C = w.size(0), modes = w.size(2), c2 = 2 * C;
+  at::Tensor packed = at::empty({modes, c2, c2}, w.options());
+  const T* pw = w.data_ptr<T>();
+  T* out = packed.data_ptr<T>();
+  for (int64_t m = 0; m < modes; ++m) {
+    T* k = out + m * c2 * c2;
+    for (int64_t i = 0; i < C; ++i) {
+      for (int64_t o = 0; o < C; ++o) {
+        const int64_t src = adjoint ? (o * C + i) : (i * C + o);  // W[i][o], or W[o][i] for the adjoint
+        const T re = pw[(src * modes + m) * 2], im = adjoint ? -pw[(src * modes + m) * 2 + 1]
+                                                             : pw[(src * modes + m) * 2 + 1];
+        k[i * c2 + o] = re;
+        k[i * c2 + C + o] = im;
+        k[(C + i) * c2 + o] = -im;
+        k[(C + i) * c2 + C + o] = re;
+      }
+    }
   }
-  return at::cat({at::cat({re, im}, 2), at::cat({-im, re}, 2)}, 1).contiguous();  // [I, 2C, 2C]
+  return packed;
+}
+
+// Row kernels (restrict pointers so that the compiler vectorises them), n = C values each.
+template <typename T>
+inline void dft_term(int64_t n, T cs, T minus_sn, const T* __restrict__ x, T* __restrict__ re, T* __restrict__ im) {
+  for (int64_t c = 0; c < n; ++c) {
+    re[c] += cs * x[c];
+    im[c] += minus_sn * x[c];
+  }
+}
+
+template <typename T>
+inline void inverse_dft_term(int64_t n, T cs, T minus_sn, const T* __restrict__ re, const T* __restrict__ im,
+                             T* __restrict__ y) {
+  for (int64_t c = 0; c < n; ++c) y[c] += cs * re[c] + minus_sn * im[c];
+}
+
+template <typename T>
+inline void leaky_residual(int64_t n, const T* __restrict__ residual, const T* __restrict__ pre, T* __restrict__ out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + (pre[c] < T(0) ? T(kLeakySlope) * pre[c] : pre[c]);
+}
+
+template <typename T>
+inline void residual_add(int64_t n, const T* __restrict__ residual, const T* __restrict__ y, T* __restrict__ out) {
+  for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + y[c];
 }
 
 // The truncated spectrum of rows [r0, r0 + rows) of src: spec[m] = [Re | Im] [rows, 2C].
@@ -96,12 +139,8 @@ void block_spectrum(const T* src, const Layout& L, const DftTables<T>& dft, int6
       std::fill(re, re + c2, T(0));
       const T* row = src + L.base(r0 + b);
       for (int64_t t = 0; t < L.frames; ++t) {
-        const T cs = dft.cos[m * L.frames + t], sn = dft.sin[m * L.frames + t];
-        const T* xt = row + t * L.comps * L.channels;
-        for (int64_t c = 0; c < L.channels; ++c) {
-          re[c] += cs * xt[c];
-          im[c] -= sn * xt[c];
-        }
+        dft_term(L.channels, dft.cos[m * L.frames + t], -dft.sin[m * L.frames + t], row + t * L.comps * L.channels,
+                 re, im);
       }
     }
   }
@@ -112,12 +151,12 @@ template <typename T>
 void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Tensor& mixing, const Layout& L,
                    bool leaky, const at::TensorOptions& opts) {
   const DftTables<T> dft(L.frames, L.modes);
-  const int64_t c2 = 2 * L.channels, num_blocks = (L.rows() + kBlockRows - 1) / kBlockRows;
-  parallel_for_below_autograd(0, num_blocks, 1, [&](int64_t blk_begin, int64_t blk_end) {
-    at::Tensor spec = at::empty({L.modes, kBlockRows, c2}, opts), mixed = at::empty({L.modes, kBlockRows, c2}, opts);
+  const int64_t c2 = 2 * L.channels, block_rows = L.block_rows();
+  parallel_for_below_autograd(0, L.num_blocks(), 1, [&](int64_t blk_begin, int64_t blk_end) {
+    at::Tensor spec = at::empty({L.modes, block_rows, c2}, opts), mixed = at::empty({L.modes, block_rows, c2}, opts);
     std::vector<T> y(L.frames * L.channels);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-      const int64_t r0 = blk * kBlockRows, rows = std::min(kBlockRows, L.rows() - r0);
+      const int64_t r0 = blk * block_rows, rows = std::min(block_rows, L.rows() - r0);
       block_spectrum(src, L, dft, r0, rows, spec.data_ptr<T>());
       for (int64_t m = 0; m < L.modes; ++m) {
         at::Tensor s = at::from_blob(spec.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
@@ -132,18 +171,18 @@ void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Te
           const T* yim = yre + L.channels;
           for (int64_t t = 0; t < L.frames; ++t) {
             const T cs = dft.cos[m * L.frames + t] * dft.inverse[m], sn = dft.sin[m * L.frames + t] * dft.inverse[m];
-            T* yt = y.data() + t * L.channels;
-            for (int64_t c = 0; c < L.channels; ++c) yt[c] += cs * yre[c] - sn * yim[c];
+            inverse_dft_term(L.channels, cs, -sn, yre, yim, y.data() + t * L.channels);
           }
         }
         const int64_t base = L.base(r0 + b);
         for (int64_t t = 0; t < L.frames; ++t) {
           const int64_t off = base + t * L.comps * L.channels;
           const T* yt = y.data() + t * L.channels;
-          for (int64_t c = 0; c < L.channels; ++c) {
-            const T v = yt[c];
-            if (pre != nullptr) pre[off + c] = v;
-            out[off + c] = residual[off + c] + (leaky && v < T(0) ? T(kLeakySlope) * v : v);
+          if (pre != nullptr) std::copy(yt, yt + L.channels, pre + off);
+          if (leaky) {
+            leaky_residual(L.channels, residual + off, yt, out + off);
+          } else {
+            residual_add(L.channels, residual + off, yt, out + off);
           }
         }
       }
@@ -151,25 +190,31 @@ void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Te
   });
 }
 
+template <typename T>
+void leaky_relu_grad(int64_t n, const T* __restrict__ grad, const T* __restrict__ pre, T* __restrict__ out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = pre[i] > T(0) ? grad[i] : T(kLeakySlope) * grad[i];
+}
+
 // dL/dW [C, C, I, 2] from the spectra of x and of grad_pre (scaled by the inverse weights).
 template <typename T>
 at::Tensor weight_grad(const T* x, const T* grad_pre, const Layout& L, const at::TensorOptions& opts) {
   const DftTables<T> dft(L.frames, L.modes);
-  const int64_t c2 = 2 * L.channels, num_blocks = (L.rows() + kBlockRows - 1) / kBlockRows;
+  const int64_t c2 = 2 * L.channels, block_rows = L.block_rows(), num_blocks = L.num_blocks();
   const int64_t num_groups = std::max<int64_t>(1, std::min(kMaxGroups, num_blocks));
   const int64_t per_group = (num_blocks + num_groups - 1) / num_groups;
   at::Tensor partial = at::zeros({num_groups, L.modes, c2, c2}, opts);
   parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    at::Tensor xs = at::empty({L.modes, kBlockRows, c2}, opts), gs = at::empty({L.modes, kBlockRows, c2}, opts);
+    at::Tensor xs = at::empty({L.modes, block_rows, c2}, opts), gs = at::empty({L.modes, block_rows, c2}, opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
+      T* part = partial.data_ptr<T>() + g * L.modes * c2 * c2;
       for (int64_t blk = g * per_group; blk < std::min(num_blocks, (g + 1) * per_group); ++blk) {
-        const int64_t r0 = blk * kBlockRows, rows = std::min(kBlockRows, L.rows() - r0);
+        const int64_t r0 = blk * block_rows, rows = std::min(block_rows, L.rows() - r0);
         block_spectrum(x, L, dft, r0, rows, xs.data_ptr<T>());
         block_spectrum(grad_pre, L, dft, r0, rows, gs.data_ptr<T>());
         for (int64_t m = 0; m < L.modes; ++m) {
           at::Tensor xm = at::from_blob(xs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
           at::Tensor gm = at::from_blob(gs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
-          partial[g][m].addmm_(xm.t(), gm, /*beta=*/1, /*alpha=*/dft.inverse[m]);
+          at::from_blob(part + m * c2 * c2, {c2, c2}, opts).addmm_(xm.t(), gm, /*beta=*/1, /*alpha=*/dft.inverse[m]);
         }
       }
     }
@@ -191,7 +236,7 @@ std::tuple<at::Tensor, at::Tensor> temporal_residual_forward_cpu(const at::Tenso
   at::Tensor pre = leaky ? at::empty_like(xc) : at::empty({0}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_forward_cpu", [&] {
     spectral_pass<scalar_t>(xc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                            leaky ? pre.data_ptr<scalar_t>() : nullptr, packed_mixing(weight, false), L, leaky,
+                            leaky ? pre.data_ptr<scalar_t>() : nullptr, packed_mixing<scalar_t>(weight, false), L, leaky,
                             xc.options());
   });
   return {out, pre};
@@ -206,12 +251,15 @@ std::tuple<at::Tensor, at::Tensor> temporal_residual_backward_cpu(const at::Tens
               " does not match x ", x.sizes());
   TORCH_CHECK(!leaky || pre.sizes() == x.sizes(), "temporal_residual_backward: the stored pre-activation is missing");
   const at::Tensor xc = x.contiguous(), g = grad_out.contiguous().to(x.scalar_type());
-  // grad_pre = grad_out * LeakyReLU'(pre) (slope at pre <= 0, as PyTorch's leaky_relu_backward)
-  const at::Tensor grad_pre = leaky ? at::where(pre.contiguous() > 0, g, g * kLeakySlope) : g;
+  at::Tensor grad_pre = leaky ? at::empty_like(xc) : g;
   at::Tensor grad_x = at::empty_like(xc), grad_w;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_backward_cpu", [&] {
+    if (leaky) {  // grad_pre = grad_out * LeakyReLU'(pre) (slope at pre <= 0, as PyTorch's leaky_relu_backward)
+      const at::Tensor pre_c = pre.contiguous();
+      leaky_relu_grad(xc.numel(), g.data_ptr<scalar_t>(), pre_c.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>());
+    }
     spectral_pass<scalar_t>(grad_pre.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-                            nullptr, packed_mixing(weight, true), L, false, xc.options());
+                            nullptr, packed_mixing<scalar_t>(weight, true), L, false, xc.options());
     grad_w = weight_grad<scalar_t>(xc.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(), L, xc.options());
   });
   return {grad_x, grad_w};
