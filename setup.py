@@ -9,6 +9,7 @@ The extension is optional: if it fails to compile, pip still installs the packag
 Build with `pip install --no-build-isolation -e .` so that the installed torch is the one compiled against.
 """
 import glob
+import platform
 import os
 
 from setuptools import setup
@@ -45,8 +46,13 @@ def extension_build():
     # -fassociative-math (with its two prerequisites) lets the compiler vectorise the kernels' row reductions;
     # results stay deterministic for a given build. No -ffinite-math-only: NaN and inf behave as IEEE says.
     cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros", "-fassociative-math"]
-    # 256-bit vectors where the CPU has them (gcc's znver1 tuning defaults to 128-bit)
-    cxx += [f"-march={arch}", "-mprefer-vector-width=256"] if arch else []
+    if arch:
+        cxx.append(f"-march={arch}")
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            # 256-bit vectors, loaded and stored whole, where the CPU has them (gcc's znver1 tuning defaults to
+            # 128-bit vectors and splits unaligned 256-bit accesses: measurably slower on the development machine)
+            cxx += ["-mprefer-vector-width=256", "-mno-avx256-split-unaligned-load",
+                    "-mno-avx256-split-unaligned-store"]
     sources = _sources("csrc/ops.cpp") + _sources("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc")]
     if _want_cuda(torch, CUDA_HOME):

@@ -184,7 +184,7 @@ void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
                   const EdgeWeights<T>& w, const at::Tensor& rowptr, const at::Tensor& sender,
                   const at::Tensor& receiver, at::Tensor& msg_sum, at::Tensor& coord_sum, at::Tensor& acts) {
   const int64_t num_nodes = a.size(0), frames = a.size(1), hidden = a.size(2);
-  const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
+  const int64_t features = edge_attr.size(1);
   const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);

@@ -105,14 +105,6 @@ at::Tensor packed_mixing(const at::Tensor& weight, bool adjoint) {
 
 // Row kernels (restrict pointers so that the compiler vectorises them), n = C values each.
 template <typename T>
-inline void dft_term(int64_t n, T cs, T minus_sn, const T* __restrict__ x, T* __restrict__ re, T* __restrict__ im) {
-  for (int64_t c = 0; c < n; ++c) {
-    re[c] += cs * x[c];
-    im[c] += minus_sn * x[c];
-  }
-}
-
-template <typename T>
 inline void inverse_dft_term(int64_t n, T cs, T minus_sn, const T* __restrict__ re, const T* __restrict__ im,
                              T* __restrict__ y) {
   for (int64_t c = 0; c < n; ++c) y[c] += cs * re[c] + minus_sn * im[c];
@@ -128,20 +120,41 @@ inline void residual_add(int64_t n, const T* __restrict__ residual, const T* __r
   for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + y[c];
 }
 
-// The truncated spectrum of rows [r0, r0 + rows) of src: spec[m] = [Re | Im] [rows, 2C].
+// The truncated spectrum of rows [r0, r0 + rows) of src: spec[m] = [Re | Im] [rows, 2C]. Channels in chunks of
+// kChunk accumulated over the P frames in registers (one store per value instead of one per frame).
+constexpr int64_t kChunk = 16;
+
+template <typename T, int64_t Width>
+inline void spectrum_chunk(const T* x, int64_t frame_stride, int64_t frames, const T* cs, const T* sn,
+                           T* __restrict__ re, T* __restrict__ im) {
+  T acc_re[Width] = {}, acc_im[Width] = {};
+  for (int64_t t = 0; t < frames; ++t) {
+    const T* __restrict__ xt = x + t * frame_stride;
+    for (int64_t c = 0; c < Width; ++c) {
+      acc_re[c] += cs[t] * xt[c];
+      acc_im[c] -= sn[t] * xt[c];
+    }
+  }
+  for (int64_t c = 0; c < Width; ++c) {
+    re[c] = acc_re[c];
+    im[c] = acc_im[c];
+  }
+}
+
 template <typename T>
 void block_spectrum(const T* src, const Layout& L, const DftTables<T>& dft, int64_t r0, int64_t rows, T* spec) {
-  const int64_t c2 = 2 * L.channels;
+  const int64_t c2 = 2 * L.channels, stride = L.comps * L.channels;
   for (int64_t m = 0; m < L.modes; ++m) {
+    const T *cs = dft.cos.data() + m * L.frames, *sn = dft.sin.data() + m * L.frames;
     for (int64_t b = 0; b < rows; ++b) {
       T* re = spec + (m * rows + b) * c2;
       T* im = re + L.channels;
-      std::fill(re, re + c2, T(0));
       const T* row = src + L.base(r0 + b);
-      for (int64_t t = 0; t < L.frames; ++t) {
-        dft_term(L.channels, dft.cos[m * L.frames + t], -dft.sin[m * L.frames + t], row + t * L.comps * L.channels,
-                 re, im);
+      int64_t c = 0;
+      for (; c + kChunk <= L.channels; c += kChunk) {
+        spectrum_chunk<T, kChunk>(row + c, stride, L.frames, cs, sn, re + c, im + c);
       }
+      for (; c < L.channels; ++c) spectrum_chunk<T, 1>(row + c, stride, L.frames, cs, sn, re + c, im + c);
     }
   }
 }
