@@ -54,7 +54,10 @@ Layout layout_of(const at::Tensor& x, const at::Tensor& weight) {
 template <typename T>
 struct DftTables {
   std::vector<T> cos, sin, inverse;
-  DftTables(int64_t frames, int64_t modes) : cos(modes * frames), sin(modes * frames), inverse(modes) {
+  std::vector<T> inverse_cos, inverse_sin;  // [P, I]: cos / sin * alpha_m / P, frame-major for the inverse DFT
+  DftTables(int64_t frames, int64_t modes)
+      : cos(modes * frames), sin(modes * frames), inverse(modes), inverse_cos(frames * modes),
+        inverse_sin(frames * modes) {
     for (int64_t m = 0; m < modes; ++m) {
       const bool real_bin = m == 0 || 2 * m == frames;
       inverse[m] = (real_bin ? 1.0 : 2.0) / static_cast<double>(frames);
@@ -72,6 +75,12 @@ struct DftTables {
         }
         cos[m * frames + t] = static_cast<T>(c);
         sin[m * frames + t] = real_bin ? T(0) : static_cast<T>(s);
+      }
+    }
+    for (int64_t t = 0; t < frames; ++t) {
+      for (int64_t m = 0; m < modes; ++m) {
+        inverse_cos[t * modes + m] = cos[m * frames + t] * static_cast<T>(inverse[m]);
+        inverse_sin[t * modes + m] = sin[m * frames + t] * static_cast<T>(inverse[m]);
       }
     }
   }
@@ -104,38 +113,23 @@ at::Tensor packed_mixing(const at::Tensor& weight, bool adjoint) {
 }
 
 // Row kernels (restrict pointers so that the compiler vectorises them), n = C values each.
-template <typename T>
-inline void inverse_dft_term(int64_t n, T cs, T minus_sn, const T* __restrict__ re, const T* __restrict__ im,
-                             T* __restrict__ y) {
-  for (int64_t c = 0; c < n; ++c) y[c] += cs * re[c] + minus_sn * im[c];
-}
-
-template <typename T>
-inline void leaky_residual(int64_t n, const T* __restrict__ residual, const T* __restrict__ pre, T* __restrict__ out) {
-  for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + (pre[c] < T(0) ? T(kLeakySlope) * pre[c] : pre[c]);
-}
-
-template <typename T>
-inline void residual_add(int64_t n, const T* __restrict__ residual, const T* __restrict__ y, T* __restrict__ out) {
-  for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + y[c];
-}
-
 // The truncated spectrum of rows [r0, r0 + rows) of src: spec[m] = [Re | Im] [rows, 2C]. Channels in chunks of
 // kChunk accumulated over the P frames in registers (one store per value instead of one per frame).
 constexpr int64_t kChunk = 16;
 
-template <typename T, int64_t Width>
-inline void spectrum_chunk(const T* x, int64_t frame_stride, int64_t frames, const T* cs, const T* sn,
+// n <= kChunk channels (a full chunk when n == kChunk, which the compiler unrolls and vectorises).
+template <typename T>
+inline void spectrum_chunk(int64_t n, const T* x, int64_t frame_stride, int64_t frames, const T* cs, const T* sn,
                            T* __restrict__ re, T* __restrict__ im) {
-  T acc_re[Width] = {}, acc_im[Width] = {};
+  T acc_re[kChunk] = {}, acc_im[kChunk] = {};
   for (int64_t t = 0; t < frames; ++t) {
     const T* __restrict__ xt = x + t * frame_stride;
-    for (int64_t c = 0; c < Width; ++c) {
+    for (int64_t c = 0; c < n; ++c) {
       acc_re[c] += cs[t] * xt[c];
       acc_im[c] -= sn[t] * xt[c];
     }
   }
-  for (int64_t c = 0; c < Width; ++c) {
+  for (int64_t c = 0; c < n; ++c) {
     re[c] = acc_re[c];
     im[c] = acc_im[c];
   }
@@ -152,10 +146,37 @@ void block_spectrum(const T* src, const Layout& L, const DftTables<T>& dft, int6
       const T* row = src + L.base(r0 + b);
       int64_t c = 0;
       for (; c + kChunk <= L.channels; c += kChunk) {
-        spectrum_chunk<T, kChunk>(row + c, stride, L.frames, cs, sn, re + c, im + c);
+        spectrum_chunk(kChunk, row + c, stride, L.frames, cs, sn, re + c, im + c);
       }
-      for (; c < L.channels; ++c) spectrum_chunk<T, 1>(row + c, stride, L.frames, cs, sn, re + c, im + c);
+      if (c < L.channels) spectrum_chunk(L.channels - c, row + c, stride, L.frames, cs, sn, re + c, im + c);
     }
+  }
+}
+
+// One frame of one row, channels [c, c + n), n <= kChunk: the inverse real DFT of the mixed spectrum (modes mode_stride
+// apart, [Re | Im] of C each), then out = residual + act(y) (and pre <- y when pre is given), from registers.
+template <typename T>
+struct InverseRow {
+  int64_t mode_stride, channels, modes;
+  bool leaky;
+};
+
+template <typename T>
+inline void inverse_chunk(int64_t n, const InverseRow<T>& info, const T* spectrum, const T* cs, const T* sn,
+                          const T* __restrict__ residual, T* __restrict__ out, T* __restrict__ pre) {
+  T y[kChunk] = {};
+  for (int64_t m = 0; m < info.modes; ++m) {
+    const T* __restrict__ re = spectrum + m * info.mode_stride;
+    const T* __restrict__ im = re + info.channels;
+    for (int64_t c = 0; c < n; ++c) y[c] += cs[m] * re[c] - sn[m] * im[c];
+  }
+  if (pre != nullptr) {
+    for (int64_t c = 0; c < n; ++c) pre[c] = y[c];
+  }
+  if (info.leaky) {
+    for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + (y[c] < T(0) ? T(kLeakySlope) * y[c] : y[c]);
+  } else {
+    for (int64_t c = 0; c < n; ++c) out[c] = residual[c] + y[c];
   }
 }
 
@@ -167,7 +188,6 @@ void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Te
   const int64_t c2 = 2 * L.channels, block_rows = L.block_rows();
   parallel_for_below_autograd(0, L.num_blocks(), 1, [&](int64_t blk_begin, int64_t blk_end) {
     at::Tensor spec = at::empty({L.modes, block_rows, c2}, opts), mixed = at::empty({L.modes, block_rows, c2}, opts);
-    std::vector<T> y(L.frames * L.channels);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t r0 = blk * block_rows, rows = std::min(block_rows, L.rows() - r0);
       block_spectrum(src, L, dft, r0, rows, spec.data_ptr<T>());
@@ -177,25 +197,18 @@ void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Te
         at::mm_out(o, s, mixing[m]);
       }
       const T* pm = mixed.data_ptr<T>();
+      const InverseRow<T> row_info{rows * c2, L.channels, L.modes, leaky};
       for (int64_t b = 0; b < rows; ++b) {
-        std::fill(y.begin(), y.end(), T(0));
-        for (int64_t m = 0; m < L.modes; ++m) {
-          const T* yre = pm + (m * rows + b) * c2;
-          const T* yim = yre + L.channels;
-          for (int64_t t = 0; t < L.frames; ++t) {
-            const T cs = dft.cos[m * L.frames + t] * dft.inverse[m], sn = dft.sin[m * L.frames + t] * dft.inverse[m];
-            inverse_dft_term(L.channels, cs, -sn, yre, yim, y.data() + t * L.channels);
-          }
-        }
         const int64_t base = L.base(r0 + b);
         for (int64_t t = 0; t < L.frames; ++t) {
           const int64_t off = base + t * L.comps * L.channels;
-          const T* yt = y.data() + t * L.channels;
-          if (pre != nullptr) std::copy(yt, yt + L.channels, pre + off);
-          if (leaky) {
-            leaky_residual(L.channels, residual + off, yt, out + off);
-          } else {
-            residual_add(L.channels, residual + off, yt, out + off);
+          const T *cs = dft.inverse_cos.data() + t * L.modes, *sn = dft.inverse_sin.data() + t * L.modes;
+          const T* spectrum = pm + b * c2;
+          int64_t c = 0;
+          for (; c < L.channels; c += kChunk) {
+            const int64_t n = std::min(kChunk, L.channels - c);
+            inverse_chunk(n, row_info, spectrum + c, cs, sn, residual + off + c, out + off + c,
+                          pre != nullptr ? pre + off + c : nullptr);
           }
         }
       }
