@@ -29,6 +29,11 @@ class DataConfig:
     # download) or "standin" (generated once with RDKit's MMFF94 into <data folder>/md17_standin/).
     molecule: str = "aspirin"
     md17_source: str = "file"
+    # Protein (DESIGN.md §2): MDAnalysis-readable topology and trajectory files; both empty: the AdK test trajectory
+    # of the MDAnalysisTests package (adk.psf, adk_dims.dcd). Contact-graph cutoff in Angstrom.
+    topology: str = ""
+    trajectory: str = ""
+    cutoff: float = 10.0
 
 
 @dataclass

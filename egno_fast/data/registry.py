@@ -11,9 +11,10 @@ from ..config import DataConfig
 from .md17 import MD17Dataset, generate_md17_standin, md17_path
 from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
+from .protein import adk_test_files, protein_datasets
 from .protocol import SPLITS
 
-DATASETS = ("nbody", "mocap", "md17")
+DATASETS = ("nbody", "mocap", "md17", "protein")
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -46,6 +47,13 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
                   "test": config.max_eval_samples}
         return {split: MD17Dataset(path, split, config.num_frames, limits[split],
                                    discretisation=config.discretisation) for split in SPLITS}
+    if config.name == "protein":
+        if bool(config.topology) != bool(config.trajectory):
+            raise ValueError("give both data.topology and data.trajectory, or neither (the AdK test trajectory)")
+        topology, trajectory = (config.topology, config.trajectory) if config.topology else adk_test_files()
+        return protein_datasets(topology, trajectory, config.num_frames, cutoff=config.cutoff,
+                                max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+                                discretisation=config.discretisation)
     raise ValueError(f"unknown dataset {config.name!r}; available: {DATASETS}")
 
 

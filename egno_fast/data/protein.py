@@ -1,0 +1,145 @@
+"""Protein dynamics from any topology + trajectory MDAnalysis reads (the EGNO AdK protocol, DESIGN.md §2).
+
+Nodes are the backbone atoms (MDAnalysis selection ``"backbone"``: N, CA, C, O; 855 for adenylate kinase).
+Velocities v[t] = X[t+1] - X[t]. The trajectory's frames are split chronologically into 60 / 20 / 20 % parts and a
+sample of a split starts at a frame t of its part whose targets t + Delta * p // P (Delta = 15, P = 4: +3, +7, +11,
++15) stay inside the same part, so no frame serves two splits. Graph: the contact graph of the input frame (backbone
+pairs within ``cutoff``, 10 Angstrom as in the paper; the reference code used 8), built per sample by cell lists
+(:func:`egno_fast.graph.radius_graph`). Edge features [d, d^2] of the input frame; node features
+[|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds are kept in ``bonds`` for
+hierarchical backbones (EGHNO's pooling network).
+
+Needs MDAnalysis (``pip install 'egno_fast[protein]'``); the tests run on the AdK trajectories that the
+MDAnalysisTests package ships (adk.psf with adk_dims.dcd, 98 frames).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..graph import radius_graph
+from .batching import GraphSample
+from .protocol import SPLITS, check_split, target_offsets
+
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+CONTACT_CUTOFF = 10.0
+SELECTION = "backbone"
+
+
+def _import_mdanalysis():
+    try:
+        import MDAnalysis
+    except ImportError as error:
+        raise ImportError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]' "
+                          "(or MDAnalysis)") from error
+    return MDAnalysis
+
+
+def load_backbone(topology: str | Path, trajectory: str | Path, selection: str = SELECTION):
+    """(positions [T, n, 3] float64 in Angstrom, charges [n], bonds [2, b] within the selection) of ``selection``.
+
+    Raises FileNotFoundError for a missing file and ValueError for an unreadable one, an empty selection or
+    non-finite coordinates.
+    """
+    mda = _import_mdanalysis()
+    for path in (topology, trajectory):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"protein data file not found: {path}")
+    try:
+        with warnings.catch_warnings():  # MDAnalysis' own deprecation notes (e.g. its DCD reader's) are not ours
+            warnings.simplefilter("ignore", DeprecationWarning)
+            universe = mda.Universe(str(topology), str(trajectory))
+            atoms = universe.select_atoms(selection)
+            positions = np.stack([atoms.positions.astype(np.float64) for _ in universe.trajectory])
+    except Exception as error:  # the parsers raise OSError, IndexError, ValueError, ... on damaged files
+        raise ValueError(f"MDAnalysis could not read {topology} with {trajectory}: "
+                         f"{type(error).__name__}: {error}") from error
+    if len(atoms) == 0:
+        raise ValueError(f"the selection {selection!r} matches no atom of {topology}")
+    if not np.isfinite(positions).all():
+        raise ValueError(f"{trajectory}: coordinates contain NaN or infinite values")
+    charges = atoms.charges.astype(np.float64) if hasattr(atoms, "charges") else np.zeros(len(atoms))
+    local = {index: k for k, index in enumerate(atoms.indices)}
+    pairs = [(local[a], local[b]) for a, b in universe.bonds.indices if a in local and b in local]
+    bonds = np.array(pairs, dtype=np.int64).T.reshape(2, -1)
+    return positions, charges, np.concatenate([bonds, bonds[::-1]], axis=1)
+
+
+def split_frames(num_frames: int) -> Dict[str, Tuple[int, int]]:
+    """The chronological [begin, end) frame range of each split for ``num_frames`` frames (60 / 20 / 20 %)."""
+    bounds = np.round(np.cumsum((0.0,) + SPLIT_FRACTIONS) * num_frames).astype(int)
+    return {split: (int(bounds[k]), int(bounds[k + 1])) for k, split in enumerate(SPLITS)}
+
+
+class ProteinDataset(Dataset):
+    """One split of a protein trajectory (module docstring for the protocol).
+
+    Args:
+        topology, trajectory: files MDAnalysis reads (e.g. adk.psf, adk_dims.dcd), or ``arrays`` instead.
+        split:        "train", "valid" or "test".
+        num_frames:   P.
+        span:         Delta, frames between the input and the last target.
+        cutoff:       contact distance in Angstrom.
+        max_samples:  the first ``max_samples`` starts of the split (None: all).
+        discretisation: "uniform" (t + span * p // P) or "last" (the last P frames).
+        arrays:       (positions [T, n, 3], charges [n], bonds [2, b]) from :func:`load_backbone`, to share one read
+                      between the three splits.
+    """
+
+    def __init__(self, topology: Optional[str | Path], trajectory: Optional[str | Path], split: str,
+                 num_frames: int = 4, span: int = 15, cutoff: float = CONTACT_CUTOFF,
+                 max_samples: Optional[int] = None, discretisation: str = "uniform", arrays=None):
+        positions, charges, bonds = arrays if arrays is not None else load_backbone(topology, trajectory)
+        if not cutoff > 0:
+            raise ValueError(f"cutoff must be a positive distance in Angstrom, got {cutoff}")
+        self.offsets = target_offsets(num_frames, span, discretisation)
+        x, v = positions[:-1], positions[1:] - positions[:-1]
+        begin, end = split_frames(len(x))[check_split(split)]
+        starts = np.arange(begin, end - span)[:max_samples]
+        if len(starts) == 0:
+            raise ValueError(f"the {split} part of the trajectory (frames {begin}..{end - 1} of {len(x)}) is too short "
+                             f"for a span of {span} frames")
+        self.split, self.cutoff = split, float(cutoff)
+        self.x = torch.as_tensor(x[starts], dtype=torch.float32)  # [S, n, 3]
+        self.v = torch.as_tensor(v[starts], dtype=torch.float32)
+        self.targets = torch.as_tensor(x[starts[:, None] + np.array(self.offsets)[None]], dtype=torch.float32)
+        scale = np.abs(charges).max()
+        self.charge = torch.as_tensor(charges / scale if scale > 0 else charges, dtype=torch.float32)
+        self.bonds = torch.as_tensor(bonds)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, index: int) -> GraphSample:
+        x, v = self.x[index], self.v[index]
+        edge_index = radius_graph(x.double(), self.cutoff)
+        sender, receiver = edge_index
+        distance = (x[receiver] - x[sender]).norm(dim=-1)
+        h = torch.stack([v.norm(dim=-1), self.charge], dim=-1)
+        return GraphSample(x=x, v=v, h=h, edge_index=edge_index,
+                           edge_attr=torch.stack([distance, distance * distance], dim=-1), target=self.targets[index])
+
+
+def protein_datasets(topology: str | Path, trajectory: str | Path, num_frames: int = 4, span: int = 15,
+                     cutoff: float = CONTACT_CUTOFF, max_train_samples: Optional[int] = None,
+                     max_eval_samples: Optional[int] = None,
+                     discretisation: str = "uniform") -> Dict[str, ProteinDataset]:
+    """The train, valid and test splits of one trajectory, read once."""
+    arrays = load_backbone(topology, trajectory)
+    limits = {"train": max_train_samples, "valid": max_eval_samples, "test": max_eval_samples}
+    return {split: ProteinDataset(None, None, split, num_frames, span, cutoff, limits[split], discretisation, arrays)
+            for split in SPLITS}
+
+
+def adk_test_files() -> Tuple[str, str]:
+    """(adk.psf, adk_dims.dcd) from the MDAnalysisTests package (``pip install MDAnalysisTests``)."""
+    try:
+        from MDAnalysisTests.datafiles import DCD, PSF
+    except ImportError as error:
+        raise ImportError("the AdK test trajectory comes with MDAnalysisTests: pip install MDAnalysisTests") from error
+    return PSF, DCD
