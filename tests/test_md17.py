@@ -5,7 +5,7 @@ import torch
 
 from egno_fast.config import apply_overrides, load_config
 from egno_fast.data.io import atomic_savez
-from egno_fast.data.md17 import MD17Dataset, generate_md17_standin, molecule_graph, split_starts
+from egno_fast.data.md17 import MD17Dataset, generate_md17_standin, is_current_standin, molecule_graph, split_starts
 from egno_fast.data.registry import make_datasets
 
 FRAMES = 20400  # the smallest kind of file the protocol accepts: 10000 skipped at each end
@@ -87,6 +87,10 @@ def test_standin_generator_writes_the_sgdml_schema(tmp_path):
     assert 1e-4 < step.mean() < 0.05
     heavy = arrays["R"][:, arrays["z"] > 1]
     assert np.linalg.norm(heavy[:, 0] - heavy[:, 1], axis=-1).max() < 1.9
+    # the thermostat does not move the molecule as a whole: its centre of mass stays put
+    masses = np.where(arrays["z"] == 1, 1.008, np.where(arrays["z"] == 6, 12.011, 15.999))[:, None]
+    centre = (masses * arrays["R"]).sum(1) / masses.sum()
+    assert np.abs(centre - centre[0]).max() < 1e-6
     again = generate_md17_standin(tmp_path / "again.npz", "ethanol", num_frames=400, equilibration_steps=200)
     assert np.array_equal(np.load(again)["R"], arrays["R"])  # seeded: reproducible
     with pytest.raises(ValueError, match="unknown MD17 molecule"):
@@ -96,8 +100,13 @@ def test_standin_generator_writes_the_sgdml_schema(tmp_path):
 def test_standin_through_the_config(tmp_path):
     config = apply_overrides(load_config("md17"), [f'data.data_dir="{tmp_path}"', 'data.molecule="ethanol"',
                                                    "data.max_eval_samples=50"])
+    stale = tmp_path / "md17_standin" / "md17_ethanol.npz"  # a file of the first generator: regenerated
+    stale.parent.mkdir()
+    atomic_savez(stale, R=np.zeros((30000, 9, 3)), z=np.array([6, 6, 8] + [1] * 6),
+                 source=np.array("egno_fast stand-in: RDKit MMFF94, Langevin 500.0 K"))
+    assert not is_current_standin(stale)
     datasets = make_datasets(config.data)
-    assert (tmp_path / "md17_standin" / "md17_ethanol.npz").exists()
+    assert is_current_standin(stale) and len(np.load(stale)["R"]) == 63001
     assert len(datasets["train"]) == 500 and len(datasets["test"]) == 50
     sample = datasets["train"][0]
     assert sample.x.shape == (3, 3) and sample.target.shape == (8, 3, 3) and sample.edge_attr.shape == (6, 4)

@@ -9,7 +9,11 @@ with 100 over frames 10000 .. T-1-10000 (10% train, then 5% valid and 5% test fr
 
 Stand-in (:func:`generate_md17_standin`): the same 8 molecules from SMILES, MMFF94 (RDKit), Langevin dynamics at
 500 K with 0.5 fs steps (BAOAB splitting), every step recorded, saved as R, z, E, F in the sGDML schema plus a
-``source`` note. It is a classical force field, not the DFT of MD17: numbers on it are not the paper's.
+``source`` note. The thermostat acts on the internal motion only: the centre-of-mass velocity is removed after every
+friction-and-noise step (as MD codes remove it), so the molecule does not diffuse; an earlier version (before
+``STANDIN_VERSION`` 2) let the thermostat's kicks move the whole molecule by several Angstrom per 1.5 ps, a motion
+no model can predict, and its files are regenerated. It is a classical force field, not the DFT of MD17: numbers on
+it are not the paper's.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ SKIP_FRAMES = 10000
 POOL_FRACTIONS = {"train": 0.1, "valid": 0.05, "test": 0.05}
 BOND_CUTOFF = 1.6
 SPLIT_SEED = 100
+STANDIN_VERSION = 2  # written into the stand-in's ``source`` note; files of other versions are regenerated
 
 
 def md17_path(data_dir: str | Path, molecule: str) -> Path:
@@ -148,6 +153,11 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
     thermal = np.sqrt(kt / masses)  # velocity std per atom, A/fs
     x = np.array(mol.GetConformer().GetPositions(), dtype=np.float64)
     v = rng.normal(size=x.shape) * thermal
+
+    def without_drift(velocities):  # the centre of mass stays at rest
+        return velocities - (masses * velocities).sum(0) / masses.sum()
+
+    v = without_drift(v)
     decay = np.exp(-friction_per_fs * dt_fs)
     noise = np.sqrt(1 - decay ** 2) * thermal
 
@@ -162,7 +172,7 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
     for step in range(equilibration_steps + num_frames):  # BAOAB Langevin
         v += 0.5 * dt_fs * force / masses * KCAL_PER_MOL_ANGSTROM_AMU_TO_ANGSTROM_PER_FS2
         x += 0.5 * dt_fs * v
-        v = decay * v + noise * rng.normal(size=x.shape)
+        v = without_drift(decay * v + noise * rng.normal(size=x.shape))
         x += 0.5 * dt_fs * v
         energy, force = forces(x)
         v += 0.5 * dt_fs * force / masses * KCAL_PER_MOL_ANGSTROM_AMU_TO_ANGSTROM_PER_FS2
@@ -172,6 +182,21 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
     if not np.isfinite(frames).all():
         raise FloatingPointError(f"the {molecule} simulation diverged")
     atomic_savez(path, R=frames, z=z, E=energies[:, None], F=all_forces, name=np.array(molecule),
-                 source=np.array(f"egno_fast stand-in: RDKit MMFF94, Langevin {temperature} K, {dt_fs} fs steps, "
-                                 f"friction {friction_per_fs}/fs, seed {seed} (not the MD17 DFT data)"))
+                 source=np.array(f"{standin_tag()}: RDKit MMFF94, Langevin {temperature} K on the internal motion "
+                                 f"(centre of mass at rest), {dt_fs} fs steps, friction {friction_per_fs}/fs, "
+                                 f"seed {seed} (not the MD17 DFT data)"))
     return Path(path)
+
+
+def standin_tag() -> str:
+    """The first words of the ``source`` note of stand-in files of the current :data:`STANDIN_VERSION`."""
+    return f"egno_fast stand-in v{STANDIN_VERSION}"
+
+
+def is_current_standin(path: str | Path) -> bool:
+    """Whether ``path`` is a readable stand-in file written by the current generator version."""
+    try:
+        with np.load(path) as archive:
+            return "source" in archive.files and str(archive["source"]).startswith(standin_tag())
+    except (OSError, ValueError, EOFError):
+        return False

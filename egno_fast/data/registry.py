@@ -8,7 +8,7 @@ from typing import Dict
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from .md17 import MD17Dataset, generate_md17_standin, md17_path
+from .md17 import MD17Dataset, generate_md17_standin, is_current_standin, md17_path
 from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
 from .protein import adk_test_files, protein_datasets
@@ -58,10 +58,11 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
 
 
 def md17_file(config: DataConfig) -> Path:
-    """The npz of ``config.molecule``: the user's file ("file"), or the RDKit stand-in, generated once ("standin")."""
+    """The npz of ``config.molecule``: the user's file ("file"), or the RDKit stand-in, generated once per generator
+    version ("standin")."""
     if config.md17_source == "standin":
         path = md17_path(resolve_data_dir(config) / "md17_standin", config.molecule)
-        if not path.exists():
+        if not path.exists() or not is_current_standin(path):  # missing, or from an older generator
             generate_md17_standin(path, config.molecule)
         return path
     if config.md17_source != "file":
