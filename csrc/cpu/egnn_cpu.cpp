@@ -2,7 +2,7 @@
 //
 // The node-level part of the layer (first edge layer split into A = h W_a + b1 and B = h W_b, the velocity and node
 // MLPs) stays in PyTorch; this op does everything per edge, for all P frames of an edge together (rows = edge x
-// frame), on tiles of at most tile_rows(H) rows kept in cache:
+// frame), on tiles of about kTileValues / H rows (tile_edge_count) kept in cache:
 //   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
 //   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
 //   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
