@@ -16,6 +16,14 @@ TORCH_LIBRARY(egno_fast, m) {
       "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor x, Tensor edge_attr, Tensor wd, "
       "Tensor we, Tensor w2, Tensor b2, Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, "
       "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm) -> Tensor[]");
+  m.def(
+      "egnn_node_forward(Tensor h, Tensor msg_sum, Tensor coord_sum, Tensor x, Tensor v, Tensor degree, Tensor wv1, "
+      "Tensor bv1, Tensor wv2, Tensor bv2, Tensor wn1, Tensor bn1, Tensor wn2, Tensor bn2) "
+      "-> (Tensor x_new, Tensor h_new, Tensor activations)");
+  m.def(
+      "egnn_node_backward(Tensor g_x_new, Tensor g_h_new, Tensor activations, Tensor h, Tensor msg_sum, "
+      "Tensor coord_sum, Tensor v, Tensor degree, Tensor wv1, Tensor bv1, Tensor wv2, Tensor bv2, Tensor wn1, "
+      "Tensor bn1, Tensor wn2, Tensor bn2) -> Tensor[]");
   m.def("temporal_residual_forward(Tensor x, Tensor weight, bool leaky) -> (Tensor out, Tensor pre)");
   m.def(
       "temporal_residual_backward(Tensor grad_out, Tensor x, Tensor pre, Tensor weight, bool leaky) "

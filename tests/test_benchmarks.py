@@ -64,3 +64,27 @@ def test_egnn_target_summary_and_cpu_refusal(capsys):
     if not torch.cuda.is_available():
         assert egnn_target.main(["--nodes", "10"]) == 2
         assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_cpp_target_reports_paired_speedups(tmp_path):
+    """benchmarks.cpp_target (issue 5's CPU targets): the speed-up is the median of per-pair ratios, and the cpp
+    backend's outputs and gradients agree with the reference's."""
+    import os
+    import statistics
+
+    import pytest
+
+    reason = unavailable_reason("cpp", "egnn_layer", "cpu")
+    if reason is not None:
+        if os.environ.get("EGNO_FAST_REQUIRE_EXTENSION") == "1":
+            pytest.fail(f"the C++ extension is required: {reason}")
+        pytest.skip(f"the C++ extension is not built: {reason}")
+    from benchmarks import cpp_target
+
+    output = tmp_path / "target.json"
+    assert cpp_target.main(["--repeats", "3", "--cases", "nbody", "--points", "--output", str(output)]) == 0
+    point = json.loads(output.read_text())["model"][0]
+    assert point["case"] == "nbody" and len(point["pair_speedups"]) == 3
+    assert point["speedup"] == statistics.median(point["pair_speedups"])
+    assert point["ratio_of_medians"] == point["reference_s"] / point["cpp_s"]
+    assert point["output_rel_diff"] < 1e-4 and point["grad_rel_diff"] < 1e-4

@@ -31,6 +31,9 @@ except ImportError as error:
     pytest.skip(f"the C++ extension is not built: {error}", allow_module_level=True)
 
 F64 = dict(rtol=1e-10, atol=1e-10)
+# Whole models: four layers of sums over 34k edges in another order than the reference's; float64 rounding then
+# reaches ~1e-10 relative in a few parameter gradients (any real error is many orders of magnitude larger).
+F64_MODEL = dict(rtol=1e-9, atol=1e-10)
 F32 = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -125,11 +128,11 @@ def test_egnn_buffer_cache_reuses_memory_without_changing_results():
 
 
 def test_egnn_model_matches_reference_on_nbody_batch():
-    model_matches_reference_on_nbody_batch("cpp", torch.float64, "cpu", F64)
+    model_matches_reference_on_nbody_batch("cpp", torch.float64, "cpu", F64_MODEL)
 
 
 def test_egnn_model_matches_reference_on_protein_sized_graph():
-    model_matches_reference_on_protein_sized_graph("cpp", torch.float64, "cpu", F64, neighbours=40, hidden=64)
+    model_matches_reference_on_protein_sized_graph("cpp", torch.float64, "cpu", F64_MODEL, neighbours=40, hidden=64)
 
 
 def test_patch_swaps_a_model_to_cpp_and_back():
@@ -161,6 +164,71 @@ def test_egnn_refuses_other_dtypes_and_mismatched_edge_features():
     with pytest.raises(RuntimeError, match="edge indices span"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x, edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
                                               graph.sender + x.shape[0], graph.receiver)
+
+
+def _node_half_inputs(num_nodes, num_frames, hidden, seed):
+    gen = torch.Generator().manual_seed(seed)
+    layer = make_inputs(1, torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 0), 1, hidden, seed)[0]
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)
+    x, v, h, msg_sum, coord_sum = (rand(num_nodes, num_frames, d) for d in (3, 3, hidden, hidden, 3))
+    degree = torch.randint(1, 5, (num_nodes,), generator=gen).double()
+    if num_nodes:
+        coord_sum[0, 0] = torch.tensor([450.0, -450.0, 0.5]) * degree[0]  # clamped at +-100 (gradient 0)
+    return layer, [x, v, h, msg_sum, coord_sum], degree
+
+
+@pytest.mark.parametrize("num_nodes, num_frames, hidden", [(7, 3, 5), (1, 1, 1), (0, 2, 4), (300, 5, 16), (900, 5, 64)])
+def test_egnn_node_half_matches_torch_and_gradchecks(num_nodes, num_frames, hidden):
+    """The fused node half (csrc/cpu/egnn_node_cpu.cpp) against split_egnn.node_update_torch: outputs and every
+    gradient in float64, clamped coordinates included (several tiles from 300 x 5 rows at H = 16, more tiles than
+    groups at 900 x 5 x 64), and gradcheck of the op itself on the small cases."""
+    from egno_fast.split_egnn import node_update_torch
+
+    layer, inputs, degree = _node_half_inputs(num_nodes, num_frames, hidden, seed=hidden)
+    results = []
+    for update in (cpp.egnn._node_update, node_update_torch):
+        tensors = [t.clone().requires_grad_() for t in inputs]
+        x, v, h, msg_sum, coord_sum = tensors
+        out = update(x, v, h, msg_sum, coord_sum, degree, layer.velocity_mlp, layer.node_mlp)
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum() for o in out)
+        params = tensors + list(layer.velocity_mlp.parameters()) + list(layer.node_mlp.parameters())
+        results.append([o.detach() for o in out] + list(torch.autograd.grad(loss, params)))
+    for fused, ref in zip(*results):
+        torch.testing.assert_close(fused, ref, **F64)
+    if num_nodes:
+        g_coord = results[0][2 + 4]  # after the two outputs: x, v, h, msg_sum, coord_sum
+        assert g_coord[0, 0, :2].abs().max() == 0 and g_coord[0, 0, 2] != 0  # clamped entries get no gradient
+    if num_nodes * num_frames * hidden > 200:
+        return
+
+    vel_hidden, vel_out = layer.velocity_mlp[0], layer.velocity_mlp[2]
+    node_hidden, node_out = layer.node_mlp[0], layer.node_mlp[2]
+    weights = [w.detach().clone().contiguous().requires_grad_() for w in (
+        vel_hidden.weight, vel_hidden.bias, vel_out.weight.reshape(-1), vel_out.bias, node_hidden.weight,
+        node_hidden.bias, node_out.weight, node_out.bias)]
+    x, v, h, msg_sum, coord_sum = (t.clone().requires_grad_() for t in inputs)  # the clamped entry is 350 from the kink
+    assert torch.autograd.gradcheck(
+        lambda *a: cpp.egnn.EGNNNodeCppFunction.apply(a[0], a[1], a[2], a[3], a[4], degree, *a[5:]),
+        (h, msg_sum, coord_sum, x, v, *weights), fast_mode=True)
+
+
+def test_egnn_node_half_refuses_bad_input():
+    layer, (x, v, h, msg_sum, coord_sum), degree = _node_half_inputs(6, 2, 8, seed=0)
+    weights = [torch.zeros(8, 8), torch.zeros(8), torch.zeros(8), torch.zeros(1), torch.zeros(8, 16), torch.zeros(8),
+               torch.zeros(8, 8), torch.zeros(8)]
+    weights = [w.double() for w in weights]
+    forward = torch.ops.egno_fast.egnn_node_forward
+    with pytest.raises(RuntimeError, match="x, v and coord_sum must be"):
+        forward(h, msg_sum, coord_sum, x[:, :, :2].contiguous(), v, degree, *weights)
+    with pytest.raises(RuntimeError, match="degree must be"):
+        forward(h, msg_sum, coord_sum, x, v, degree[:3], *weights)
+    with pytest.raises(RuntimeError, match="W_n1 must have shape"):
+        forward(h, msg_sum, coord_sum, x, v, degree, *weights[:4], torch.zeros(8, 8).double(), *weights[5:])
+    with pytest.raises(RuntimeError, match="one dtype"):
+        forward(h.float(), msg_sum, coord_sum, x, v, degree, *weights)
+    with pytest.raises(ValueError, match="node_mlp 2H -> H -> H"):
+        cpp.egnn._node_update(x, v, h, msg_sum, coord_sum, degree, layer.velocity_mlp, layer.velocity_mlp)
 
 
 # ------------------------------------------------------------------------------------- temporal convolution

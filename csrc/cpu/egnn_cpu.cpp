@@ -1,8 +1,9 @@
 // Fused EGNN edge computation on the CPU: forward and backward over the receiver-sorted CSR.
 //
-// The node-level part of the layer (first edge layer split into A = h W_a + b1 and B = h W_b, the velocity and node
-// MLPs) stays in PyTorch; this op does everything per edge, for all P frames of an edge together (rows = edge x
-// frame), on tiles of about kTileValues / H rows (tile_edge_count) kept in cache:
+// The node-level part of the layer is elsewhere (the first edge layer's node projections A = h W_a + b1 and
+// B = h W_b in egno_fast/split_egnn.py, the velocity and node MLPs in egnn_node_cpu.cpp); this op does everything
+// per edge, for all P frames of an edge together (rows = edge x frame), on tiles of about kTileValues / H rows
+// (tile_edge_count) kept in cache:
 //   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
 //   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
 //   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
@@ -29,6 +30,7 @@
 
 #include "activations.h"
 #include "buffer_pool.h"
+#include "tiles.h"
 
 namespace egno_fast {
 namespace {
@@ -149,21 +151,8 @@ inline void first_layer_row(int64_t n, const T* __restrict__ a_i, const T* __res
 }
 
 template <typename T>
-inline T dot(int64_t n, const T* __restrict__ u, const T* __restrict__ v) {
-  T sum = 0;
-  for (int64_t h = 0; h < n; ++h) sum += u[h] * v[h];
-  return sum;
-}
-
-template <typename T>
 inline void add_row(int64_t n, const T* __restrict__ src, T* __restrict__ dst) {
   for (int64_t h = 0; h < n; ++h) dst[h] += src[h];
-}
-
-// A [rows, cols] row-major view of raw memory for the tile GEMMs (cheaper than narrowing and selecting tensors).
-template <typename T>
-inline at::Tensor tile_view(const T* data, int64_t rows, int64_t cols, const at::TensorOptions& options) {
-  return at::from_blob(const_cast<T*>(data), {rows, cols}, options);
 }
 
 // The stored activations [6, E, P, H] of the rows from row0 on, in the tensor's order.
@@ -438,13 +427,6 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
       }
     }
   });
-}
-
-// Adds the [G, ...] partials in group order (deterministic for any thread count).
-at::Tensor ordered_sum(const at::Tensor& partials) {
-  at::Tensor total = partials[0].clone();
-  for (int64_t g = 1; g < partials.size(0); ++g) total.add_(partials[g]);
-  return total;
 }
 
 std::vector<at::Tensor> egnn_edge_backward_cpu(

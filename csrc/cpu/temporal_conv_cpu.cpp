@@ -7,9 +7,10 @@
 // and the inverse real DFT, the activation and the residual are applied while the block is in cache: one read of
 // x and one write of the output. As torch.fft.irfft does, the imaginary parts of the DC bin and (even P) of the
 // Nyquist bin are ignored (their sine tables are zero) and the other kept bins count twice.
-// Backward: grad_pre = grad_out * act'(pre) with the pre-activation stored by the forward (one [N, P, ..., C] tensor),
-// grad_x = grad_out + K^H grad_pre (the same pass with conjugate-transposed weights), and dL/dW from the spectra of x
-// and grad_pre, accumulated per group of blocks and added in group order (deterministic for any thread count).
+// Backward, in one pass over the same blocks: grad_pre = grad_out * act'(pre) with the pre-activation stored by the
+// forward (one [N, P, ..., C] tensor), grad_x = grad_out + K^H grad_pre (conjugate-transposed weights), and dL/dW
+// from the spectra of x and grad_pre, accumulated per group of blocks and added in group order (deterministic for
+// any thread count).
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -180,66 +181,94 @@ inline void inverse_chunk(int64_t n, const InverseRow<T>& info, const T* spectru
   }
 }
 
-// out = residual + act(K src) (store_pre: pre <- K src), or with adjoint weights out = residual + K^H src.
+// The per-mode complex mixing of a block's spectrum: mixed[m] = spec[m] @ mixing[m] ([rows, 2C] each).
 template <typename T>
-void spectral_pass(const T* src, const T* residual, T* out, T* pre, const at::Tensor& mixing, const Layout& L,
-                   bool leaky, const at::TensorOptions& opts) {
+void mix_block(const T* spec, T* mixed, const at::Tensor& mixing, const Layout& L, int64_t rows,
+               const at::TensorOptions& opts) {
+  const int64_t c2 = 2 * L.channels;
+  for (int64_t m = 0; m < L.modes; ++m) {
+    at::Tensor o = at::from_blob(mixed + m * rows * c2, {rows, c2}, opts);
+    at::mm_out(o, at::from_blob(const_cast<T*>(spec) + m * rows * c2, {rows, c2}, opts), mixing[m]);
+  }
+}
+
+// Rows [r0, r0 + rows): out = residual + act(inverse DFT of the mixed spectrum) (pre <- the inverse DFT if given).
+template <typename T>
+void inverse_block(const T* mixed, const T* residual, T* out, T* pre, const Layout& L, const DftTables<T>& dft,
+                   int64_t r0, int64_t rows, bool leaky) {
+  const int64_t c2 = 2 * L.channels;
+  const InverseRow<T> row_info{rows * c2, L.channels, L.modes, leaky};
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t base = L.base(r0 + b);
+    for (int64_t t = 0; t < L.frames; ++t) {
+      const int64_t off = base + t * L.comps * L.channels;
+      const T *cs = dft.inverse_cos.data() + t * L.modes, *sn = dft.inverse_sin.data() + t * L.modes;
+      const T* spectrum = mixed + b * c2;
+      for (int64_t c = 0; c < L.channels; c += kChunk) {
+        const int64_t n = std::min(kChunk, L.channels - c);
+        inverse_chunk(n, row_info, spectrum + c, cs, sn, residual + off + c, out + off + c,
+                      pre != nullptr ? pre + off + c : nullptr);
+      }
+    }
+  }
+}
+
+// Forward, a block of rows at a time: out = x + act(K x), pre <- K x (leaky only).
+template <typename T>
+void forward_pass(const T* x, T* out, T* pre, const at::Tensor& mixing, const Layout& L, bool leaky,
+                  const at::TensorOptions& opts) {
   const DftTables<T> dft(L.frames, L.modes);
   const int64_t c2 = 2 * L.channels, block_rows = L.block_rows();
   parallel_for_below_autograd(0, L.num_blocks(), 1, [&](int64_t blk_begin, int64_t blk_end) {
-    at::Tensor spec = at::empty({L.modes, block_rows, c2}, opts), mixed = at::empty({L.modes, block_rows, c2}, opts);
+    std::vector<T> spec(L.modes * block_rows * c2), mixed(L.modes * block_rows * c2);
     for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
       const int64_t r0 = blk * block_rows, rows = std::min(block_rows, L.rows() - r0);
-      block_spectrum(src, L, dft, r0, rows, spec.data_ptr<T>());
-      for (int64_t m = 0; m < L.modes; ++m) {
-        at::Tensor s = at::from_blob(spec.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
-        at::Tensor o = at::from_blob(mixed.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
-        at::mm_out(o, s, mixing[m]);
-      }
-      const T* pm = mixed.data_ptr<T>();
-      const InverseRow<T> row_info{rows * c2, L.channels, L.modes, leaky};
-      for (int64_t b = 0; b < rows; ++b) {
-        const int64_t base = L.base(r0 + b);
-        for (int64_t t = 0; t < L.frames; ++t) {
-          const int64_t off = base + t * L.comps * L.channels;
-          const T *cs = dft.inverse_cos.data() + t * L.modes, *sn = dft.inverse_sin.data() + t * L.modes;
-          const T* spectrum = pm + b * c2;
-          int64_t c = 0;
-          for (; c < L.channels; c += kChunk) {
-            const int64_t n = std::min(kChunk, L.channels - c);
-            inverse_chunk(n, row_info, spectrum + c, cs, sn, residual + off + c, out + off + c,
-                          pre != nullptr ? pre + off + c : nullptr);
-          }
-        }
-      }
+      block_spectrum(x, L, dft, r0, rows, spec.data());
+      mix_block(spec.data(), mixed.data(), mixing, L, rows, opts);
+      inverse_block(mixed.data(), x, out, pre, L, dft, r0, rows, leaky);
     }
   });
 }
 
+// grad_pre = grad_out * LeakyReLU'(pre) on rows [r0, r0 + rows) (slope at pre <= 0, as PyTorch's leaky_relu_backward).
 template <typename T>
-void leaky_relu_grad(int64_t n, const T* __restrict__ grad, const T* __restrict__ pre, T* __restrict__ out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = pre[i] > T(0) ? grad[i] : T(kLeakySlope) * grad[i];
+void leaky_relu_grad_block(const T* grad, const T* pre, T* grad_pre, const Layout& L, int64_t r0, int64_t rows) {
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t base = L.base(r0 + b);
+    for (int64_t t = 0; t < L.frames; ++t) {
+      const int64_t off = base + t * L.comps * L.channels;
+      const T *__restrict__ g = grad + off, *__restrict__ p = pre + off;
+      T* __restrict__ out = grad_pre + off;
+      for (int64_t c = 0; c < L.channels; ++c) out[c] = p[c] > T(0) ? g[c] : T(kLeakySlope) * g[c];
+    }
+  }
 }
 
-// dL/dW [C, C, I, 2] from the spectra of x and of grad_pre (scaled by the inverse weights).
+// Backward in one pass over blocks of rows: grad_pre = grad_out * act'(pre), grad_x = grad_out + K^H grad_pre, and
+// dL/dW from the spectra of x and grad_pre, accumulated per group of blocks and added in group order.
+// grad_pre may alias grad_out when there is no activation (pre == nullptr). Returns dL/dW [C, C, I, 2].
 template <typename T>
-at::Tensor weight_grad(const T* x, const T* grad_pre, const Layout& L, const at::TensorOptions& opts) {
+at::Tensor backward_pass(const T* grad_out, const T* x, const T* pre, T* grad_pre, T* grad_x,
+                         const at::Tensor& adjoint_mixing, const Layout& L, const at::TensorOptions& opts) {
   const DftTables<T> dft(L.frames, L.modes);
   const int64_t c2 = 2 * L.channels, block_rows = L.block_rows(), num_blocks = L.num_blocks();
   const int64_t num_groups = std::max<int64_t>(1, std::min(kMaxGroups, num_blocks));
   const int64_t per_group = (num_blocks + num_groups - 1) / num_groups;
   at::Tensor partial = at::zeros({num_groups, L.modes, c2, c2}, opts);
   parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    at::Tensor xs = at::empty({L.modes, block_rows, c2}, opts), gs = at::empty({L.modes, block_rows, c2}, opts);
+    std::vector<T> gs(L.modes * block_rows * c2), xs(L.modes * block_rows * c2), mixed(L.modes * block_rows * c2);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* part = partial.data_ptr<T>() + g * L.modes * c2 * c2;
       for (int64_t blk = g * per_group; blk < std::min(num_blocks, (g + 1) * per_group); ++blk) {
         const int64_t r0 = blk * block_rows, rows = std::min(block_rows, L.rows() - r0);
-        block_spectrum(x, L, dft, r0, rows, xs.data_ptr<T>());
-        block_spectrum(grad_pre, L, dft, r0, rows, gs.data_ptr<T>());
+        if (pre != nullptr) leaky_relu_grad_block(grad_out, pre, grad_pre, L, r0, rows);
+        block_spectrum<T>(grad_pre, L, dft, r0, rows, gs.data());
+        mix_block(gs.data(), mixed.data(), adjoint_mixing, L, rows, opts);
+        inverse_block<T>(mixed.data(), grad_out, grad_x, nullptr, L, dft, r0, rows, false);
+        block_spectrum(x, L, dft, r0, rows, xs.data());
         for (int64_t m = 0; m < L.modes; ++m) {
-          at::Tensor xm = at::from_blob(xs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
-          at::Tensor gm = at::from_blob(gs.data_ptr<T>() + m * rows * c2, {rows, c2}, opts);
+          const at::Tensor xm = at::from_blob(xs.data() + m * rows * c2, {rows, c2}, opts);
+          const at::Tensor gm = at::from_blob(gs.data() + m * rows * c2, {rows, c2}, opts);
           at::from_blob(part + m * c2 * c2, {c2, c2}, opts).addmm_(xm.t(), gm, /*beta=*/1, /*alpha=*/dft.inverse[m]);
         }
       }
@@ -261,9 +290,8 @@ std::tuple<at::Tensor, at::Tensor> temporal_residual_forward_cpu(const at::Tenso
   at::Tensor out = at::empty_like(xc);
   at::Tensor pre = leaky ? at::empty_like(xc) : at::empty({0}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_forward_cpu", [&] {
-    spectral_pass<scalar_t>(xc.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                            leaky ? pre.data_ptr<scalar_t>() : nullptr, packed_mixing<scalar_t>(weight, false), L, leaky,
-                            xc.options());
+    forward_pass<scalar_t>(xc.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), leaky ? pre.data_ptr<scalar_t>() : nullptr,
+                           packed_mixing<scalar_t>(weight, false), L, leaky, xc.options());
   });
   return {out, pre};
 }
@@ -280,13 +308,11 @@ std::tuple<at::Tensor, at::Tensor> temporal_residual_backward_cpu(const at::Tens
   at::Tensor grad_pre = leaky ? at::empty_like(xc) : g;
   at::Tensor grad_x = at::empty_like(xc), grad_w;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "temporal_residual_backward_cpu", [&] {
-    if (leaky) {  // grad_pre = grad_out * LeakyReLU'(pre) (slope at pre <= 0, as PyTorch's leaky_relu_backward)
-      const at::Tensor pre_c = pre.contiguous();
-      leaky_relu_grad(xc.numel(), g.data_ptr<scalar_t>(), pre_c.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>());
-    }
-    spectral_pass<scalar_t>(grad_pre.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
-                            nullptr, packed_mixing<scalar_t>(weight, true), L, false, xc.options());
-    grad_w = weight_grad<scalar_t>(xc.data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(), L, xc.options());
+    const at::Tensor pre_c = leaky ? pre.contiguous() : pre;
+    grad_w = backward_pass<scalar_t>(g.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(),
+                                     leaky ? pre_c.data_ptr<scalar_t>() : nullptr, grad_pre.data_ptr<scalar_t>(),
+                                     grad_x.data_ptr<scalar_t>(), packed_mixing<scalar_t>(weight, true), L,
+                                     xc.options());
   });
   return {grad_x, grad_w};
 }

@@ -1,4 +1,5 @@
-"""Fused EGNN layer on the CPU (csrc/cpu/egnn_cpu.cpp): forward and backward over the receiver-sorted CSR."""
+"""Fused EGNN layer on the CPU: the edge half (csrc/cpu/egnn_cpu.cpp, over the receiver-sorted CSR) and the node half
+(csrc/cpu/egnn_node_cpu.cpp), forward and backward."""
 from __future__ import annotations
 
 from typing import List, Tuple
@@ -7,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..graph import Graph
-from ..split_egnn import split_egnn_layer
+from ..split_egnn import mlp_linears, split_egnn_layer
 
 _ops = torch.ops.egno_fast
 
@@ -22,6 +23,18 @@ def _backward_fake(g_msg, g_coord, activations, x, edge_attr, wd, we, w2, b2, wc
                    receiver, sender_rowptr, sender_perm):
     return [torch.empty_like(g_msg), torch.empty_like(g_msg), torch.empty_like(x), torch.empty_like(edge_attr),
             *(torch.empty_like(w) for w in (wd, we, w2, b2, wc1, bc1, wc2, bc2))]
+
+
+@torch.library.register_fake("egno_fast::egnn_node_forward")
+def _node_forward_fake(h, msg_sum, coord_sum, x, v, degree, wv1, bv1, wv2, bv2, wn1, bn1, wn2, bn2):
+    return torch.empty_like(x), torch.empty_like(h), h.new_empty((4, h.shape[0] * h.shape[1], h.shape[2]))
+
+
+@torch.library.register_fake("egno_fast::egnn_node_backward")
+def _node_backward_fake(g_x_new, g_h_new, activations, h, msg_sum, coord_sum, v, degree, wv1, bv1, wv2, bv2, wn1, bn1,
+                        wn2, bn2):
+    return [torch.empty_like(h), torch.empty_like(h), torch.empty_like(v), torch.empty_like(v),
+            *(torch.empty_like(w) for w in (wv1, bv1, wv2, bv2, wn1, bn1, wn2, bn2))]
 
 
 class EGNNEdgeCppFunction(torch.autograd.Function):
@@ -50,9 +63,46 @@ class EGNNEdgeCppFunction(torch.autograd.Function):
         return (*grads, None)
 
 
+class EGNNNodeCppFunction(torch.autograd.Function):
+    """(h, msg_sum, coord_sum, x, v, degree, W_v1, b_v1, w_v2, b_v2, W_n1, b_n1, W_n2, b_n2) -> (x_new [N,P,3],
+    h_new [N,P,H]); the forward stores the two SiLUs' values and derivatives [4, N P, H] (see egnn_node_cpu.cpp)."""
+
+    @staticmethod
+    def forward(ctx, h, msg_sum, coord_sum, x, v, degree, *weights):
+        x_new, h_new, activations = _ops.egnn_node_forward(h, msg_sum, coord_sum, x, v, degree, *weights)
+        ctx.save_for_backward(activations, h, msg_sum, coord_sum, v, degree, *weights)
+        return x_new, h_new
+
+    @staticmethod
+    def backward(ctx, g_x, g_h):
+        activations, h, msg_sum, coord_sum, v, degree, *weights = ctx.saved_tensors
+        g_x = torch.zeros_like(v) if g_x is None else g_x
+        g_h = torch.zeros_like(h) if g_h is None else g_h
+        g_h_in, g_msg, g_coord, g_v, *g_weights = _ops.egnn_node_backward(g_x, g_h, activations, h, msg_sum,
+                                                                          coord_sum, v, degree, *weights)
+        return (g_h_in, g_msg, g_coord, g_x, g_v, None, *g_weights)
+
+
 def _edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weights: List[Tensor],
                graph: Graph) -> Tuple[Tensor, Tensor]:
     return EGNNEdgeCppFunction.apply(a, b, x, edge_attr, *weights, graph)
+
+
+def _node_update(x: Tensor, v: Tensor, h: Tensor, msg_sum: Tensor, coord_sum: Tensor, degree: Tensor, velocity_mlp,
+                 node_mlp) -> Tuple[Tensor, Tensor]:
+    """The node half in one fused op; same contract as :func:`egno_fast.split_egnn.node_update_torch`."""
+    vel_hidden, vel_out = mlp_linears(velocity_mlp, "velocity_mlp", 1)
+    node_hidden, node_out = mlp_linears(node_mlp, "node_mlp", 1)
+    hidden = h.shape[-1]
+    if (vel_hidden.in_features, vel_hidden.out_features, vel_out.out_features) != (hidden, hidden, 1) or \
+            (node_hidden.in_features, node_hidden.out_features, node_out.out_features) != (2 * hidden, hidden, hidden):
+        raise ValueError(f"velocity_mlp must map H -> H -> 1 and node_mlp 2H -> H -> H with H = {hidden}; got "
+                         f"{velocity_mlp!r} and {node_mlp!r}")
+    weights = (vel_hidden.weight, vel_hidden.bias, vel_out.weight.reshape(-1), vel_out.bias, node_hidden.weight,
+               node_hidden.bias, node_out.weight, node_out.bias)
+    weights = [w.to(h.dtype).contiguous() for w in weights]
+    return EGNNNodeCppFunction.apply(h.contiguous(), msg_sum, coord_sum, x.contiguous(), v.contiguous(), degree,
+                                     *weights)
 
 
 def egnn_layer_cpp(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, coord_mlp, velocity_mlp,
@@ -69,4 +119,5 @@ def egnn_layer_cpp(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, coor
         raise TypeError(f"the cpp EGNN layer runs float32 or float64, got {h.dtype}")
     if x.dtype != h.dtype:
         raise TypeError(f"x ({x.dtype}) and h ({h.dtype}) must share a dtype")
-    return split_egnn_layer(x, v, h, graph, edge_mlp, coord_mlp, velocity_mlp, node_mlp, _edge_sums, h.dtype)
+    return split_egnn_layer(x, v, h, graph, edge_mlp, coord_mlp, velocity_mlp, node_mlp, _edge_sums, h.dtype,
+                            _node_update)
