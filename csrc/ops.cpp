@@ -10,10 +10,11 @@
 TORCH_LIBRARY(egno_fast, m) {
   m.def(
       "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor wd, Tensor we, Tensor w2, Tensor b2, "
-      "Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, Tensor receiver) "
-      "-> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
+      "Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, Tensor receiver, "
+      "bool store_activations) -> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
   m.def(
-      "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor x, Tensor edge_attr, Tensor wd, "
+      "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor a, Tensor b, Tensor x, "
+      "Tensor edge_attr, Tensor wd, "
       "Tensor we, Tensor w2, Tensor b2, Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, "
       "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm) -> Tensor[]");
   m.def(

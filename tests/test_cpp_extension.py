@@ -127,6 +127,39 @@ def test_egnn_buffer_cache_reuses_memory_without_changing_results():
     assert cpp.empty_cache() == held and cpp.cached_bytes() == 0
 
 
+def test_egnn_recompute_mode_gives_bitwise_the_stored_results(monkeypatch):
+    """Above the store budget (EGNO_FAST_CPU_STORE_MB; 0 here) the edge op keeps no activations and the backward
+    recomputes them tile by tile: outputs and every gradient bitwise as when they are stored. Without gradients
+    nothing is stored at all."""
+    layer, (x, v, h), edge_index, edge_attr = _layer_setup(torch.float32)
+
+    def run():
+        inputs = [t.clone().requires_grad_() for t in (x, h, edge_attr)]
+        out = layer(inputs[0], v, inputs[1], build_graph(edge_index, x.shape[0], inputs[2]))
+        loss = sum(o.square().sum() for o in out)
+        return [o.detach() for o in out] + list(torch.autograd.grad(loss, inputs + list(layer.parameters())))
+
+    stored = run()
+    monkeypatch.setenv(cpp.egnn.STORE_BUDGET_ENV, "0")
+    cpp.empty_cache()
+    recomputed = run()
+    assert all(torch.equal(a, b) for a, b in zip(stored, recomputed))
+    monkeypatch.delenv(cpp.egnn.STORE_BUDGET_ENV)
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    assert 6 * graph.num_edges * x.shape[1] * h.shape[2] * 4 >= 2**20  # would come from the buffer cache
+    cpp.empty_cache()
+    with torch.no_grad():
+        layer(x, v, h, graph)
+    assert cpp.cached_bytes() == 0
+
+
+@pytest.mark.parametrize("value", ["lots", "-1"])
+def test_store_budget_refuses_bad_values(monkeypatch, value):
+    monkeypatch.setenv(cpp.egnn.STORE_BUDGET_ENV, value)
+    with pytest.raises(ValueError, match=cpp.egnn.STORE_BUDGET_ENV):
+        cpp.egnn.store_budget_bytes()
+
+
 def test_egnn_model_matches_reference_on_nbody_batch():
     model_matches_reference_on_nbody_batch("cpp", torch.float64, "cpu", F64_MODEL)
 
@@ -160,10 +193,10 @@ def test_egnn_refuses_other_dtypes_and_mismatched_edge_features():
                                 layer.velocity_mlp, layer.node_mlp)
     with pytest.raises(RuntimeError, match="x must be"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x[:, :2], edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
-                                              graph.sender, graph.receiver)
+                                              graph.sender, graph.receiver, True)
     with pytest.raises(RuntimeError, match="edge indices span"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x, edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
-                                              graph.sender + x.shape[0], graph.receiver)
+                                              graph.sender + x.shape[0], graph.receiver, True)
 
 
 def _node_half_inputs(num_nodes, num_frames, hidden, seed):

@@ -18,6 +18,9 @@
 // exponential: the activations are the weight-gradient GEMMs' inputs as they are, and the derivatives multiply the
 // incoming gradients. That is six [E, P, H] tensors where the reference keeps about eight; on the CPU the memory is
 // there, and on the development machine the sigmoid (about 2 ns an element even in AVX2) was the largest cost.
+// Where it is not (store_activations = false; egno_fast/cpp/egnn.py decides from a memory budget), the forward keeps
+// each tile's activations in a tile buffer only and the backward recomputes them tile by tile with the same code:
+// memory O(threads x tile) instead of 6 E P H values, for about a third more matrix work, identical results.
 // The sender side of the backward (dL/dB_j and the sender part of dL/dx) is gathered over the transposed CSR from the
 // stored per-row dL/dpre1 and dL/dr: deterministic as well.
 #include <ATen/ATen.h>
@@ -155,12 +158,13 @@ inline void add_row(int64_t n, const T* __restrict__ src, T* __restrict__ dst) {
   for (int64_t h = 0; h < n; ++h) dst[h] += src[h];
 }
 
-// The stored activations [6, E, P, H] of the rows from row0 on, in the tensor's order.
+// The six activation arrays of a tile's rows: in the stored [6, E, P, H] tensor, or in a tile-sized buffer.
 template <typename T>
 struct ActivationRows {
   T *act1, *grad1, *m, *grad2, *act3, *grad3;
 };
 
+// Rows from row0 on of the stored activations [6, E, P, H].
 template <typename T>
 inline ActivationRows<T> activation_rows(const at::Tensor& acts, int64_t row0) {
   const int64_t plane = acts.size(1) * acts.size(2) * acts.size(3);
@@ -168,72 +172,99 @@ inline ActivationRows<T> activation_rows(const at::Tensor& acts, int64_t row0) {
   return {base, base + plane, base + 2 * plane, base + 3 * plane, base + 4 * plane, base + 5 * plane};
 }
 
+// A tile's own activation buffer [6, rows_max, H] (recompute mode: nothing stored between forward and backward).
 template <typename T>
-void forward_impl(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr,
-                  const EdgeWeights<T>& w, const at::Tensor& rowptr, const at::Tensor& sender,
-                  const at::Tensor& receiver, at::Tensor& msg_sum, at::Tensor& coord_sum, at::Tensor& acts) {
-  const int64_t num_nodes = a.size(0), frames = a.size(1), hidden = a.size(2);
-  const int64_t features = edge_attr.size(1);
+inline ActivationRows<T> buffer_rows(std::vector<T>& buffer, int64_t rows_max, int64_t hidden) {
+  const int64_t plane = rows_max * hidden;
+  buffer.resize(6 * plane);
+  T* base = buffer.data();
+  return {base, base + plane, base + 2 * plane, base + 3 * plane, base + 4 * plane, base + 5 * plane};
+}
+
+// What the forward computation of a tile reads; shared by the forward and the recomputing backward.
+template <typename T>
+struct EdgeForward {
+  const T *a, *b, *x;
+  const int64_t *sender, *receiver;
+  int64_t frames, hidden, features;
+  const at::Tensor& edge_attr;
+  const EdgeWeights<T>& w;
+  at::Tensor w2_t, wc1_t, we_t, bias2, bias_c1;
+  at::TensorOptions opts;
+
+  EdgeForward(const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& x_, const at::Tensor& edge_attr_,
+              const EdgeWeights<T>& w_, const at::Tensor& sender_, const at::Tensor& receiver_)
+      : a(a_.data_ptr<T>()), b(b_.data_ptr<T>()), x(x_.data_ptr<T>()), sender(sender_.data_ptr<int64_t>()),
+        receiver(receiver_.data_ptr<int64_t>()), frames(a_.size(1)), hidden(a_.size(2)),
+        features(edge_attr_.size(1)), edge_attr(edge_attr_), w(w_), w2_t(w_.w2.t()), wc1_t(w_.wc1.t()),
+        we_t(w_.we.t()), opts(a_.options()) {
+    bias2 = at::from_blob(const_cast<T*>(w_.b2), {hidden}, opts);
+    bias_c1 = at::from_blob(const_cast<T*>(w_.bc1), {hidden}, opts);
+  }
+
+  // Edges [e0, e1): the three SiLUs' values and derivatives into t, and r = x_i - x_j into rel [rows, 3].
+  // pre: [rows, H] scratch; ew_buf: [tile_edges, H] scratch for W_e e.
+  void tile(int64_t e0, int64_t e1, const ActivationRows<T>& t, T* pre_data, T* rel, at::Tensor& ew_buf) const {
+    const int64_t rows = (e1 - e0) * frames;
+    const T* ew = nullptr;
+    if (features > 0) {
+      at::Tensor ew_tile = ew_buf.narrow(0, 0, e1 - e0);
+      at::mm_out(ew_tile, edge_attr.narrow(0, e0, e1 - e0), we_t);
+      ew = ew_tile.data_ptr<T>();
+    }
+    for (int64_t k = e0; k < e1; ++k) {
+      const int64_t i = receiver[k], j = sender[k];
+      for (int64_t p = 0; p < frames; ++p) {
+        const int64_t r = (k - e0) * frames + p;
+        const T d2 = relative_position(x, i, j, p, frames, rel + r * 3);
+        first_layer_row(hidden, a + (i * frames + p) * hidden, b + (j * frames + p) * hidden, w.wd, d2,
+                        ew != nullptr ? ew + (k - e0) * hidden : nullptr, pre_data + r * hidden);
+      }
+    }
+    at::Tensor pre = tile_view(pre_data, rows, hidden, opts);
+    silu_with_grad(rows * hidden, pre_data, t.act1, t.grad1);
+    at::addmm_out(pre, bias2, tile_view(t.act1, rows, hidden, opts), w2_t);
+    silu_with_grad(rows * hidden, pre_data, t.m, t.grad2);
+    at::addmm_out(pre, bias_c1, tile_view(t.m, rows, hidden, opts), wc1_t);
+    silu_with_grad(rows * hidden, pre_data, t.act3, t.grad3);
+  }
+};
+
+// acts: the stored [6, E, P, H], or empty (recompute mode: each tile's activations live in a tile buffer).
+template <typename T>
+void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, at::Tensor& msg_sum, at::Tensor& coord_sum,
+                  at::Tensor& acts) {
+  const int64_t num_nodes = msg_sum.size(0), frames = f.frames, hidden = f.hidden;
   const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
-  const int64_t* snd = sender.data_ptr<int64_t>();
-  const int64_t* rcv = receiver.data_ptr<int64_t>();
-  const T *pa = a.data_ptr<T>(), *pb = b.data_ptr<T>(), *px = x.data_ptr<T>();
+  const bool stored = acts.numel() > 0;
   T *msg = msg_sum.data_ptr<T>(), *coord = coord_sum.data_ptr<T>();
-  const at::Tensor w2_t = w.w2.t(), wc1_t = w.wc1.t(), we_t = w.we.t();
-  const at::Tensor bias2 = at::from_blob(const_cast<T*>(w.b2), {hidden}, a.options());
-  const at::Tensor bias_c1 = at::from_blob(const_cast<T*>(w.bc1), {hidden}, a.options());
 
   parallel_for_below_autograd(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
-    std::vector<T> pre_buf(rows_max * hidden);  // pre1, then pre2, then pre3
-    at::Tensor ew_buf = at::empty({features > 0 ? tile_edges : 0, hidden}, a.options());  // W_e e per edge
-    std::vector<T> rel(rows_max * 3);
+    std::vector<T> pre_buf(rows_max * hidden), rel(rows_max * 3), act_buf;
+    at::Tensor ew_buf = at::empty({f.features > 0 ? tile_edges : 0, hidden}, f.opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       const int64_t n0 = bounds[g], n1 = bounds[g + 1];
       std::fill(msg + n0 * frames * hidden, msg + n1 * frames * hidden, T(0));
       std::fill(coord + n0 * frames * 3, coord + n1 * frames * 3, T(0));
       for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
         const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
-        const int64_t rows = (e1 - e0) * frames;
-        const ActivationRows<T> t = activation_rows<T>(acts, e0 * frames);
-        const at::Tensor act1 = tile_view(t.act1, rows, hidden, a.options());
-        const at::Tensor m = tile_view(t.m, rows, hidden, a.options());
-        const T* ew = nullptr;
-        if (features > 0) {
-          at::Tensor ew_tile = ew_buf.narrow(0, 0, e1 - e0);
-          at::mm_out(ew_tile, edge_attr.narrow(0, e0, e1 - e0), we_t);
-          ew = ew_tile.data_ptr<T>();
-        }
-        T* pp = pre_buf.data();
-        at::Tensor pre = tile_view(pp, rows, hidden, a.options());
+        const ActivationRows<T> t =
+            stored ? activation_rows<T>(acts, e0 * frames) : buffer_rows(act_buf, rows_max, hidden);
+        f.tile(e0, e1, t, pre_buf.data(), rel.data(), ew_buf);
         for (int64_t k = e0; k < e1; ++k) {
-          const int64_t i = rcv[k], j = snd[k];
+          const int64_t i = f.receiver[k];
           for (int64_t p = 0; p < frames; ++p) {
             const int64_t r = (k - e0) * frames + p;
-            const T d2 = relative_position(px, i, j, p, frames, rel.data() + r * 3);
-            first_layer_row(hidden, pa + (i * frames + p) * hidden, pb + (j * frames + p) * hidden, w.wd, d2,
-                            ew != nullptr ? ew + (k - e0) * hidden : nullptr, pp + r * hidden);
-          }
-        }
-        silu_with_grad(rows * hidden, pp, t.act1, t.grad1);
-        at::addmm_out(pre, bias2, act1, w2_t);
-        silu_with_grad(rows * hidden, pp, t.m, t.grad2);
-        at::addmm_out(pre, bias_c1, m, wc1_t);
-        silu_with_grad(rows * hidden, pp, t.act3, t.grad3);
-        const T *act3 = t.act3, *pm = t.m;
-        for (int64_t k = e0; k < e1; ++k) {
-          const int64_t i = rcv[k];
-          for (int64_t p = 0; p < frames; ++p) {
-            const int64_t r = (k - e0) * frames + p;
-            const T phi = w.bc2 + dot(hidden, w.wc2, act3 + r * hidden);
+            const T phi = f.w.bc2 + dot(hidden, f.w.wc2, t.act3 + r * hidden);
             T* ci = coord + (i * frames + p) * 3;
             const T* rv = rel.data() + r * 3;
             ci[0] += rv[0] * phi;
             ci[1] += rv[1] * phi;
             ci[2] += rv[2] * phi;
-            add_row(hidden, pm + r * hidden, msg + (i * frames + p) * hidden);
+            add_row(hidden, t.m + r * hidden, msg + (i * frames + p) * hidden);
           }
         }
       }
@@ -245,14 +276,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd,
     const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1,
     const at::Tensor& wc2, const at::Tensor& bc2, const at::Tensor& rowptr, const at::Tensor& sender,
-    const at::Tensor& receiver) {
+    const at::Tensor& receiver, bool store_activations) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
-  at::Tensor acts = empty_cached({6, sender.size(0), a.size(1), a.size(2)}, a.options());
+  at::Tensor acts = store_activations ? empty_cached({6, sender.size(0), a.size(1), a.size(2)}, a.options())
+                                      : at::empty({0, sender.size(0), a.size(1), a.size(2)}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "egnn_edge_forward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, a.size(2), edge_attr.size(1));
-    forward_impl<scalar_t>(a, b, x, edge_attr, w, rowptr, sender, receiver, msg_sum, coord_sum, acts);
+    forward_impl<scalar_t>(EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), rowptr, msg_sum,
+                           coord_sum, acts);
   });
   return {msg_sum, coord_sum, acts};
 }
@@ -302,13 +335,16 @@ inline T pre1_grad_row(int64_t n, const T* __restrict__ ds1, const T* __restrict
   return dd2;
 }
 
+// acts: the forward's stored [6, E, P, H], or empty: then each tile's activations are recomputed by the forward's
+// tile code (same tiles, same operations: bitwise the stored values) into a tile buffer.
 template <typename T>
-void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& x,
-                   const at::Tensor& edge_attr, const EdgeWeights<T>& w, const at::Tensor& rowptr,
-                   const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
-                   const at::Tensor& sender_perm, at::Tensor& g_a, at::Tensor& g_b, at::Tensor& g_x,
-                   at::Tensor& g_edge_attr, Partials& part) {
+void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts,
+                   const EdgeForward<T>& f, const at::Tensor& x, const at::Tensor& edge_attr, const EdgeWeights<T>& w,
+                   const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver,
+                   const at::Tensor& sender_rowptr, const at::Tensor& sender_perm, at::Tensor& g_a, at::Tensor& g_b,
+                   at::Tensor& g_x, at::Tensor& g_edge_attr, Partials& part) {
   const int64_t num_nodes = x.size(0), frames = x.size(1), hidden = acts.size(3);
+  const bool stored = acts.size(0) > 0;
   const int64_t num_edges = sender.size(0), features = edge_attr.size(1);
   const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
@@ -332,7 +368,8 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
     std::vector<T> dpre_buf(rows_max * hidden);  // dL/dpre3, then dL/dpre2
     std::vector<T> dact_buf(rows_max * hidden);  // dL/dm, then dL/dsilu(pre1)
     at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
-    std::vector<T> rel(rows_max * 3), phi(rows_max);
+    std::vector<T> rel(rows_max * 3), phi(rows_max), act_buf;
+    at::Tensor ew_buf = at::empty({!stored && features > 0 ? tile_edges : 0, hidden}, opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* vec = part.vec[g].data_ptr<T>();
       T *d_b2 = vec, *d_bc1 = vec + hidden, *d_wc2 = vec + 2 * hidden, *d_wd = vec + 3 * hidden;
@@ -344,7 +381,13 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
       for (int64_t e0 = rp[n0]; e0 < rp[n1]; e0 += tile_edges) {
         const int64_t e1 = std::min(e0 + tile_edges, rp[n1]);
         const int64_t rows = (e1 - e0) * frames;
-        const ActivationRows<T> t = activation_rows<T>(acts, e0 * frames);
+        ActivationRows<T> t;
+        if (stored) {
+          t = activation_rows<T>(acts, e0 * frames);
+        } else {  // dpre_buf as the forward's scratch: it is written below before being read
+          t = buffer_rows(act_buf, rows_max, hidden);
+          f.tile(e0, e1, t, dpre_buf.data(), rel.data(), ew_buf);
+        }
         const T *act3 = t.act3, *grad3 = t.grad3, *grad2 = t.grad2, *grad1 = t.grad1;
         T *pdpre = dpre_buf.data(), *pdact = dact_buf.data();
         const at::Tensor dpre = tile_view(pdpre, rows, hidden, opts);
@@ -430,14 +473,17 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
 }
 
 std::vector<at::Tensor> egnn_edge_backward_cpu(
-    const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& x,
-    const at::Tensor& edge_attr, const at::Tensor& wd, const at::Tensor& we, const at::Tensor& w2,
+    const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& a,
+    const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd, const at::Tensor& we, const at::Tensor& w2,
     const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1, const at::Tensor& wc2, const at::Tensor& bc2,
     const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
     const at::Tensor& sender_perm) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
-  TORCH_CHECK(acts.dim() == 4 && acts.size(0) == 6 && acts.size(1) == sender.size(0) && acts.is_contiguous(),
-              "egnn_edge_backward: activations must be the forward's contiguous [6, E, P, H], got ", acts.sizes());
+  TORCH_CHECK(acts.dim() == 4 && (acts.size(0) == 6 || acts.size(0) == 0) && acts.size(1) == sender.size(0) &&
+                  acts.size(2) == x.size(1) && acts.is_contiguous(),
+              "egnn_edge_backward: activations must be the forward's contiguous [6, E, P, H] (or [0, E, P, H] when ",
+              "the forward stored none), got ", acts.sizes());
+  check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   const at::Tensor g_msg_c = g_msg.contiguous(), g_coord_c = g_coord.contiguous();
   TORCH_CHECK(g_msg_c.dim() == 3 && g_msg_c.size(0) == x.size(0) && g_msg_c.size(2) == acts.size(3) &&
                   g_coord_c.sizes() == x.sizes(),
@@ -449,8 +495,9 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
   Partials part;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "egnn_edge_backward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, acts.size(3), edge_attr.size(1));
-    backward_impl<scalar_t>(g_msg_c.to(x.scalar_type()), g_coord_c.to(x.scalar_type()), acts, x, edge_attr, w,
-                            rowptr, sender, receiver, sender_rowptr, sender_perm, g_a, g_b, g_x, g_edge_attr, part);
+    backward_impl<scalar_t>(g_msg_c.to(x.scalar_type()), g_coord_c.to(x.scalar_type()), acts,
+                            EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), x, edge_attr, w, rowptr,
+                            sender, receiver, sender_rowptr, sender_perm, g_a, g_b, g_x, g_edge_attr, part);
   });
   const at::Tensor vec = ordered_sum(part.vec);
   return {g_a, g_b, g_x, g_edge_attr, vec[3], ordered_sum(part.we), ordered_sum(part.w2), vec[0],

@@ -2,6 +2,8 @@
 (csrc/cpu/egnn_node_cpu.cpp), forward and backward."""
 from __future__ import annotations
 
+import logging
+import os
 from typing import List, Tuple
 
 import torch
@@ -11,16 +13,38 @@ from ..graph import Graph
 from ..split_egnn import mlp_linears, split_egnn_layer
 
 _ops = torch.ops.egno_fast
+logger = logging.getLogger("egno_fast")
+
+# The edge op stores 6 x E x P x H activations a layer for its backward while they fit this budget, and above it
+# recomputes them tile by tile in the backward (a third more matrix work, identical results; csrc/cpu/egnn_cpu.cpp).
+STORE_BUDGET_ENV = "EGNO_FAST_CPU_STORE_MB"
+DEFAULT_STORE_BUDGET_MB = 2048
+
+
+def store_budget_bytes() -> int:
+    """The per-layer budget for the edge op's stored activations: $EGNO_FAST_CPU_STORE_MB megabytes (default
+    2048; 0 always recomputes)."""
+    value = os.environ.get(STORE_BUDGET_ENV, str(DEFAULT_STORE_BUDGET_MB))
+    try:
+        megabytes = float(value)
+    except ValueError:
+        raise ValueError(f"{STORE_BUDGET_ENV} must be a number of megabytes, got {value!r}") from None
+    if megabytes < 0:
+        raise ValueError(f"{STORE_BUDGET_ENV} must be >= 0, got {value!r}")
+    return int(megabytes * 2**20)
 
 
 @torch.library.register_fake("egno_fast::egnn_edge_forward")
-def _forward_fake(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, rowptr, sender, receiver):
-    return torch.empty_like(a), torch.empty_like(x), a.new_empty((6, sender.shape[0], a.shape[1], a.shape[2]))
+def _forward_fake(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, rowptr, sender, receiver,
+                  store_activations):
+    stored = 6 if store_activations else 0
+    return (torch.empty_like(a), torch.empty_like(x),
+            a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2])))
 
 
 @torch.library.register_fake("egno_fast::egnn_edge_backward")
-def _backward_fake(g_msg, g_coord, activations, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, rowptr, sender,
-                   receiver, sender_rowptr, sender_perm):
+def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, rowptr,
+                   sender, receiver, sender_rowptr, sender_perm):
     return [torch.empty_like(g_msg), torch.empty_like(g_msg), torch.empty_like(x), torch.empty_like(edge_attr),
             *(torch.empty_like(w) for w in (wd, we, w2, b2, wc1, bc1, wc2, bc2))]
 
@@ -39,28 +63,29 @@ def _node_backward_fake(g_x_new, g_h_new, activations, h, msg_sum, coord_sum, v,
 
 class EGNNEdgeCppFunction(torch.autograd.Function):
     """(A, B, x, e, w_d, W_e, W2, b2, Wc1, bc1, w_c2, b_c2) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's
-    edges; the forward stores the three SiLUs' values and derivatives [6, E, P, H] for the backward (see
-    egnn_cpu.cpp)."""
+    edges; with ``store`` the forward keeps the three SiLUs' values and derivatives [6, E, P, H] for the backward,
+    otherwise the backward recomputes them (see egnn_cpu.cpp)."""
 
     @staticmethod
-    def forward(ctx, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, graph: Graph):
+    def forward(ctx, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, graph: Graph, store: bool):
         msg_sum, coord_sum, activations = _ops.egnn_edge_forward(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2,
-                                                                 bc2, graph.rowptr, graph.sender, graph.receiver)
-        ctx.save_for_backward(activations, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2)
+                                                                 bc2, graph.rowptr, graph.sender, graph.receiver,
+                                                                 store)
+        ctx.save_for_backward(activations, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2)
         ctx.graph = graph
         return msg_sum, coord_sum
 
     @staticmethod
     def backward(ctx, g_msg, g_coord):
-        activations, x, edge_attr, *weights = ctx.saved_tensors
+        activations, a, b, x, edge_attr, *weights = ctx.saved_tensors
         graph = ctx.graph
         if g_msg is None:
             g_msg = x.new_zeros(x.shape[0], x.shape[1], activations.shape[-1])
         if g_coord is None:
             g_coord = torch.zeros_like(x)
-        grads = _ops.egnn_edge_backward(g_msg, g_coord, activations, x, edge_attr, *weights, graph.rowptr,
+        grads = _ops.egnn_edge_backward(g_msg, g_coord, activations, a, b, x, edge_attr, *weights, graph.rowptr,
                                         graph.sender, graph.receiver, graph.sender_rowptr, graph.sender_perm)
-        return (*grads, None)
+        return (*grads, None, None)
 
 
 class EGNNNodeCppFunction(torch.autograd.Function):
@@ -83,9 +108,20 @@ class EGNNNodeCppFunction(torch.autograd.Function):
         return (g_h_in, g_msg, g_coord, g_x, g_v, None, *g_weights)
 
 
+_last_store_mode = {"store": True}
+
+
 def _edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weights: List[Tensor],
                graph: Graph) -> Tuple[Tensor, Tensor]:
-    return EGNNEdgeCppFunction.apply(a, b, x, edge_attr, *weights, graph)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (a, b, x, edge_attr, *weights))
+    stored_bytes = 6 * graph.num_edges * a.shape[1] * a.shape[2] * a.element_size()
+    store = needs_grad and stored_bytes <= store_budget_bytes()
+    if needs_grad and store != _last_store_mode["store"]:
+        logger.info("cpp EGNN layer: %s its activations for the backward (%.0f MB a layer; %s = %d MB)",
+                    "stores" if store else "recomputes", stored_bytes / 2**20, STORE_BUDGET_ENV,
+                    store_budget_bytes() // 2**20)
+        _last_store_mode["store"] = store
+    return EGNNEdgeCppFunction.apply(a, b, x, edge_attr, *weights, graph, store)
 
 
 def _node_update(x: Tensor, v: Tensor, h: Tensor, msg_sum: Tensor, coord_sum: Tensor, degree: Tensor, velocity_mlp,
