@@ -238,7 +238,7 @@ void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, at::Tensor&
   const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
   const std::vector<int64_t> bounds = node_groups(rp, num_nodes, tile_edges);
-  const bool stored = acts.numel() > 0;
+  const bool stored = acts.size(0) > 0;
   T *msg = msg_sum.data_ptr<T>(), *coord = coord_sum.data_ptr<T>();
 
   parallel_for_below_autograd(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
@@ -483,7 +483,10 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
                   acts.size(2) == x.size(1) && acts.is_contiguous(),
               "egnn_edge_backward: activations must be the forward's contiguous [6, E, P, H] (or [0, E, P, H] when ",
               "the forward stored none), got ", acts.sizes());
-  check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
+  // the graph and inputs were validated by the forward; a and b (read only to recompute) must still match it
+  TORCH_CHECK(a.sizes() == g_msg.sizes() && b.sizes() == a.sizes() && a.is_contiguous() && b.is_contiguous() &&
+                  a.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(),
+              "egnn_edge_backward: a and b must be the forward's contiguous [N, P, H] node projections");
   const at::Tensor g_msg_c = g_msg.contiguous(), g_coord_c = g_coord.contiguous();
   TORCH_CHECK(g_msg_c.dim() == 3 && g_msg_c.size(0) == x.size(0) && g_msg_c.size(2) == acts.size(3) &&
                   g_coord_c.sizes() == x.sizes(),

@@ -113,14 +113,15 @@ _last_store_mode = {"store": True}
 
 def _edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weights: List[Tensor],
                graph: Graph) -> Tuple[Tensor, Tensor]:
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (a, b, x, edge_attr, *weights))
-    stored_bytes = 6 * graph.num_edges * a.shape[1] * a.shape[2] * a.element_size()
-    store = needs_grad and stored_bytes <= store_budget_bytes()
-    if needs_grad and store != _last_store_mode["store"]:
-        logger.info("cpp EGNN layer: %s its activations for the backward (%.0f MB a layer; %s = %d MB)",
-                    "stores" if store else "recomputes", stored_bytes / 2**20, STORE_BUDGET_ENV,
-                    store_budget_bytes() // 2**20)
-        _last_store_mode["store"] = store
+    store = False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (a, b, x, edge_attr, *weights)):
+        stored_bytes = 6 * graph.num_edges * a.shape[1] * a.shape[2] * a.element_size()
+        budget = store_budget_bytes()
+        store = stored_bytes <= budget
+        if store != _last_store_mode["store"]:
+            logger.info("cpp EGNN layer: %s its activations for the backward (%.0f MB a layer; %s = %d MB)",
+                        "stores" if store else "recomputes", stored_bytes / 2**20, STORE_BUDGET_ENV, budget // 2**20)
+            _last_store_mode["store"] = store
     return EGNNEdgeCppFunction.apply(a, b, x, edge_attr, *weights, graph, store)
 
 
