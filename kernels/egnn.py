@@ -38,6 +38,35 @@ _BLOCK_F = tl.constexpr(BLOCK_F)  # the same, readable inside kernels
 MAX_HIDDEN = 128
 
 
+@triton.jit
+def _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2, row_ok, k0, H, F,
+                       BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       ACC: tl.constexpr):
+    """Columns k0 .. k0 + BLOCK_K of z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T for the rows ([M] node_i, node_j,
+    edge, d2, row_ok): [M, BLOCK_K], zero in padded columns."""
+    kk = k0 + tl.arange(0, BLOCK_K)
+    k_ok = kk < H
+    mask = row_ok[:, None] & k_ok[None, :]
+    wd = tl.load(wd_ptr + kk, mask=k_ok, other=0.0).to(ACC)
+    z1 = tl.load(a_ptr + node_i[:, None] * H + kk[None, :], mask=mask, other=0.0).to(ACC) + \
+        tl.load(b_ptr + node_j[:, None] * H + kk[None, :], mask=mask, other=0.0).to(ACC) + d2[:, None] * wd[None, :]
+    fcols = tl.arange(0, _BLOCK_F)
+    for f0 in range(0, F, _BLOCK_F):
+        f_ok = (f0 + fcols) < F
+        ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
+                     mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [M, BF]
+        we_t = tl.load(we_ptr + kk[None, :] * F + f0 + fcols[:, None],
+                       mask=f_ok[:, None] & k_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BF, BK]
+        z1 += tl.dot(ea, we_t, input_precision=DOT_PRECISION).to(ACC)
+    return z1
+
+
+@triton.jit
+def _silu_grad(z, s):
+    """d silu(z) / dz from z and s = sigmoid(z)."""
+    return s * (1.0 + z * (1.0 - s))
+
+
 # Sizes and counts are not specialised (divisibility by 16, value 1): one compiled variant per table entry, as
 # compiled ahead of time by the tests (F % 16 == 0 once hit a Triton 3.6 layout-verifier failure on sm_90).
 @triton.jit(do_not_specialize=["N", "F", "num_programs"])
@@ -48,8 +77,9 @@ def egnn_edge_kernel(
     node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
     part_mat_ptr, part_we_ptr, part_vec_ptr,
     N, P, H, F, num_programs,
-    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr, MODE: tl.constexpr,
-    ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Node tensors are contiguous [N, P, H] (a, b, gm, node_out, scatter_node) or [N, P, 3] (x, gc, coord_out,
     scatter_coord); ea and g_ea [E, F] in receiver-sorted edge order; weights as nn.Linear stores them
@@ -57,44 +87,41 @@ def egnn_edge_kernel(
     CSR of the owners: rowptr [N + 1]; other [E] the opposite endpoint of each sorted edge (sender in the
     receiver-side modes, receiver in the sender mode); perm [E] (sender mode) the sorted edge of each position.
     Outputs: forward: node_out = msg_sum, coord_out = coord_sum. MODE_RECEIVER_GRAD: node_out = dL/dA,
-    coord_out = receiver part of dL/dx, g_ea, partial weight gradients per program (part_mat [G, 2, BH, BH]:
-    W2, Wc1; part_we [G, BH, F_pad]; part_vec [G, 5, BH]: b2, bc1, wc2, wd, bc2 in column 0); with ATOMIC also
-    scatter_node = dL/dB and scatter_coord = sender part of dL/dx by atomics. MODE_SENDER_GRAD: node_out = dL/dB,
-    coord_out = sender part of dL/dx."""
+    coord_out = receiver part of dL/dx, g_ea, partial weight gradients per program, added to zeroed buffers
+    (part_mat [G, 2, BH, BH]: W2, Wc1; part_we [G, BH, F_pad]) or written (part_vec [G, 5, BH]: b2, bc1, wc2, wd,
+    bc2 in column 0); with ATOMIC also scatter_node = dL/dB and scatter_coord = sender part of dL/dx by atomics.
+    MODE_SENDER_GRAD: node_out = dL/dB, coord_out = sender part of dL/dx.
+
+    Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
+    weight: the first layer is computed BLOCK_K columns at a time and fed to the second layer's dot as its K
+    slice; the coordinate MLP's hidden layer is computed BLOCK_K output columns at a time."""
     pid = tl.program_id(0)
     BLOCK_RE: tl.constexpr = BLOCK_R * BLOCK_E  # edge slots per chunk
     BLOCK_M: tl.constexpr = BLOCK_RE * BLOCK_P  # rows per chunk: (owner, edge slot, frame)
+    NUM_K: tl.constexpr = BLOCK_H // BLOCK_K  # column slices
     rows = tl.arange(0, BLOCK_M)
     row_owner = rows // (BLOCK_E * BLOCK_P)
     row_slot = (rows // BLOCK_P) % BLOCK_E
-    frame = rows % BLOCK_P
-    frame_ok = frame < P
     cols = tl.arange(0, BLOCK_H)
     col_ok = cols < H
+    kcols = tl.arange(0, BLOCK_K)
+    slices = tl.arange(0, NUM_K)
     fcols = tl.arange(0, _BLOCK_F)
     slots = tl.arange(0, BLOCK_RE)
     slot_owner = slots // BLOCK_E
     local_owner = tl.arange(0, BLOCK_R)
-    out_frames = tl.arange(0, BLOCK_P)
-
-    # the [H, H] weights are loaded where they are used (from L2): kept live across the loop, their shared-memory
-    # copies for tl.dot would not fit in fp32 with H = 128. W^T tiles [in, out] for the forward, W [out, in] back.
-    w_mask = col_ok[:, None] & col_ok[None, :]
-    w_rc = cols[:, None] * H + cols[None, :]  # element (row, col) of a row-major [H, H]
-    w_cr = cols[None, :] * H + cols[:, None]  # its transpose
-    wd = tl.load(wd_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    bc1 = tl.load(bc1_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    wc2 = tl.load(wc2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
+    tile_frames = tl.arange(0, BLOCK_P)
     bc2 = tl.load(bc2_ptr).to(ACC)
+    b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     if MODE == 1:
         acc_b2 = tl.zeros((BLOCK_H,), dtype=ACC)
-        acc_bc1 = tl.zeros((BLOCK_H,), dtype=ACC)
-        acc_wc2 = tl.zeros((BLOCK_H,), dtype=ACC)
-        acc_wd = tl.zeros((BLOCK_H,), dtype=ACC)
+        acc_bc1 = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
+        acc_wc2 = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
+        acc_wd = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
         acc_bc2 = tl.zeros((BLOCK_M,), dtype=ACC)
-        part_w2 = part_mat_ptr + pid.to(tl.int64) * 2 * BLOCK_H * BLOCK_H + cols[:, None] * BLOCK_H + cols[None, :]
+        part_w2 = part_mat_ptr + pid.to(tl.int64) * 2 * BLOCK_H * BLOCK_H
         part_wc1 = part_w2 + BLOCK_H * BLOCK_H
+        f_pad = tl.cdiv(F, _BLOCK_F) * _BLOCK_F
 
     for first_owner in range(pid * BLOCK_R, N, num_programs * BLOCK_R):
         owners = first_owner + local_owner  # [BLOCK_R]
@@ -107,144 +134,183 @@ def egnn_edge_kernel(
         slot_start = tl.load(rowptr_ptr + first_owner + slot_owner, mask=first_owner + slot_owner < N, other=0)
         slot_end = tl.load(rowptr_ptr + first_owner + slot_owner + 1, mask=first_owner + slot_owner < N, other=0)
         row_node = first_owner + row_owner
-        acc_node = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_H), dtype=ACC)
-        acc_c0 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
-        acc_c1 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
-        acc_c2 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
         first_start = tl.load(rowptr_ptr + first_owner)
-        for chunk in range(0, tl.max(ends - starts, axis=0), BLOCK_E):
-            # a loop-variant (always true) mask keeps the compiler from hoisting the weight loads out of the loop
-            w_live = w_mask & (w_rc + first_start + chunk >= 0)
-            pos = row_start + chunk + row_slot
-            row_ok = (pos < row_end) & frame_ok
-            if MODE == 2:
-                edge = tl.load(perm_ptr + pos, mask=row_ok, other=0)
-                recv = tl.load(other_ptr + edge, mask=row_ok, other=0)
-                send = row_node
-            else:
-                edge = pos
-                send = tl.load(other_ptr + edge, mask=row_ok, other=0)
-                recv = row_node
-            node_i = recv.to(tl.int64) * P + frame
-            node_j = send.to(tl.int64) * P + frame
-            hmask = row_ok[:, None] & col_ok[None, :]
-            # ---- forward recomputation of the edge rows ----
-            r0 = tl.load(x_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC) - \
-                tl.load(x_ptr + node_j * 3, mask=row_ok, other=0.0).to(ACC)
-            r1 = tl.load(x_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC) - \
-                tl.load(x_ptr + node_j * 3 + 1, mask=row_ok, other=0.0).to(ACC)
-            r2 = tl.load(x_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC) - \
-                tl.load(x_ptr + node_j * 3 + 2, mask=row_ok, other=0.0).to(ACC)
-            d2 = r0 * r0 + r1 * r1 + r2 * r2
-            z1 = tl.load(a_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
-                tl.load(b_ptr + node_j[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
-                d2[:, None] * wd[None, :]
-            for f0 in range(0, F, _BLOCK_F):
-                f_ok = (f0 + fcols) < F
-                ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
-                             mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [M, BF]
-                we_t = tl.load(we_ptr + cols[None, :] * F + f0 + fcols[:, None],
-                               mask=f_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BF, BH]
-                z1 += tl.dot(ea, we_t, input_precision=DOT_PRECISION).to(ACC)
-            s1 = 1.0 / (1.0 + tl.exp(-z1))
-            m1 = z1 * s1
-            w2_t = tl.load(w2_ptr + w_cr, mask=w_live, other=0.0).to(DOT_DTYPE)
-            z2 = tl.dot(m1.to(DOT_DTYPE), w2_t, input_precision=DOT_PRECISION).to(ACC) + b2[None, :]
-            s2 = 1.0 / (1.0 + tl.exp(-z2))
-            m = tl.where(hmask, z2 * s2, 0.0)
-            wc1_t = tl.load(wc1_ptr + w_cr, mask=w_live, other=0.0).to(DOT_DTYPE)
-            z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + bc1[None, :]
-            s3 = 1.0 / (1.0 + tl.exp(-z3))
-            phi = tl.sum(z3 * s3 * wc2[None, :], axis=1) + bc2
-            phi = tl.where(row_ok, phi, 0.0)
-
-            if MODE == 0:
-                acc_node += tl.sum(tl.reshape(m, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1)
-                acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-            else:
-                # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
-                g0 = tl.load(gc_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC)
-                g1 = tl.load(gc_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC)
-                g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
-                g_phi = g0 * r0 + g1 * r1 + g2 * r2
-                g_z3 = g_phi[:, None] * wc2[None, :] * (s3 * (1.0 + z3 * (1.0 - s3)))
-                wc1 = tl.load(wc1_ptr + w_rc, mask=w_live, other=0.0).to(DOT_DTYPE)
-                g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC) + \
-                    tl.dot(g_z3.to(DOT_DTYPE), wc1, input_precision=DOT_PRECISION).to(ACC)
-                g_z2 = tl.where(hmask, g_m * (s2 * (1.0 + z2 * (1.0 - s2))), 0.0)
-                w2 = tl.load(w2_ptr + w_rc, mask=w_live, other=0.0).to(DOT_DTYPE)
-                g_z1 = tl.dot(g_z2.to(DOT_DTYPE), w2, input_precision=DOT_PRECISION).to(ACC) * \
-                    (s1 * (1.0 + z1 * (1.0 - s1)))
-                g_d2 = 2.0 * tl.sum(g_z1 * wd[None, :], axis=1)
-                gr0 = g0 * phi + g_d2 * r0
-                gr1 = g1 * phi + g_d2 * r1
-                gr2 = g2 * phi + g_d2 * r2
-                acc_node += tl.sum(tl.reshape(g_z1, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1)
-                if MODE == 1:
-                    acc_c0 += tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    # weight gradients of this program (fixed order: deterministic)
-                    tl.store(part_w2, tl.load(part_w2) + tl.dot(tl.trans(g_z2).to(DOT_DTYPE), m1.to(DOT_DTYPE),
-                                                                input_precision=DOT_PRECISION).to(ACC))
-                    tl.store(part_wc1, tl.load(part_wc1) + tl.dot(tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE),
-                                                                  input_precision=DOT_PRECISION).to(ACC))
-                    acc_b2 += tl.sum(g_z2, axis=0)
-                    acc_bc1 += tl.sum(g_z3, axis=0)
-                    acc_wc2 += tl.sum(g_phi[:, None] * (z3 * s3), axis=0)
-                    acc_wd += tl.sum(g_z1 * d2[:, None], axis=0)
-                    acc_bc2 += g_phi
-                    edge_pos = slot_start + chunk + slots % BLOCK_E
-                    edge_ok = edge_pos < slot_end
-                    for f0 in range(0, F, _BLOCK_F):
-                        f_ok = (f0 + fcols) < F
-                        ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
-                                     mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)
-                        we = tl.load(we_ptr + cols[:, None] * F + f0 + fcols[None, :],
-                                     mask=col_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BF]
-                        g_ea_rows = tl.dot(g_z1.to(DOT_DTYPE), we, input_precision=DOT_PRECISION).to(ACC)
-                        g_ea = tl.sum(tl.reshape(g_ea_rows, (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
-                        tl.store(g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
-                                 g_ea.to(g_ea_ptr.dtype.element_ty), mask=edge_ok[:, None] & f_ok[None, :])
-                        part_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + cols[:, None]) * \
-                            tl.cdiv(F, _BLOCK_F) * _BLOCK_F + f0 + fcols[None, :]
-                        tl.store(part_we, tl.load(part_we) + tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea,
-                                                                    input_precision=DOT_PRECISION).to(ACC))
-                    if ATOMIC:
-                        tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + cols[None, :], g_z1, mask=hmask)
-                        tl.atomic_add(scatter_coord_ptr + node_j * 3, -gr0, mask=row_ok)
-                        tl.atomic_add(scatter_coord_ptr + node_j * 3 + 1, -gr1, mask=row_ok)
-                        tl.atomic_add(scatter_coord_ptr + node_j * 3 + 2, -gr2, mask=row_ok)
+        max_degree = tl.max(ends - starts, axis=0)
+        for p0 in range(0, P, BLOCK_P):  # frame tiles of the owners (all in this program: g_ea sums over frames)
+            frame = p0 + rows % BLOCK_P
+            frame_ok = frame < P
+            acc_node = tl.zeros((BLOCK_R, BLOCK_P, NUM_K, BLOCK_K), dtype=ACC)
+            acc_c0 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+            acc_c1 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+            acc_c2 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
+            for chunk in range(0, max_degree, BLOCK_E):
+                # a loop-variant (always true) condition keeps the compiler from hoisting the weight slices out of
+                # the loop: all of them live at once would not fit in registers
+                live = kcols + (first_start + chunk + p0) >= 0  # [BLOCK_K]
+                pos = row_start + chunk + row_slot
+                row_ok = (pos < row_end) & frame_ok
+                if MODE == 2:
+                    edge = tl.load(perm_ptr + pos, mask=row_ok, other=0)
+                    recv = tl.load(other_ptr + edge, mask=row_ok, other=0)
+                    send = row_node
                 else:
-                    acc_c0 -= tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c1 -= tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c2 -= tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    edge = pos
+                    send = tl.load(other_ptr + edge, mask=row_ok, other=0)
+                    recv = row_node
+                node_i = recv.to(tl.int64) * P + frame
+                node_j = send.to(tl.int64) * P + frame
+                hmask = row_ok[:, None] & col_ok[None, :]
+                # ---- forward recomputation of the edge rows ----
+                r0 = tl.load(x_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC) - \
+                    tl.load(x_ptr + node_j * 3, mask=row_ok, other=0.0).to(ACC)
+                r1 = tl.load(x_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC) - \
+                    tl.load(x_ptr + node_j * 3 + 1, mask=row_ok, other=0.0).to(ACC)
+                r2 = tl.load(x_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC) - \
+                    tl.load(x_ptr + node_j * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+                d2 = r0 * r0 + r1 * r1 + r2 * r2
+                z2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=ACC)
+                for k0 in range(0, BLOCK_H, BLOCK_K):  # z2 = silu(z1) W2^T, K slice by K slice
+                    z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2, row_ok,
+                                            k0, H, F, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
+                    k_ok = (k0 + kcols < H) & live
+                    w2_t = tl.load(w2_ptr + cols[None, :] * H + k0 + kcols[:, None],
+                                   mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BK, BH]
+                    z2 += tl.dot((z1 / (1.0 + tl.exp(-z1))).to(DOT_DTYPE), w2_t,
+                                 input_precision=DOT_PRECISION).to(ACC)
+                z2 += b2[None, :]
+                s2 = 1.0 / (1.0 + tl.exp(-z2))
+                m = tl.where(hmask, z2 * s2, 0.0)
+                if MODE != 0:
+                    g0 = tl.load(gc_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC)
+                    g1 = tl.load(gc_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC)
+                    g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+                    g_phi = g0 * r0 + g1 * r1 + g2 * r2
+                    g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC)
+                phi = tl.zeros((BLOCK_M,), dtype=ACC)
+                for n0 in range(0, BLOCK_H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
+                    nn = n0 + kcols
+                    n_ok = (nn < H) & live
+                    wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
+                                    mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
+                    z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
+                        tl.load(bc1_ptr + nn, mask=n_ok, other=0.0).to(ACC)[None, :]
+                    s3 = 1.0 / (1.0 + tl.exp(-z3))
+                    wc2 = tl.load(wc2_ptr + nn, mask=n_ok, other=0.0).to(ACC)
+                    phi += tl.sum(z3 * s3 * wc2[None, :], axis=1)
+                    if MODE != 0:
+                        g_z3 = g_phi[:, None] * wc2[None, :] * _silu_grad(z3, s3)
+                        g_m += tl.dot(g_z3.to(DOT_DTYPE), tl.trans(wc1_t), input_precision=DOT_PRECISION).to(ACC)
+                        if MODE == 1:
+                            slice_wc1 = part_wc1 + nn[:, None] * BLOCK_H + cols[None, :]
+                            tl.store(slice_wc1, tl.load(slice_wc1) + tl.dot(
+                                tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE), input_precision=DOT_PRECISION).to(ACC))
+                            this_slice = slices[:, None] == n0 // BLOCK_K
+                            acc_bc1 += tl.where(this_slice, tl.sum(g_z3, axis=0)[None, :], 0.0)
+                            acc_wc2 += tl.where(this_slice, tl.sum(g_phi[:, None] * (z3 * s3), axis=0)[None, :], 0.0)
+                phi = tl.where(row_ok, phi + bc2, 0.0)
 
-        out_node = owners.to(tl.int64)[:, None] * P + out_frames[None, :]  # [BLOCK_R, BLOCK_P]
-        out_ok = owner_ok[:, None] & (out_frames < P)[None, :]
-        tl.store(node_out_ptr + out_node[:, :, None] * H + cols[None, None, :],
-                 acc_node.to(node_out_ptr.dtype.element_ty), mask=out_ok[:, :, None] & col_ok[None, None, :])
-        tl.store(coord_out_ptr + out_node * 3, acc_c0.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
-        tl.store(coord_out_ptr + out_node * 3 + 1, acc_c1.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
-        tl.store(coord_out_ptr + out_node * 3 + 2, acc_c2.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+                if MODE == 0:
+                    acc_node += tl.reshape(tl.sum(tl.reshape(m, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1),
+                                           (BLOCK_R, BLOCK_P, NUM_K, BLOCK_K))
+                    acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                else:
+                    # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
+                    g_z2 = tl.where(hmask, g_m * _silu_grad(z2, s2), 0.0)
+                    if MODE == 1:
+                        acc_b2 += tl.sum(g_z2, axis=0)
+                        acc_bc2 += g_phi
+                        edge_pos = slot_start + chunk + slots % BLOCK_E
+                        edge_ok = edge_pos < slot_end
+                    g_d2 = tl.zeros((BLOCK_M,), dtype=ACC)
+                    for k0 in range(0, BLOCK_H, BLOCK_K):  # g_z1 = (g_z2 W2) * silu'(z1), K slice by K slice
+                        kk = k0 + kcols
+                        k_ok = (kk < H) & live
+                        z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2,
+                                                row_ok, k0, H, F, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
+                        s1 = 1.0 / (1.0 + tl.exp(-z1))
+                        w2_t = tl.load(w2_ptr + cols[None, :] * H + kk[:, None],
+                                       mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BK, BH]
+                        g_z1 = tl.dot(g_z2.to(DOT_DTYPE), tl.trans(w2_t), input_precision=DOT_PRECISION).to(ACC) * \
+                            _silu_grad(z1, s1)
+                        wd = tl.load(wd_ptr + kk, mask=k_ok, other=0.0).to(ACC)
+                        g_d2 += 2.0 * tl.sum(g_z1 * wd[None, :], axis=1)
+                        this_slice = slices[:, None] == k0 // BLOCK_K
+                        acc_node += tl.where(this_slice[None, None, :, :], tl.sum(
+                            tl.reshape(g_z1, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_K)), axis=1)[:, :, None, :], 0.0)
+                        if MODE == 1:
+                            # weight gradients of this program (fixed order: deterministic)
+                            slice_w2 = part_w2 + cols[:, None] * BLOCK_H + kk[None, :]
+                            tl.store(slice_w2, tl.load(slice_w2) + tl.dot(
+                                tl.trans(g_z2).to(DOT_DTYPE), (z1 * s1).to(DOT_DTYPE),
+                                input_precision=DOT_PRECISION).to(ACC))
+                            acc_wd += tl.where(this_slice, tl.sum(g_z1 * d2[:, None], axis=0)[None, :], 0.0)
+                            for f0 in range(0, F, _BLOCK_F):
+                                f_ok = (f0 + fcols) < F
+                                ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
+                                             mask=row_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)
+                                we = tl.load(we_ptr + kk[:, None] * F + f0 + fcols[None, :],
+                                             mask=k_ok[:, None] & f_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BK, BF]
+                                g_ea_rows = tl.dot(g_z1.to(DOT_DTYPE), we, input_precision=DOT_PRECISION).to(ACC)
+                                g_ea = tl.sum(tl.reshape(g_ea_rows, (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
+                                # each edge's g_ea is this program's alone: summed over K slices and frame tiles
+                                g_ea_out = g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :]
+                                g_ea_ok = edge_ok[:, None] & f_ok[None, :]
+                                g_ea += tl.load(g_ea_out, mask=g_ea_ok & (edge_pos + k0 + p0 > edge_pos)[:, None],
+                                               other=0.0).to(ACC)
+                                tl.store(g_ea_out, g_ea.to(g_ea_ptr.dtype.element_ty), mask=g_ea_ok)
+                                slice_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + kk[:, None]) * f_pad + \
+                                    f0 + fcols[None, :]
+                                tl.store(slice_we, tl.load(slice_we) + tl.dot(
+                                    tl.trans(g_z1).to(DOT_DTYPE), ea, input_precision=DOT_PRECISION).to(ACC))
+                            if ATOMIC:
+                                tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + kk[None, :], g_z1,
+                                              mask=row_ok[:, None] & k_ok[None, :])
+                    gr0 = g0 * phi + g_d2 * r0
+                    gr1 = g1 * phi + g_d2 * r1
+                    gr2 = g2 * phi + g_d2 * r2
+                    if MODE == 1:
+                        acc_c0 += tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                        acc_c1 += tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                        acc_c2 += tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                        if ATOMIC:
+                            tl.atomic_add(scatter_coord_ptr + node_j * 3, -gr0, mask=row_ok)
+                            tl.atomic_add(scatter_coord_ptr + node_j * 3 + 1, -gr1, mask=row_ok)
+                            tl.atomic_add(scatter_coord_ptr + node_j * 3 + 2, -gr2, mask=row_ok)
+                    else:
+                        acc_c0 -= tl.sum(tl.reshape(gr0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                        acc_c1 -= tl.sum(tl.reshape(gr1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                        acc_c2 -= tl.sum(tl.reshape(gr2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+
+            out_frames = p0 + tile_frames
+            out_node = owners.to(tl.int64)[:, None] * P + out_frames[None, :]  # [BLOCK_R, BLOCK_P]
+            out_ok = owner_ok[:, None] & (out_frames < P)[None, :]
+            out_cols = slices[:, None] * BLOCK_K + kcols[None, :]  # [NUM_K, BLOCK_K]
+            tl.store(node_out_ptr + out_node[:, :, None, None] * H + out_cols[None, None, :, :],
+                     acc_node.to(node_out_ptr.dtype.element_ty),
+                     mask=out_ok[:, :, None, None] & (out_cols < H)[None, None, :, :])
+            tl.store(coord_out_ptr + out_node * 3, acc_c0.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+            tl.store(coord_out_ptr + out_node * 3 + 1, acc_c1.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
+            tl.store(coord_out_ptr + out_node * 3 + 2, acc_c2.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
 
     if MODE == 1:
-        vec = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H + cols
-        tl.store(vec, acc_b2)
-        tl.store(vec + BLOCK_H, acc_bc1)
-        tl.store(vec + 2 * BLOCK_H, acc_wc2)
-        tl.store(vec + 3 * BLOCK_H, acc_wd)
-        tl.store(vec + 4 * BLOCK_H, tl.where(cols == 0, tl.sum(acc_bc2, axis=0), 0.0))
+        vec = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H
+        sliced = slices[:, None] * BLOCK_K + kcols[None, :]
+        tl.store(vec + cols, acc_b2)
+        tl.store(vec + BLOCK_H + sliced, acc_bc1)
+        tl.store(vec + 2 * BLOCK_H + sliced, acc_wc2)
+        tl.store(vec + 3 * BLOCK_H + sliced, acc_wd)
+        tl.store(vec + 4 * BLOCK_H + cols, tl.where(cols == 0, tl.sum(acc_bc2, axis=0), 0.0))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dispatcher: a finite table of block configurations
 # ---------------------------------------------------------------------------------------------------------------------
-BLOCK_P_VALUES = (4, 8, 16, 32, 64)  # fewer frames are padded to 4
+BLOCK_P_VALUES = (4, 8, 16)  # frame tiles: fewer frames are padded to 4, more are taken 16 at a time
 BLOCK_H_VALUES = (32, 64, 128)  # fewer channels are padded to 32
-_TARGET_ROWS = {32: 16, 64: 16, 128: 16}  # BLOCK_H -> rows (edges x frames) per chunk: fewer rows spill less
+SLICE_WIDTH = 32  # columns of a weight slice held in registers ([BLOCK_K, BLOCK_H])
+TARGET_ROWS = 16  # rows (edges x frames) per chunk: the smallest tl.dot takes, and the fewest registers
 
 
 def _next_pow2(n: int) -> int:
@@ -253,19 +319,19 @@ def _next_pow2(n: int) -> int:
 
 def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict[str, int]:
     """Block sizes and warps for P = ``num_frames`` and H = ``hidden``: each step of a program takes BLOCK_R owners
-    x BLOCK_E of their edges x BLOCK_P frames as rows (at least 16, as tl.dot needs), BLOCK_H >= H columns.
-    GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster there)."""
+    x BLOCK_E of their edges x BLOCK_P frames (a tile of at most 16) as rows, BLOCK_H >= H columns in slices of
+    BLOCK_K. GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster
+    there)."""
     if not 1 <= num_frames <= 64:
         raise ValueError(f"the Triton EGNN layer supports 1 <= P <= 64 frames, got P = {num_frames}")
     if not 1 <= hidden <= MAX_HIDDEN:
         raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {MAX_HIDDEN}, got H = {hidden}")
     if owners_per_step < 1 or owners_per_step & (owners_per_step - 1):
         raise ValueError(f"owners_per_step must be a power of two, got {owners_per_step}")
-    block_p = max(4, _next_pow2(num_frames))
+    block_p = min(max(4, _next_pow2(num_frames)), BLOCK_P_VALUES[-1])
     block_h = max(32, _next_pow2(hidden))
-    block_e = max(1, _TARGET_ROWS[block_h] // block_p)
-    return dict(BLOCK_R=owners_per_step, BLOCK_E=block_e, BLOCK_P=block_p, BLOCK_H=block_h,
-                num_warps=8 if block_h >= 64 else 4)
+    return dict(BLOCK_R=owners_per_step, BLOCK_E=max(1, TARGET_ROWS // block_p), BLOCK_P=block_p,
+                BLOCK_H=block_h, BLOCK_K=min(SLICE_WIDTH, block_h), num_warps=8 if block_h >= 64 else 4)
 
 
 def all_block_configs():
