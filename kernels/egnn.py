@@ -62,6 +62,12 @@ def _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edg
 
 
 @triton.jit
+def _accumulate(ptr, value):
+    """ptr += value, for a program's own partial sums (the same threads load and store each element)."""
+    tl.store(ptr, tl.load(ptr) + value)
+
+
+@triton.jit
 def _silu_grad(z, s):
     """d silu(z) / dz from z and s = sigmoid(z)."""
     return s * (1.0 + z * (1.0 - s))
@@ -87,10 +93,11 @@ def egnn_edge_kernel(
     CSR of the owners: rowptr [N + 1]; other [E] the opposite endpoint of each sorted edge (sender in the
     receiver-side modes, receiver in the sender mode); perm [E] (sender mode) the sorted edge of each position.
     Outputs: forward: node_out = msg_sum, coord_out = coord_sum. MODE_RECEIVER_GRAD: node_out = dL/dA,
-    coord_out = receiver part of dL/dx, g_ea, partial weight gradients per program, added to zeroed buffers
-    (part_mat [G, 2, BH, BH]: W2, Wc1; part_we [G, BH, F_pad]) or written (part_vec [G, 5, BH]: b2, bc1, wc2, wd,
-    bc2 in column 0); with ATOMIC also scatter_node = dL/dB and scatter_coord = sender part of dL/dx by atomics.
-    MODE_SENDER_GRAD: node_out = dL/dB, coord_out = sender part of dL/dx.
+    coord_out = receiver part of dL/dx; with ATOMIC also scatter_node = dL/dB and scatter_coord = sender part of
+    dL/dx by atomics. MODE_SENDER_GRAD: node_out = dL/dB, coord_out = sender part of dL/dx. The backward passes
+    also give partial weight gradients per program, added to zeroed part_mat [G, NUM_MATS, BH, BH] (W2 if K_GRADS,
+    then Wc1 if N_GRADS), part_we [G, BH, F_pad] and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0),
+    and g_ea (K_GRADS).
 
     Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
     weight: the first layer is computed BLOCK_K columns at a time and fed to the second layer's dot as its K
@@ -113,14 +120,16 @@ def egnn_edge_kernel(
     tile_frames = tl.arange(0, BLOCK_P)
     bc2 = tl.load(bc2_ptr).to(ACC)
     b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    if MODE == 1:
-        acc_b2 = tl.zeros((BLOCK_H,), dtype=ACC)
-        acc_bc1 = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
-        acc_wc2 = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
-        acc_wd = tl.zeros((NUM_K, BLOCK_K), dtype=ACC)
-        acc_bc2 = tl.zeros((BLOCK_M,), dtype=ACC)
-        part_w2 = part_mat_ptr + pid.to(tl.int64) * 2 * BLOCK_H * BLOCK_H
-        part_wc1 = part_w2 + BLOCK_H * BLOCK_H
+    # the weight gradients are shared between the two deterministic backward passes (each visits every edge once):
+    # the receiver pass takes the coordinate MLP's (Wc1, bc1, wc2) and b2, bc2; the sender pass the first layer's
+    # (W2, wd, W_e) and the edge-feature gradients. Without a sender pass (ATOMIC) the receiver pass takes all.
+    N_GRADS: tl.constexpr = MODE == 1
+    K_GRADS: tl.constexpr = (MODE == 2) or ((MODE == 1) and ATOMIC)
+    if MODE != 0:
+        part_b2 = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H  # then bc1, wc2, wd, bc2
+        NUM_MATS: tl.constexpr = N_GRADS + K_GRADS  # [H, H] partials per program: W2 (if K_GRADS), then Wc1
+        part_w2 = part_mat_ptr + pid.to(tl.int64) * NUM_MATS * BLOCK_H * BLOCK_H
+        part_wc1 = part_w2 + K_GRADS * BLOCK_H * BLOCK_H
         f_pad = tl.cdiv(F, _BLOCK_F) * _BLOCK_F
 
     for first_owner in range(pid * BLOCK_R, N, num_programs * BLOCK_R):
@@ -169,7 +178,7 @@ def egnn_edge_kernel(
                     tl.load(x_ptr + node_j * 3 + 2, mask=row_ok, other=0.0).to(ACC)
                 d2 = r0 * r0 + r1 * r1 + r2 * r2
                 z2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=ACC)
-                for k0 in range(0, BLOCK_H, BLOCK_K):  # z2 = silu(z1) W2^T, K slice by K slice
+                for k0 in range(0, H, BLOCK_K):  # z2 = silu(z1) W2^T, K slice by K slice
                     z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2, row_ok,
                                             k0, H, F, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
                     k_ok = (k0 + kcols < H) & live
@@ -187,7 +196,7 @@ def egnn_edge_kernel(
                     g_phi = g0 * r0 + g1 * r1 + g2 * r2
                     g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC)
                 phi = tl.zeros((BLOCK_M,), dtype=ACC)
-                for n0 in range(0, BLOCK_H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
+                for n0 in range(0, H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
                     nn = n0 + kcols
                     n_ok = (nn < H) & live
                     wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
@@ -200,13 +209,11 @@ def egnn_edge_kernel(
                     if MODE != 0:
                         g_z3 = g_phi[:, None] * wc2[None, :] * _silu_grad(z3, s3)
                         g_m += tl.dot(g_z3.to(DOT_DTYPE), tl.trans(wc1_t), input_precision=DOT_PRECISION).to(ACC)
-                        if MODE == 1:
-                            slice_wc1 = part_wc1 + nn[:, None] * BLOCK_H + cols[None, :]
-                            tl.store(slice_wc1, tl.load(slice_wc1) + tl.dot(
+                        if N_GRADS:
+                            _accumulate(part_wc1 + nn[:, None] * BLOCK_H + cols[None, :], tl.dot(
                                 tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE), input_precision=DOT_PRECISION).to(ACC))
-                            this_slice = slices[:, None] == n0 // BLOCK_K
-                            acc_bc1 += tl.where(this_slice, tl.sum(g_z3, axis=0)[None, :], 0.0)
-                            acc_wc2 += tl.where(this_slice, tl.sum(g_phi[:, None] * (z3 * s3), axis=0)[None, :], 0.0)
+                            _accumulate(part_b2 + BLOCK_H + nn, tl.sum(g_z3, axis=0))
+                            _accumulate(part_b2 + 2 * BLOCK_H + nn, tl.sum(g_phi[:, None] * (z3 * s3), axis=0))
                 phi = tl.where(row_ok, phi + bc2, 0.0)
 
                 if MODE == 0:
@@ -218,13 +225,18 @@ def egnn_edge_kernel(
                 else:
                     # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
                     g_z2 = tl.where(hmask, g_m * _silu_grad(z2, s2), 0.0)
-                    if MODE == 1:
-                        acc_b2 += tl.sum(g_z2, axis=0)
-                        acc_bc2 += g_phi
-                        edge_pos = slot_start + chunk + slots % BLOCK_E
-                        edge_ok = edge_pos < slot_end
+                    if N_GRADS:
+                        _accumulate(part_b2 + cols, tl.sum(g_z2, axis=0))
+                        _accumulate(part_b2 + 4 * BLOCK_H, tl.sum(g_phi, axis=0))
+                    if K_GRADS:
+                        slot_pos = slot_start + chunk + slots % BLOCK_E
+                        slot_ok = slot_pos < slot_end
+                        if MODE == 2:
+                            slot_edge = tl.load(perm_ptr + slot_pos, mask=slot_ok, other=0)
+                        else:
+                            slot_edge = slot_pos
                     g_d2 = tl.zeros((BLOCK_M,), dtype=ACC)
-                    for k0 in range(0, BLOCK_H, BLOCK_K):  # g_z1 = (g_z2 W2) * silu'(z1), K slice by K slice
+                    for k0 in range(0, H, BLOCK_K):  # g_z1 = (g_z2 W2) * silu'(z1), K slice by K slice
                         kk = k0 + kcols
                         k_ok = (kk < H) & live
                         z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2,
@@ -239,13 +251,12 @@ def egnn_edge_kernel(
                         this_slice = slices[:, None] == k0 // BLOCK_K
                         acc_node += tl.where(this_slice[None, None, :, :], tl.sum(
                             tl.reshape(g_z1, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_K)), axis=1)[:, :, None, :], 0.0)
-                        if MODE == 1:
+                        if K_GRADS:
                             # weight gradients of this program (fixed order: deterministic)
-                            slice_w2 = part_w2 + cols[:, None] * BLOCK_H + kk[None, :]
-                            tl.store(slice_w2, tl.load(slice_w2) + tl.dot(
+                            _accumulate(part_w2 + cols[:, None] * BLOCK_H + kk[None, :], tl.dot(
                                 tl.trans(g_z2).to(DOT_DTYPE), (z1 * s1).to(DOT_DTYPE),
                                 input_precision=DOT_PRECISION).to(ACC))
-                            acc_wd += tl.where(this_slice, tl.sum(g_z1 * d2[:, None], axis=0)[None, :], 0.0)
+                            _accumulate(part_b2 + 3 * BLOCK_H + kk, tl.sum(g_z1 * d2[:, None], axis=0))
                             for f0 in range(0, F, _BLOCK_F):
                                 f_ok = (f0 + fcols) < F
                                 ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
@@ -255,18 +266,17 @@ def egnn_edge_kernel(
                                 g_ea_rows = tl.dot(g_z1.to(DOT_DTYPE), we, input_precision=DOT_PRECISION).to(ACC)
                                 g_ea = tl.sum(tl.reshape(g_ea_rows, (BLOCK_RE, BLOCK_P, _BLOCK_F)), axis=1)
                                 # each edge's g_ea is this program's alone: summed over K slices and frame tiles
-                                g_ea_out = g_ea_ptr + edge_pos.to(tl.int64)[:, None] * F + f0 + fcols[None, :]
-                                g_ea_ok = edge_ok[:, None] & f_ok[None, :]
-                                g_ea += tl.load(g_ea_out, mask=g_ea_ok & (edge_pos + k0 + p0 > edge_pos)[:, None],
+                                g_ea_out = g_ea_ptr + slot_edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :]
+                                g_ea_ok = slot_ok[:, None] & f_ok[None, :]
+                                g_ea += tl.load(g_ea_out, mask=g_ea_ok & (slot_pos + k0 + p0 > slot_pos)[:, None],
                                                other=0.0).to(ACC)
                                 tl.store(g_ea_out, g_ea.to(g_ea_ptr.dtype.element_ty), mask=g_ea_ok)
-                                slice_we = part_we_ptr + (pid.to(tl.int64) * BLOCK_H + kk[:, None]) * f_pad + \
-                                    f0 + fcols[None, :]
-                                tl.store(slice_we, tl.load(slice_we) + tl.dot(
-                                    tl.trans(g_z1).to(DOT_DTYPE), ea, input_precision=DOT_PRECISION).to(ACC))
-                            if ATOMIC:
-                                tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + kk[None, :], g_z1,
-                                              mask=row_ok[:, None] & k_ok[None, :])
+                                _accumulate(part_we_ptr + (pid.to(tl.int64) * BLOCK_H + kk[:, None]) * f_pad + f0 +
+                                            fcols[None, :],
+                                            tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea, input_precision=DOT_PRECISION).to(ACC))
+                        if ATOMIC:
+                            tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + kk[None, :], g_z1,
+                                          mask=row_ok[:, None] & k_ok[None, :])
                     gr0 = g0 * phi + g_d2 * r0
                     gr1 = g1 * phi + g_d2 * r1
                     gr2 = g2 * phi + g_d2 * r2
@@ -294,22 +304,13 @@ def egnn_edge_kernel(
             tl.store(coord_out_ptr + out_node * 3 + 1, acc_c1.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
             tl.store(coord_out_ptr + out_node * 3 + 2, acc_c2.to(coord_out_ptr.dtype.element_ty), mask=out_ok)
 
-    if MODE == 1:
-        vec = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H
-        sliced = slices[:, None] * BLOCK_K + kcols[None, :]
-        tl.store(vec + cols, acc_b2)
-        tl.store(vec + BLOCK_H + sliced, acc_bc1)
-        tl.store(vec + 2 * BLOCK_H + sliced, acc_wc2)
-        tl.store(vec + 3 * BLOCK_H + sliced, acc_wd)
-        tl.store(vec + 4 * BLOCK_H + cols, tl.where(cols == 0, tl.sum(acc_bc2, axis=0), 0.0))
-
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Dispatcher: a finite table of block configurations
 # ---------------------------------------------------------------------------------------------------------------------
 BLOCK_P_VALUES = (4, 8, 16)  # frame tiles: fewer frames are padded to 4, more are taken 16 at a time
 BLOCK_H_VALUES = (32, 64, 128)  # fewer channels are padded to 32
-SLICE_WIDTH = 32  # columns of a weight slice held in registers ([BLOCK_K, BLOCK_H])
+SLICE_WIDTH = 16  # columns of a weight slice held in registers ([BLOCK_K, BLOCK_H])
 TARGET_ROWS = 16  # rows (edges x frames) per chunk: the smallest tl.dot takes, and the fewest registers
 
 
@@ -331,7 +332,7 @@ def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict
     block_p = min(max(4, _next_pow2(num_frames)), BLOCK_P_VALUES[-1])
     block_h = max(32, _next_pow2(hidden))
     return dict(BLOCK_R=owners_per_step, BLOCK_E=max(1, TARGET_ROWS // block_p), BLOCK_P=block_p,
-                BLOCK_H=block_h, BLOCK_K=min(SLICE_WIDTH, block_h), num_warps=8 if block_h >= 64 else 4)
+                BLOCK_H=block_h, BLOCK_K=min(SLICE_WIDTH, block_h), num_warps=8)
 
 
 def all_block_configs():
@@ -463,27 +464,38 @@ class EGNNEdgeFunction(torch.autograd.Function):
         programs = _num_programs(a, 2)
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
         f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
-        receiver_out = dict(
-            node_out=torch.empty_like(a), coord_out=torch.empty_like(x), g_ea=torch.empty_like(edge_attr),
-            part_mat=torch.zeros(programs, 2, block_h, block_h, dtype=acc, device=a.device),
-            part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device),
-            part_vec=torch.empty(programs, 5, block_h, dtype=acc, device=a.device))
+
+        def pass_outputs(num_mats: int, edge_grads: bool) -> Dict[str, Tensor]:
+            """A backward pass's node outputs and per-program partial weight gradients (kernel docstring)."""
+            out = dict(node_out=torch.empty_like(a), coord_out=torch.empty_like(x),
+                       part_mat=torch.zeros(programs, num_mats, block_h, block_h, dtype=acc, device=a.device),
+                       part_vec=torch.zeros(programs, 5, block_h, dtype=acc, device=a.device))
+            if edge_grads:
+                out.update(g_ea=torch.empty_like(edge_attr),
+                           part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device))
+            return out
+
+        receiver = pass_outputs(2 if ctx.atomic else 1, edge_grads=ctx.atomic)
         if ctx.atomic:
-            receiver_out.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
-        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (graph.rowptr, graph.sender, graph.sender),
-                receiver_out, programs)
-        if ctx.atomic:
-            g_b, g_x_sender = receiver_out["scatter_node"], receiver_out["scatter_coord"]
+            receiver.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
+        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (graph.rowptr, graph.sender, graph.sender), receiver,
+                programs)
+        if ctx.atomic:  # the receiver pass did everything
+            first_layer, g_b, g_x_sender = receiver, receiver["scatter_node"], receiver["scatter_coord"]
+            vecs = receiver["part_vec"].sum(0)
         else:
-            g_b, g_x_sender = torch.empty_like(a), torch.empty_like(x)
+            first_layer = pass_outputs(1, edge_grads=True)
             _launch(MODE_SENDER_GRAD, False, tensors, (graph.sender_rowptr, graph.receiver, graph.sender_perm),
-                    dict(node_out=g_b, coord_out=g_x_sender), _num_programs(a, 16))
-        mats = receiver_out["part_mat"].sum(0)[:, :hidden, :hidden]
-        vecs = receiver_out["part_vec"].sum(0)[:, :hidden]
-        g_we = receiver_out["part_we"].sum(0)[:hidden, :num_features]
-        return (receiver_out["node_out"], g_b, receiver_out["coord_out"] + g_x_sender, receiver_out["g_ea"],
-                vecs[3].to(wd.dtype), g_we.to(we.dtype), mats[0].to(w2.dtype), vecs[0].to(b2.dtype),
-                mats[1].to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype),
+                    first_layer, programs)
+            g_b, g_x_sender = first_layer["node_out"], first_layer["coord_out"]
+            vecs = receiver["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
+        vecs = vecs[:, :hidden]
+        g_w2 = first_layer["part_mat"][:, 0].sum(0)[:hidden, :hidden]
+        g_wc1 = receiver["part_mat"][:, -1].sum(0)[:hidden, :hidden]
+        g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
+        return (receiver["node_out"], g_b, receiver["coord_out"] + g_x_sender, first_layer["g_ea"],
+                vecs[3].to(wd.dtype), g_we.to(we.dtype), g_w2.to(w2.dtype), vecs[0].to(b2.dtype),
+                g_wc1.to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype),
                 None, None)
 
 

@@ -133,11 +133,12 @@ def test_every_output_element_is_written(mode):
     outputs = dict(node_out=nan(tensors["a"]), coord_out=nan(tensors["x"]))
     programs = egnn_kernels._num_programs(tensors["a"], 2)
     block_h = egnn_kernels._launch_config(tensors["a"])["BLOCK_H"]
-    if mode == egnn_kernels.MODE_RECEIVER_GRAD:
-        outputs.update(g_ea=nan(graph.edge_attr),
-                       part_mat=torch.zeros(programs, 2, block_h, block_h, dtype=DTYPE, device=DEVICE),
-                       part_we=torch.zeros(programs, block_h, 16, dtype=DTYPE, device=DEVICE),
-                       part_vec=nan(torch.empty(programs, 5, block_h, dtype=DTYPE, device=DEVICE)))
+    if mode != egnn_kernels.MODE_FORWARD:  # the partial weight gradients are summed into zeroed buffers
+        outputs.update(part_mat=torch.zeros(programs, 1, block_h, block_h, dtype=DTYPE, device=DEVICE),
+                       part_vec=torch.zeros(programs, 5, block_h, dtype=DTYPE, device=DEVICE))
+    if mode == egnn_kernels.MODE_SENDER_GRAD:  # the edge-feature gradients
+        outputs.update(g_ea=nan(graph.edge_attr), part_we=torch.zeros(programs, block_h, 16, dtype=DTYPE,
+                                                                      device=DEVICE))
     csr = ((graph.sender_rowptr, graph.receiver, graph.sender_perm) if mode == egnn_kernels.MODE_SENDER_GRAD
            else (graph.rowptr, graph.sender, graph.sender))
     egnn_kernels._launch(mode, False, tensors, csr, outputs, programs)
