@@ -120,16 +120,20 @@ def egnn_edge_kernel(
     tile_frames = tl.arange(0, BLOCK_P)
     bc2 = tl.load(bc2_ptr).to(ACC)
     b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
-    # the weight gradients are shared between the two deterministic backward passes (each visits every edge once):
-    # the receiver pass takes the coordinate MLP's (Wc1, bc1, wc2) and b2, bc2; the sender pass the first layer's
-    # (W2, wd, W_e) and the edge-feature gradients. Without a sender pass (ATOMIC) the receiver pass takes all.
-    N_GRADS: tl.constexpr = MODE == 1
-    K_GRADS: tl.constexpr = (MODE == 2) or ((MODE == 1) and ATOMIC)
+    # the weight gradients are shared between the two deterministic backward passes (each visits every edge once),
+    # which balances their registers: the receiver pass takes the coordinate MLP's (Wc1, bc1, wc2), the sender pass
+    # the rest (W2, wd, W_e, b2, bc2) and the edge-feature gradients. Without a sender pass (ATOMIC) the receiver
+    # pass takes all.
+    RECEIVER_ALL: tl.constexpr = (MODE == 1) and ATOMIC
+    W2_GRADS: tl.constexpr = (MODE == 2) or RECEIVER_ALL
+    WC1_GRADS: tl.constexpr = (MODE == 1)
+    EDGE_GRADS: tl.constexpr = (MODE == 2) or RECEIVER_ALL
+    BIAS_GRADS: tl.constexpr = (MODE == 2) or RECEIVER_ALL
     if MODE != 0:
         part_b2 = part_vec_ptr + pid.to(tl.int64) * 5 * BLOCK_H  # then bc1, wc2, wd, bc2
-        NUM_MATS: tl.constexpr = N_GRADS + K_GRADS  # [H, H] partials per program: W2 (if K_GRADS), then Wc1
+        NUM_MATS: tl.constexpr = W2_GRADS + WC1_GRADS  # [H, H] partials per program: W2, then Wc1
         part_w2 = part_mat_ptr + pid.to(tl.int64) * NUM_MATS * BLOCK_H * BLOCK_H
-        part_wc1 = part_w2 + K_GRADS * BLOCK_H * BLOCK_H
+        part_wc1 = part_w2 + W2_GRADS * BLOCK_H * BLOCK_H
         f_pad = tl.cdiv(F, _BLOCK_F) * _BLOCK_F
 
     for first_owner in range(pid * BLOCK_R, N, num_programs * BLOCK_R):
@@ -143,7 +147,6 @@ def egnn_edge_kernel(
         slot_start = tl.load(rowptr_ptr + first_owner + slot_owner, mask=first_owner + slot_owner < N, other=0)
         slot_end = tl.load(rowptr_ptr + first_owner + slot_owner + 1, mask=first_owner + slot_owner < N, other=0)
         row_node = first_owner + row_owner
-        first_start = tl.load(rowptr_ptr + first_owner)
         max_degree = tl.max(ends - starts, axis=0)
         for p0 in range(0, P, BLOCK_P):  # frame tiles of the owners (all in this program: g_ea sums over frames)
             frame = p0 + rows % BLOCK_P
@@ -153,9 +156,6 @@ def egnn_edge_kernel(
             acc_c1 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
             acc_c2 = tl.zeros((BLOCK_R, BLOCK_P), dtype=ACC)
             for chunk in range(0, max_degree, BLOCK_E):
-                # a loop-variant (always true) condition keeps the compiler from hoisting the weight slices out of
-                # the loop: all of them live at once would not fit in registers
-                live = kcols + (first_start + chunk + p0) >= 0  # [BLOCK_K]
                 pos = row_start + chunk + row_slot
                 row_ok = (pos < row_end) & frame_ok
                 if MODE == 2:
@@ -181,7 +181,7 @@ def egnn_edge_kernel(
                 for k0 in range(0, H, BLOCK_K):  # z2 = silu(z1) W2^T, K slice by K slice
                     z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2, row_ok,
                                             k0, H, F, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
-                    k_ok = (k0 + kcols < H) & live
+                    k_ok = k0 + kcols < H
                     w2_t = tl.load(w2_ptr + cols[None, :] * H + k0 + kcols[:, None],
                                    mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BK, BH]
                     z2 += tl.dot((z1 / (1.0 + tl.exp(-z1))).to(DOT_DTYPE), w2_t,
@@ -198,7 +198,7 @@ def egnn_edge_kernel(
                 phi = tl.zeros((BLOCK_M,), dtype=ACC)
                 for n0 in range(0, H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
                     nn = n0 + kcols
-                    n_ok = (nn < H) & live
+                    n_ok = nn < H
                     wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
                                     mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
                     z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
@@ -209,7 +209,7 @@ def egnn_edge_kernel(
                     if MODE != 0:
                         g_z3 = g_phi[:, None] * wc2[None, :] * _silu_grad(z3, s3)
                         g_m += tl.dot(g_z3.to(DOT_DTYPE), tl.trans(wc1_t), input_precision=DOT_PRECISION).to(ACC)
-                        if N_GRADS:
+                        if WC1_GRADS:
                             _accumulate(part_wc1 + nn[:, None] * BLOCK_H + cols[None, :], tl.dot(
                                 tl.trans(g_z3).to(DOT_DTYPE), m.to(DOT_DTYPE), input_precision=DOT_PRECISION).to(ACC))
                             _accumulate(part_b2 + BLOCK_H + nn, tl.sum(g_z3, axis=0))
@@ -225,10 +225,10 @@ def egnn_edge_kernel(
                 else:
                     # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
                     g_z2 = tl.where(hmask, g_m * _silu_grad(z2, s2), 0.0)
-                    if N_GRADS:
+                    if BIAS_GRADS:
                         _accumulate(part_b2 + cols, tl.sum(g_z2, axis=0))
                         _accumulate(part_b2 + 4 * BLOCK_H, tl.sum(g_phi, axis=0))
-                    if K_GRADS:
+                    if EDGE_GRADS:
                         slot_pos = slot_start + chunk + slots % BLOCK_E
                         slot_ok = slot_pos < slot_end
                         if MODE == 2:
@@ -238,7 +238,7 @@ def egnn_edge_kernel(
                     g_d2 = tl.zeros((BLOCK_M,), dtype=ACC)
                     for k0 in range(0, H, BLOCK_K):  # g_z1 = (g_z2 W2) * silu'(z1), K slice by K slice
                         kk = k0 + kcols
-                        k_ok = (kk < H) & live
+                        k_ok = kk < H
                         z1 = _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edge, d2,
                                                 row_ok, k0, H, F, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
                         s1 = 1.0 / (1.0 + tl.exp(-z1))
@@ -251,12 +251,13 @@ def egnn_edge_kernel(
                         this_slice = slices[:, None] == k0 // BLOCK_K
                         acc_node += tl.where(this_slice[None, None, :, :], tl.sum(
                             tl.reshape(g_z1, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_K)), axis=1)[:, :, None, :], 0.0)
-                        if K_GRADS:
-                            # weight gradients of this program (fixed order: deterministic)
+                        # weight gradients of this program (fixed order: deterministic)
+                        if W2_GRADS:
                             _accumulate(part_w2 + cols[:, None] * BLOCK_H + kk[None, :], tl.dot(
                                 tl.trans(g_z2).to(DOT_DTYPE), (z1 * s1).to(DOT_DTYPE),
                                 input_precision=DOT_PRECISION).to(ACC))
                             _accumulate(part_b2 + 3 * BLOCK_H + kk, tl.sum(g_z1 * d2[:, None], axis=0))
+                        if EDGE_GRADS:
                             for f0 in range(0, F, _BLOCK_F):
                                 f_ok = (f0 + fcols) < F
                                 ea = tl.load(ea_ptr + edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :],
@@ -319,7 +320,7 @@ def _next_pow2(n: int) -> int:
 
 
 def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict[str, int]:
-    """Block sizes and warps for P = ``num_frames`` and H = ``hidden``: each step of a program takes BLOCK_R owners
+    """Block sizes for P = ``num_frames`` and H = ``hidden``: each step of a program takes BLOCK_R owners
     x BLOCK_E of their edges x BLOCK_P frames (a tile of at most 16) as rows, BLOCK_H >= H columns in slices of
     BLOCK_K. GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster
     there)."""
@@ -332,7 +333,13 @@ def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict
     block_p = min(max(4, _next_pow2(num_frames)), BLOCK_P_VALUES[-1])
     block_h = max(32, _next_pow2(hidden))
     return dict(BLOCK_R=owners_per_step, BLOCK_E=max(1, TARGET_ROWS // block_p), BLOCK_P=block_p,
-                BLOCK_H=block_h, BLOCK_K=min(SLICE_WIDTH, block_h), num_warps=8)
+                BLOCK_H=block_h, BLOCK_K=min(SLICE_WIDTH, block_h))
+
+
+def num_warps(mode: int, block_h: int) -> int:
+    """Warps per program: 8 (fewer registers per thread) except the forward at BLOCK_H = 32, which fits 4 warps'
+    registers without spilling (with 8, ptxas trades a stack frame for a second block per SM)."""
+    return 4 if mode == MODE_FORWARD and block_h <= 32 else 8
 
 
 def all_block_configs():
@@ -359,8 +366,6 @@ def aot_configurations(production_only: bool = False):
     plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots for the
     deterministic variants (the opt-in atomic variant is compiled in the production setting)."""
     for cfg in all_block_configs():
-        cfg = dict(cfg)
-        warps = cfg.pop("num_warps")
         tag = "_".join(f"{k}{v}" for k, v in cfg.items())
         precisions = [("tf32", "*fp32", tl.float32, "tf32")]
         if not production_only:
@@ -371,8 +376,8 @@ def aot_configurations(production_only: bool = False):
                 signature.update({name: pointer for name in _NODE_POINTERS})
                 constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision,
                                   ACC=tl.float32)
-                yield (f"{variant}_{precision}_{tag}", egnn_edge_kernel, signature, constexprs, warps,
-                       precision != "ieee")
+                yield (f"{variant}_{precision}_{tag}", egnn_edge_kernel, signature, constexprs,
+                       num_warps(mode, cfg["BLOCK_H"]), precision != "ieee")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -434,7 +439,8 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
         outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
         outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
         num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
-        MODE=mode, ATOMIC=atomic, **_dot_constexprs(a.dtype), **cfg)
+        MODE=mode, ATOMIC=atomic, **_dot_constexprs(a.dtype), **cfg,
+        num_warps=num_warps(mode, cfg["BLOCK_H"]))
 
 
 class EGNNEdgeFunction(torch.autograd.Function):
