@@ -42,12 +42,14 @@ def random_directed_graph(num_nodes: int, num_edges: int, generator: torch.Gener
     return edge_index, edge_attr
 
 
-def compile_every_configuration(module: str, production_archs=(), atomic_variants=frozenset(), title: str = ""):
+def compile_every_configuration(module: str, production_archs=(), atomic_variants=frozenset(), spill_free=(),
+                                title: str = ""):
     """Compile ``module``'s aot_configurations() for sm_90 (and its production ones for ``production_archs``) in a
     process without the interpreter; assert no errors, shared memory within the architecture's limit, atomic
-    instructions exactly in the configurations named in ``atomic_variants`` (name prefixes) and tensor-core
-    instructions exactly where expected. Spilled bytes (the stack frame) are printed, not asserted: the kernels
-    spill today (see the kernels' README). Returns the per-configuration results."""
+    instructions exactly in the configurations named in ``atomic_variants`` (name prefixes), tensor-core
+    instructions exactly where expected, and no spilled bytes (no stack frame) in the configurations named in
+    ``spill_free`` (name prefixes); the spills of the others are printed (see the kernels' README). Returns the
+    per-configuration results."""
     import importlib
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -72,6 +74,9 @@ def compile_every_configuration(module: str, production_archs=(), atomic_variant
     print(f"  {len(spilling)} of {len(results)} configurations spill; most: "
           f"{max((r['spills'] for r in spilling), default=0)} bytes per thread")
     assert not [r["name"] for r in results if r["shared_bytes"] > r["shared_limit"]], "shared memory over the limit"
+    must_not_spill = [r for r in results if r["name"].startswith(tuple(spill_free))]
+    assert len(must_not_spill) >= len(spill_free), "a spill_free prefix names no configuration"
+    assert not [(r["name"], r["spills"]) for r in must_not_spill if r["spills"]], "spills where none are allowed"
     atomic = {r["name"] for r in results if r["atomics"]}
     assert atomic == {r["name"] for r in results if r["name"].startswith(tuple(atomic_variants))}, \
         "atomic instructions outside the opt-in atomic variants"
