@@ -10,13 +10,15 @@ the edge-level work, fused here into one kernel::
     msg_sum_i = sum_j m,   coord_sum_i = sum_j r * phi
 
 A program owns receivers (persistent: receivers pid, pid + G, ...), walks each one's incoming edges in chunks of
-BLOCK_E edges x BLOCK_P frames (one row per edge and frame), and reduces the messages in registers: each node's
-sums are written once. Nothing of size E x H is allocated, forward or backward.
+BLOCK_E edges x BLOCK_P frames (one row per edge and frame; P > 16 in tiles of 16), and reduces the messages in
+registers: each node's sums are written once. Nothing of size E x H is allocated, forward or backward. The [H, H]
+weights enter BLOCK_K rows or columns at a time, so registers never hold a whole weight.
 
-Backward recomputes the edge activations. The receiver pass gives the receiver-side node gradients, the edge-feature
-gradients (each edge belongs to one program) and the weight gradients as per-program partial sums (reduced in a
-fixed order afterwards); the sender pass walks the transposed CSR and gives the sender-side node gradients. Both are
-deterministic. The opt-in atomic mode skips the sender pass and scatters the sender-side gradients with atomics.
+Backward recomputes the edge activations. The receiver pass gives the receiver-side node gradients, the sender pass
+walks the transposed CSR and gives the sender-side node gradients and the edge-feature gradients (each edge belongs
+to one program); the weight gradients are shared between the two as per-program partial sums (reduced in a fixed
+order afterwards). Both are deterministic. The opt-in atomic mode skips the sender pass: the receiver pass does
+everything and scatters the sender-side gradients with atomics.
 """
 from __future__ import annotations
 
