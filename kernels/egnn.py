@@ -65,7 +65,10 @@ def _first_layer_chunk(a_ptr, b_ptr, ea_ptr, wd_ptr, we_ptr, node_i, node_j, edg
 
 @triton.jit
 def _accumulate(ptr, value):
-    """ptr += value, for a program's own partial sums (the same threads load and store each element)."""
+    """ptr += value, for a program's own partial sums. The barrier orders the program's earlier stores (of another
+    slice, chunk or frame tile) before this load: the compiler may give the load and the store different layouts,
+    so the thread that loads an element need not be the one that stored it last time."""
+    tl.debug_barrier()
     tl.store(ptr, tl.load(ptr) + value)
 
 
@@ -271,6 +274,7 @@ def egnn_edge_kernel(
                                 # each edge's g_ea is this program's alone: summed over K slices and frame tiles
                                 g_ea_out = g_ea_ptr + slot_edge.to(tl.int64)[:, None] * F + f0 + fcols[None, :]
                                 g_ea_ok = slot_ok[:, None] & f_ok[None, :]
+                                tl.debug_barrier()  # as in _accumulate
                                 g_ea += tl.load(g_ea_out, mask=g_ea_ok & (slot_pos + k0 + p0 > slot_pos)[:, None],
                                                other=0.0).to(ACC)
                                 tl.store(g_ea_out, g_ea.to(g_ea_ptr.dtype.element_ty), mask=g_ea_ok)
