@@ -278,9 +278,9 @@ def egnn_edge_kernel(
                                 g_ea += tl.load(g_ea_out, mask=g_ea_ok & (slot_pos + k0 + p0 > slot_pos)[:, None],
                                                other=0.0).to(ACC)
                                 tl.store(g_ea_out, g_ea.to(g_ea_ptr.dtype.element_ty), mask=g_ea_ok)
+                                g_we = tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea, input_precision=DOT_PRECISION)
                                 _accumulate(part_we_ptr + (pid.to(tl.int64) * BLOCK_H + kk[:, None]) * f_pad + f0 +
-                                            fcols[None, :],
-                                            tl.dot(tl.trans(g_z1).to(DOT_DTYPE), ea, input_precision=DOT_PRECISION).to(ACC))
+                                            fcols[None, :], g_we.to(ACC))
                         if ATOMIC:
                             tl.atomic_add(scatter_node_ptr + node_j[:, None] * H + kk[None, :], g_z1,
                                           mask=row_ok[:, None] & k_ok[None, :])
