@@ -10,7 +10,7 @@ the edge-level work, fused here into one kernel::
     msg_sum_i = sum_j m,   coord_sum_i = sum_j r * phi
 
 A program owns receivers (persistent: receivers pid, pid + G, ...), walks each one's incoming edges in chunks of
-BLOCK_E edges x BLOCK_P frames (one row per edge and frame; P > 16 in tiles of 16), and reduces the messages in
+BLOCK_E edges x BLOCK_P frames (one row per edge and frame; P > 8 in tiles of 8), and reduces the messages in
 registers: each node's sums are written once. Nothing of size E x H is allocated, forward or backward. The [H, H]
 weights enter BLOCK_K rows or columns at a time, so registers never hold a whole weight.
 
@@ -199,7 +199,13 @@ def egnn_edge_kernel(
                     g1 = tl.load(gc_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC)
                     g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
                     g_phi = g0 * r0 + g1 * r1 + g2 * r2
-                    g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC)
+                    # dL/dm = the incoming message gradient + the coordinate MLP's part (below); the incoming part
+                    # is added before or after the coordinate MLP's slices, whichever needs fewer registers in the
+                    # pass (the AOT table: either order spills in one of the two passes)
+                    if MODE == 2:
+                        g_m = tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC)
+                    else:
+                        g_m = tl.zeros((BLOCK_M, BLOCK_H), dtype=ACC)
                 phi = tl.zeros((BLOCK_M,), dtype=ACC)
                 for n0 in range(0, H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
                     nn = n0 + kcols
@@ -229,6 +235,8 @@ def egnn_edge_kernel(
                     acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
                 else:
                     # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
+                    if MODE != 2:
+                        g_m += tl.load(gm_ptr + node_i[:, None] * H + cols[None, :], mask=hmask, other=0.0).to(ACC)
                     g_z2 = tl.where(hmask, g_m * _silu_grad(z2, s2), 0.0)
                     if BIAS_GRADS:
                         _accumulate(part_b2 + cols, tl.sum(g_z2, axis=0))
@@ -315,7 +323,7 @@ def egnn_edge_kernel(
 # ---------------------------------------------------------------------------------------------------------------------
 # Dispatcher: a finite table of block configurations
 # ---------------------------------------------------------------------------------------------------------------------
-BLOCK_P_VALUES = (4, 8, 16)  # frame tiles: fewer frames are padded to 4, more are taken 16 at a time
+BLOCK_P_VALUES = (4, 8)  # frame tiles: fewer frames are padded to 4, more are taken 8 at a time
 BLOCK_H_VALUES = (32, 64, 128)  # fewer channels are padded to 32
 SLICE_WIDTH = 16  # columns of a weight slice held in registers ([BLOCK_K, BLOCK_H])
 TARGET_ROWS = 16  # rows (edges x frames) per chunk: the smallest tl.dot takes, and the fewest registers

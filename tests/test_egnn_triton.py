@@ -287,9 +287,8 @@ def test_patch_of_layers_outside_the_model_and_refusals(monkeypatch):
 
 def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
     """Atomics only in the opt-in atomic variant; the deterministic ones have none (the GPU-independent evidence
-    for the determinism claim: under the interpreter programs run one after another). No spills in the production
-    setting (fp32 tensors, TF32 dots) of the three default passes at every block size the dispatcher can pick; the
-    bf16, exact-fp32 and opt-in atomic variants are printed (kernels/README.md)."""
+    for the determinism claim: under the interpreter programs run one after another). No register spills (no
+    stack frame) in any configuration: every block size the dispatcher can pick, every variant and precision."""
     compile_every_configuration("egno_fast.kernels.egnn", atomic_variants={"receiver_grad_atomic"},
-                                spill_free=("forward_tf32_", "receiver_grad_tf32_", "sender_grad_tf32_"),
+                                spill_free=tuple(f"{name}_" for name, _, _ in egnn_kernels.VARIANTS),
                                 title="Triton EGNN layer")
