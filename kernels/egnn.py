@@ -335,7 +335,7 @@ def _next_pow2(n: int) -> int:
 
 def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict[str, int]:
     """Block sizes for P = ``num_frames`` and H = ``hidden``: each step of a program takes BLOCK_R owners
-    x BLOCK_E of their edges x BLOCK_P frames (a tile of at most 16) as rows, BLOCK_H >= H columns in slices of
+    x BLOCK_E of their edges x BLOCK_P frames (a tile of at most 8) as rows, BLOCK_H >= H columns in slices of
     BLOCK_K. GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster
     there)."""
     if not 1 <= num_frames <= 64:
