@@ -100,9 +100,9 @@ def egnn_edge_kernel(
     Outputs: forward: node_out = msg_sum, coord_out = coord_sum. MODE_RECEIVER_GRAD: node_out = dL/dA,
     coord_out = receiver part of dL/dx; with ATOMIC also scatter_node = dL/dB and scatter_coord = sender part of
     dL/dx by atomics. MODE_SENDER_GRAD: node_out = dL/dB, coord_out = sender part of dL/dx. The backward passes
-    also give partial weight gradients per program, added to zeroed part_mat [G, NUM_MATS, BH, BH] (W2 if K_GRADS,
-    then Wc1 if N_GRADS), part_we [G, BH, F_pad] and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0),
-    and g_ea (K_GRADS).
+    also give their share of the weight gradients (below) as per-program partial sums added to zeroed buffers:
+    part_mat [G, NUM_MATS, BH, BH] (W2 if W2_GRADS, then Wc1 if WC1_GRADS), part_we [G, BH, F_pad] (EDGE_GRADS)
+    and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0), and with EDGE_GRADS g_ea.
 
     Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
     weight: the first layer is computed BLOCK_K columns at a time and fed to the second layer's dot as its K
