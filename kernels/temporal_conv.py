@@ -4,7 +4,9 @@ K keeps I Fourier modes of the P frames and mixes channels per mode (DESIGN.md Â
 each program owns a block of rows (a node, or one spatial component of a node's vector channels) and a block of
 output channels, forms the I truncated DFT coefficients of its rows by sums over the P frames, mixes channels with
 ``tl.dot`` (or broadcast sums for narrow channels), and applies the inverse real DFT, the activation and the
-residual in registers: one read of the input and one write of the output.
+residual in registers: one write of the output, nothing stored between. The input is read a tile of frames at a
+time (once per mode, from cache after the first); the output is formed a tile of at most 32 frames at a time, so
+registers stay bounded at P = 64 (there the spectra are formed once per output tile).
 
 Exactly as ``torch.fft.irfft`` does, the imaginary parts of the DC bin and (even P) the Nyquist bin are ignored,
 and every other kept bin counts twice (its conjugate partner).
@@ -36,74 +38,85 @@ def spectral_conv_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, cos_ptr, sin_ptr,
     num_rows, rows_per_node, stride_node, stride_row, stride_frame,
     C_IN, C_OUT, NUM_MODES, w_stride_in, w_stride_out, w_imag_sign, P,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_CI: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_CI: tl.constexpr,
     BLOCK_CO: tl.constexpr, USE_DOT: tl.constexpr, LEAKY: tl.constexpr, MODE: tl.constexpr,
     IEEE: tl.constexpr, ACC: tl.constexpr, LOW_PRECISION_DOT: tl.constexpr,
 ):
-    """x, res, out: rows of [P, C] (P frames, P <= BLOCK_P; row r = node r // rows_per_node, component r % rows_per_node; channels
+    """x, res, out: rows of [P, C] (row r = node r // rows_per_node, component r % rows_per_node; channels
     contiguous). w: [C_in, C_out, I, 2] read through (w_stride_in, w_stride_out); w_imag_sign = -1 conjugates.
     cos, sin: [I, P] tables of cos / sin(2 pi m t / P) in the ACC dtype, sines of the DC and Nyquist bins zero.
     ACC is the accumulation dtype (fp32, or fp64 for fp64 inputs); LOW_PRECISION_DOT feeds tl.dot the input's
-    bf16/fp16 operands (fp32 accumulation)."""
+    bf16/fp16 operands (fp32 accumulation). The input is read BLOCK_T frames at a time; the output is formed
+    BLOCK_O frames at a time (all P in one tile unless P is large: then the spectra are formed once per tile)."""
     pid_r = tl.program_id(0)
     pid_o = tl.program_id(1)
     rows = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < num_rows
     base = (rows // rows_per_node).to(tl.int64) * stride_node + (rows % rows_per_node).to(tl.int64) * stride_row
-    frames = tl.arange(0, BLOCK_P)
-    frame_ok = frames < P
     outs = pid_o * BLOCK_CO + tl.arange(0, BLOCK_CO)
     out_ok = outs < C_OUT
 
-    acc = tl.zeros((BLOCK_R, BLOCK_P, BLOCK_CO), dtype=ACC)
-    for mode in range(0, NUM_MODES):
-        # host-made tables: exact in fp64, and a Python float constant here would be rounded to fp32
-        cos_t = tl.load(cos_ptr + mode * P + frames, mask=frame_ok, other=0.0)
-        sin_t = tl.load(sin_ptr + mode * P + frames, mask=frame_ok, other=0.0)
-        keep_sin = (mode != 0) & (2 * mode != P)
-        y_re = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
-        y_im = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
-        for c0 in range(0, C_IN, BLOCK_CI):
-            chans = c0 + tl.arange(0, BLOCK_CI)
-            chan_ok = chans < C_IN
-            offs = base[:, None, None] + frames[None, :, None] * stride_frame + chans[None, None, :]
-            mask = row_ok[:, None, None] & frame_ok[None, :, None] & chan_ok[None, None, :]
-            xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
-            s_re = tl.sum(xc * cos_t[None, :, None], axis=1)  # [BLOCK_R, BLOCK_CI]
-            s_im = -tl.sum(xc * sin_t[None, :, None], axis=1)
-            w_offs = chans[:, None] * w_stride_in + outs[None, :] * w_stride_out + mode * 2
-            w_mask = chan_ok[:, None] & out_ok[None, :]
-            w_re = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
-            w_im = tl.load(w_ptr + w_offs + 1, mask=w_mask, other=0.0).to(ACC) * w_imag_sign
-            if USE_DOT:
-                if LOW_PRECISION_DOT:
-                    low = x_ptr.dtype.element_ty
-                    s_re16, s_im16, w_re16, w_im16 = s_re.to(low), s_im.to(low), w_re.to(low), w_im.to(low)
-                    y_re += tl.dot(s_re16, w_re16) - tl.dot(s_im16, w_im16)
-                    y_im += tl.dot(s_re16, w_im16) + tl.dot(s_im16, w_re16)
-                elif IEEE:
-                    y_re += tl.dot(s_re, w_re, input_precision="ieee") - tl.dot(s_im, w_im, input_precision="ieee")
-                    y_im += tl.dot(s_re, w_im, input_precision="ieee") + tl.dot(s_im, w_re, input_precision="ieee")
+    for o0 in range(0, P, BLOCK_O):
+        frames = o0 + tl.arange(0, BLOCK_O)
+        frame_ok = frames < P
+        acc = tl.zeros((BLOCK_R, BLOCK_O, BLOCK_CO), dtype=ACC)
+        for mode in range(0, NUM_MODES):
+            # host-made tables: exact in fp64, and a Python float constant here would be rounded to fp32
+            cos_t = tl.load(cos_ptr + mode * P + frames, mask=frame_ok, other=0.0)
+            sin_t = tl.load(sin_ptr + mode * P + frames, mask=frame_ok, other=0.0)
+            keep_sin = (mode != 0) & (2 * mode != P)
+            y_re = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
+            y_im = tl.zeros((BLOCK_R, BLOCK_CO), dtype=ACC)
+            for c0 in range(0, C_IN, BLOCK_CI):
+                chans = c0 + tl.arange(0, BLOCK_CI)
+                chan_ok = chans < C_IN
+                s_re = tl.zeros((BLOCK_R, BLOCK_CI), dtype=ACC)  # the mode's DFT coefficients of the rows
+                s_im = tl.zeros((BLOCK_R, BLOCK_CI), dtype=ACC)
+                for t0 in range(0, P, BLOCK_T):
+                    tile = t0 + tl.arange(0, BLOCK_T)
+                    tile_ok = tile < P
+                    offs = base[:, None, None] + tile[None, :, None] * stride_frame + chans[None, None, :]
+                    mask = row_ok[:, None, None] & tile_ok[None, :, None] & chan_ok[None, None, :]
+                    xc = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+                    cos_c = tl.load(cos_ptr + mode * P + tile, mask=tile_ok, other=0.0)
+                    sin_c = tl.load(sin_ptr + mode * P + tile, mask=tile_ok, other=0.0)
+                    s_re += tl.sum(xc * cos_c[None, :, None], axis=1)
+                    s_im -= tl.sum(xc * sin_c[None, :, None], axis=1)
+                w_offs = chans[:, None] * w_stride_in + outs[None, :] * w_stride_out + mode * 2
+                w_mask = chan_ok[:, None] & out_ok[None, :]
+                w_re = tl.load(w_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
+                w_im = tl.load(w_ptr + w_offs + 1, mask=w_mask, other=0.0).to(ACC) * w_imag_sign
+                if USE_DOT:
+                    if LOW_PRECISION_DOT:
+                        low = x_ptr.dtype.element_ty
+                        s_re16, s_im16, w_re16, w_im16 = s_re.to(low), s_im.to(low), w_re.to(low), w_im.to(low)
+                        y_re += tl.dot(s_re16, w_re16) - tl.dot(s_im16, w_im16)
+                        y_im += tl.dot(s_re16, w_im16) + tl.dot(s_im16, w_re16)
+                    elif IEEE:
+                        y_re += tl.dot(s_re, w_re, input_precision="ieee") - \
+                            tl.dot(s_im, w_im, input_precision="ieee")
+                        y_im += tl.dot(s_re, w_im, input_precision="ieee") + \
+                            tl.dot(s_im, w_re, input_precision="ieee")
+                    else:
+                        y_re += tl.dot(s_re, w_re) - tl.dot(s_im, w_im)
+                        y_im += tl.dot(s_re, w_im) + tl.dot(s_im, w_re)
                 else:
-                    y_re += tl.dot(s_re, w_re) - tl.dot(s_im, w_im)
-                    y_im += tl.dot(s_re, w_im) + tl.dot(s_im, w_re)
-            else:
-                y_re += tl.sum(s_re[:, :, None] * w_re[None, :, :] - s_im[:, :, None] * w_im[None, :, :], axis=1)
-                y_im += tl.sum(s_re[:, :, None] * w_im[None, :, :] + s_im[:, :, None] * w_re[None, :, :], axis=1)
-        weight = tl.where(keep_sin, 2.0, 1.0).to(ACC) / P
-        acc += weight * (cos_t[None, :, None] * y_re[:, None, :] - sin_t[None, :, None] * y_im[:, None, :])
+                    y_re += tl.sum(s_re[:, :, None] * w_re[None, :, :] - s_im[:, :, None] * w_im[None, :, :], axis=1)
+                    y_im += tl.sum(s_re[:, :, None] * w_im[None, :, :] + s_im[:, :, None] * w_re[None, :, :], axis=1)
+            weight = tl.where(keep_sin, 2.0, 1.0).to(ACC) / P
+            acc += weight * (cos_t[None, :, None] * y_re[:, None, :] - sin_t[None, :, None] * y_im[:, None, :])
 
-    offs = base[:, None, None] + frames[None, :, None] * stride_frame + outs[None, None, :]
-    mask = row_ok[:, None, None] & frame_ok[None, :, None] & out_ok[None, None, :]
-    res = tl.load(res_ptr + offs, mask=mask, other=0.0)
-    if MODE == 0:
-        if LEAKY:
-            acc = tl.where(acc > 0, acc, acc / 100)  # LeakyReLU(0.01); / 100 keeps fp64 exact
-        out = res.to(ACC) + acc
-    else:
-        res = res.to(ACC)
-        out = tl.where(acc > 0, res, res / 100)
-    tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+        offs = base[:, None, None] + frames[None, :, None] * stride_frame + outs[None, None, :]
+        mask = row_ok[:, None, None] & frame_ok[None, :, None] & out_ok[None, None, :]
+        res = tl.load(res_ptr + offs, mask=mask, other=0.0)
+        if MODE == 0:
+            if LEAKY:
+                acc = tl.where(acc > 0, acc, acc / 100)  # LeakyReLU(0.01); / 100 keeps fp64 exact
+            out = res.to(ACC) + acc
+        else:
+            res = res.to(ACC)
+            out = tl.where(acc > 0, res, res / 100)
+        tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _next_pow2(n: int) -> int:
@@ -112,9 +125,12 @@ def _next_pow2(n: int) -> int:
 
 # The dispatcher's finite table: BLOCK_P bucket x channel class -> block sizes and warps. Narrow channels (<= 8,
 # the vector block's 1 or 2) use broadcast sums; wider ones tl.dot, which needs every dimension >= 16. Frames and
-# channels beyond P and C are masked. BLOCK_R * BLOCK_P * BLOCK_C stays <= 16384 elements per register tile.
+# channels beyond P and C are masked. Registers hold [BLOCK_R, BLOCK_T, BLOCK_CI] of the input and
+# [BLOCK_R, BLOCK_O, BLOCK_CO] of the output at a time: sized so that no configuration spills (the AOT test).
 BLOCK_P_VALUES = (4, 8, 16, 32, 64)
-_DOT_BLOCKS = {4: (32, 64), 8: (32, 64), 16: (16, 32), 32: (16, 16), 64: (16, 16)}  # BLOCK_P -> (CI, CO)
+_DOT_BLOCKS = {4: (16, 64), 8: (16, 64), 16: (16, 32), 32: (16, 16), 64: (16, 16)}  # BLOCK_P -> (CI, CO)
+INPUT_FRAME_TILE = 8  # BLOCK_T
+OUTPUT_FRAME_TILE = 32  # BLOCK_O: beyond it the spectra are formed once per output tile
 
 
 def block_config(num_frames: int, channels: int) -> Dict[str, int]:
@@ -122,17 +138,19 @@ def block_config(num_frames: int, channels: int) -> Dict[str, int]:
     if not 1 <= num_frames <= 64:
         raise ValueError(f"the Triton temporal convolution supports 1 <= P <= 64, got P = {num_frames}")
     block_p = max(4, _next_pow2(num_frames))
+    tiles = dict(BLOCK_T=min(block_p, INPUT_FRAME_TILE), BLOCK_O=min(block_p, OUTPUT_FRAME_TILE))
     if channels <= 8:
-        return dict(BLOCK_P=block_p, BLOCK_R=max(16, 512 // block_p), BLOCK_CI=8, BLOCK_CO=8, USE_DOT=False,
-                    num_warps=4)
+        return dict(tiles, BLOCK_R=max(16, 128 // block_p), BLOCK_CI=8, BLOCK_CO=8, USE_DOT=False,
+                    num_warps=2 if block_p <= 8 else 4)
     block_ci, block_co = _DOT_BLOCKS[block_p]
-    return dict(BLOCK_P=block_p, BLOCK_R=16, BLOCK_CI=block_ci, BLOCK_CO=block_co, USE_DOT=True,
-                num_warps=8 if block_p * block_co >= 256 else 4)
+    return dict(tiles, BLOCK_R=16, BLOCK_CI=block_ci, BLOCK_CO=block_co, USE_DOT=True,
+                num_warps=8 if tiles["BLOCK_O"] * block_co > 256 else 4)
 
 
 def all_block_configs():
     """Every configuration :func:`block_config` can return (for ahead-of-time compilation tests)."""
-    return [block_config(p, c) for p in BLOCK_P_VALUES for c in (8, 16)]
+    configs = [block_config(p, c) for p in BLOCK_P_VALUES for c in (8, 16)]
+    return [cfg for i, cfg in enumerate(configs) if cfg not in configs[:i]]  # P = 32 and 64 share theirs
 
 
 KERNEL_SIGNATURE = {name: "*fp32" for name in ("x_ptr", "res_ptr", "w_ptr", "out_ptr", "cos_ptr", "sin_ptr")}
