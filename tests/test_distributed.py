@@ -3,6 +3,7 @@ import json
 import os
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -42,3 +43,33 @@ def test_two_process_training_in_sync_and_written_once(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records].count("start") == 1  # rank 1 wrote nothing
     assert [r["epoch"] for r in records if r["event"] == "eval"] == [0, 1]
+
+
+def test_command_line_under_torchrun_trains_once_with_two_ranks(tmp_path):
+    """``torchrun --nproc_per_node 2 -m egno_fast train``: one process group, one log, one summary (rank 0)."""
+    import subprocess
+
+    from test_training import TINY
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "egno_fast", "train", "--epochs", "2", "--data-dir", str(tmp_path / "data"),
+               "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    for override in TINY:
+        command += ["--set", override]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("best validation F-MSE") == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("start") == 1
+    assert [r["epoch"] for r in records if r["event"] == "eval"] == [0, 1]
+    start = next(r for r in records if r["event"] == "start")
+    assert start["world_size"] == 2  # the effective batch is world_size x train.batch_size
+
+
+def test_torchrun_environment_refuses_an_indexed_gpu(monkeypatch):
+    from egno_fast.training.launch import process_group_from_environment
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="--device cuda"):
+        with process_group_from_environment("cuda:1"):
+            pass

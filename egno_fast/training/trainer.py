@@ -154,7 +154,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     from .plotting import plot_trajectories
 
     run_dir = Path(run_dir)
-    rank, _ = _rank_and_world()
+    rank, world = _rank_and_world()
     main_process = rank == 0
     cfg = config.train
     device = torch.device(cfg.device)
@@ -206,7 +206,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
             tmp.write_text(json.dumps(config.to_dict(), indent=2))
         log.write({"event": "start", "command": command or " ".join(shlex.quote(a) for a in sys.argv),
                    "config": config.to_dict(), "seed": cfg.seed, "git_commit": git_commit(),
-                   "torch": torch.__version__, "backend": model.backend, "device": str(device),
+                   "torch": torch.__version__, "backend": model.backend, "device": str(device), "world_size": world,
                    "resumed_at_epoch": state["epoch"] if saved is not None else None,
                    "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
