@@ -60,14 +60,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     with process_group_from_environment(config.train.device) as backend:
         result = train(config, run_dir, resume=not args.no_resume, progress=not args.no_progress,
                        command=_command_line(args))
-        main_process = not backend or dist.get_rank() == 0
+        main_process = not dist.is_initialized() or dist.get_rank() == 0
     if main_process:
         print(f"\n{config.name}: stopped by {result.stopped} after {result.epochs_run} epochs "
               f"({result.wall_s / 60:.1f} min of training)")
         print(f"best validation F-MSE {result.val_f_mse:.6f} at epoch {result.best_epoch}; "
               f"test F-MSE {result.test_f_mse:.6f}, test A-MSE {result.test_a_mse:.6f}")
         print(f"checkpoint: {result.checkpoint}\nmetrics log: {result.log}\nplot: {result.plot}")
-    if backend == "gloo":
+    if backend == "gloo":  # a process group this command opened (never one of a caller's)
         # torch 2.13 on CPU: a process that ran DistributedDataParallel over gloo sometimes aborts in interpreter
         # finalization after all its work (SIGABRT, "terminate called without an active exception"; about 1 run
         # in 15, also with a ten-line DDP script). Every file is written and closed by now: exit without it.

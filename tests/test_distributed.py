@@ -73,3 +73,17 @@ def test_torchrun_environment_refuses_an_indexed_gpu(monkeypatch):
     with pytest.raises(ValueError, match="--device cuda"):
         with process_group_from_environment("cuda:1"):
             pass
+
+
+def test_a_callers_process_group_is_left_alone(monkeypatch, tmp_path):
+    """Under torchrun with a group the caller opened: nothing opened, nothing destroyed (and no early exit)."""
+    from egno_fast.training.launch import process_group_from_environment
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        with process_group_from_environment("cpu") as opened:
+            assert opened == ""
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()

@@ -18,12 +18,13 @@ def launched_by_torchrun() -> bool:
 @contextmanager
 def process_group_from_environment(device: str) -> Iterator[str]:
     """Initialise the default process group while the block runs, when torchrun started this process and nobody
-    has initialised one yet; otherwise do nothing. Yields the process group's backend ("" when there is none).
+    has initialised one yet; otherwise do nothing. Yields the backend of the group it opened ("" when it opened
+    none, whether or not the caller has one of its own).
 
     A CUDA ``device`` gives NCCL and one GPU per local rank (rank r trains on cuda:LOCAL_RANK, so ``device`` must
     name no index); any other device gives gloo."""
     if not launched_by_torchrun() or dist.is_initialized():
-        yield dist.get_backend() if dist.is_initialized() else ""
+        yield ""
         return
     if not dist.is_available():
         raise RuntimeError("torchrun started this process but this torch build has no torch.distributed")
