@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import platform
 import shlex
 import sys
@@ -50,30 +49,23 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train; under torchrun every process trains its shard with DistributedDataParallel and rank 0 writes."""
-    import torch.distributed as dist
-
     from .training import train
-    from .training.launch import process_group_from_environment
+    from .training.launch import leave_without_finalization, process_group_from_environment, rank_and_world
 
     config = _config_from_args(args)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.name}-seed{config.train.seed}")
     with process_group_from_environment(config.train.device) as backend:
         result = train(config, run_dir, resume=not args.no_resume, progress=not args.no_progress,
                        command=_command_line(args))
-        main_process = not dist.is_initialized() or dist.get_rank() == 0
-    if main_process:
+        rank, _ = rank_and_world()
+    if rank == 0:
         print(f"\n{config.name}: stopped by {result.stopped} after {result.epochs_run} epochs "
               f"({result.wall_s / 60:.1f} min of training)")
         print(f"best validation F-MSE {result.val_f_mse:.6f} at epoch {result.best_epoch}; "
               f"test F-MSE {result.test_f_mse:.6f}, test A-MSE {result.test_a_mse:.6f}")
         print(f"checkpoint: {result.checkpoint}\nmetrics log: {result.log}\nplot: {result.plot}")
-    if backend == "gloo":  # a process group this command opened (never one of a caller's)
-        # torch 2.13 on CPU: a process that ran DistributedDataParallel over gloo sometimes aborts in interpreter
-        # finalization after all its work (SIGABRT, "terminate called without an active exception"; about 1 run
-        # in 15, also with a ten-line DDP script). Every file is written and closed by now: exit without it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    if backend == "gloo":  # a process group this command opened (never one of a caller's); every file is closed
+        leave_without_finalization()
     return 0
 
 

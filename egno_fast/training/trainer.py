@@ -26,6 +26,7 @@ from ..data.io import atomic_path
 from ..data.registry import make_datasets
 from ..models import EGNO
 from .checkpoint import load_checkpoint, save_checkpoint
+from .launch import rank_and_world
 from .metrics import frame_mse, frame_squared_error
 
 # Settings that may change when a run is resumed (extending or shortening it); any other change is an error.
@@ -58,12 +59,6 @@ class TrainResult:
     @property
     def plot(self) -> Path:
         return self.run_dir / "trajectories.png"
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def git_commit() -> str:
@@ -110,7 +105,7 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> Da
     """Training: shuffled, last partial batch dropped. One process draws the order from torch's global generator
     (as the reference code does, so a seed gives its data order; the generator state is checkpointed); under
     torch.distributed each rank takes its shard from a DistributedSampler seeded by ``seed`` and the epoch."""
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     if train and world > 1:
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
@@ -154,7 +149,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     from .plotting import plot_trajectories
 
     run_dir = Path(run_dir)
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     main_process = rank == 0
     cfg = config.train
     device = torch.device(cfg.device)
