@@ -1,10 +1,8 @@
 """End-to-end training throughput: optimizer steps on real batches, per backend (samples/s and epoch time)."""
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
-from pathlib import Path
 from typing import Dict, List
 
 import torch
@@ -48,7 +46,7 @@ def _step_records(config, dataset, device, backends, steps, batches_per_epoch) -
 def training_throughput(device: torch.device, backends: List[str], steps: int = 5, small: bool = False) -> List[Dict]:
     """Samples per second and epoch time of Adam steps with the paper configs of N-body (batch 100, 3000 samples;
     ``small`` generates 200 trajectories in a temporary folder instead of using the cached set) and mocap (batch
-    12, 200 samples; the data file from $EGNO_FAST_MOCAP or ../shared/data, else recorded as skipped)."""
+    12, 200 samples; the data file shipped with the package, or $EGNO_FAST_MOCAP)."""
     overrides = ["data.num_train=200", "data.num_valid=10", "data.num_test=10", "data.max_train_samples=200"] \
         if small else []
     paper = load_config("nbody")
@@ -60,10 +58,6 @@ def training_throughput(device: torch.device, backends: List[str], steps: int = 
     records = _step_records(config, dataset, device, backends, steps,
                             paper.data.max_train_samples // paper.train.batch_size)
     mocap = load_config("mocap")
-    mocap.data.data_dir = os.environ.get("EGNO_FAST_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    try:
-        dataset = make_datasets(mocap.data, progress=False)["train"]
-    except FileNotFoundError as error:
-        return records + [{"dataset": "mocap", "status": "skipped", "reason": str(error)}]
+    dataset = make_datasets(mocap.data, progress=False)["train"]
     return records + _step_records(mocap, dataset, device, backends, steps,
                                    mocap.data.max_train_samples // mocap.train.batch_size)

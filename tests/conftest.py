@@ -1,4 +1,4 @@
-"""Shared helpers: paths to ../shared, random graphs, and random orthogonal transforms."""
+"""Test helpers: the fixtures folder, random graphs, and random orthogonal transforms."""
 import json
 import os
 import subprocess
@@ -13,14 +13,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EGNO_FAST_SHARED", REPO.parent / "shared"))
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"the shared folder with fixtures is missing: {SHARED} (set EGNO_FAST_SHARED)")
-    return SHARED
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # outputs of the public EGNO code (README there)
 
 
 def random_orthogonal(generator: torch.Generator, reflect: bool = True) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The motion-capture dataset (shared/data) with the EGNO protocol, and its error cases."""
+"""The motion-capture dataset (shipped in egno_fast/data/files) with the EGNO protocol, and its error cases."""
 import numpy as np
 import pytest
 import torch
@@ -9,8 +9,8 @@ from egno_fast.data.mocap import MOCAP_FILE, find_mocap_file, mocap_datasets, sk
 
 
 @pytest.fixture(scope="module")
-def mocap_path(shared_dir):
-    return shared_dir / "data" / MOCAP_FILE
+def mocap_path():
+    return find_mocap_file()
 
 
 @pytest.fixture(scope="module")

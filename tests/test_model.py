@@ -4,7 +4,7 @@ import logging
 import pytest
 import torch
 
-from conftest import make_backend_unavailable, random_directed_graph, random_orthogonal
+from conftest import FIXTURES, make_backend_unavailable, random_directed_graph, random_orthogonal
 from egno_fast import EGNO, BackendUnavailableError, GraphInputError, build_graph
 from egno_fast.compat import edge_index_from_official
 from egno_fast.models.egno import official_to_native
@@ -26,8 +26,8 @@ def small_batch(seed, num_graphs=3, nodes=5, node_dim=1, edge_dim=2):
     return x, v, h, torch.cat(edges, 1), torch.cat(attrs), batch
 
 
-def test_official_checkpoint_reproduces_reference_outputs(shared_dir):
-    fixture = torch.load(shared_dir / "fixtures" / "official_egno_nbody.pt", weights_only=False)
+def test_official_checkpoint_reproduces_reference_outputs():
+    fixture = torch.load(FIXTURES / "official_egno_nbody.pt", weights_only=False)
     model = EGNO.from_official_state_dict(fixture["state_dict"], **fixture["config"])
     inp = fixture["inputs"]
     out = model(inp["x"], inp["v"], inp["h"], edge_index_from_official(inp["edge_index"]), inp["edge_attr"],

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FIXTURES
 from egno_fast.data import NBodyDataset, NBodyParams, collate_graphs, generate_nbody, load_or_generate_nbody
 from egno_fast.data.io import load_npz
 
@@ -15,8 +16,8 @@ def first_sixty():
     return generate_nbody(NBodyParams(num_train=60, num_valid=0, num_test=0))
 
 
-def test_matches_reference_generator(shared_dir, first_sixty):
-    ref = np.load(shared_dir / "fixtures" / "official_nbody_seed43_train_first2.npz")
+def test_matches_reference_generator(first_sixty):
+    ref = np.load(FIXTURES / "official_nbody_seed43_train_first2.npz")
     np.testing.assert_array_equal(first_sixty["charges_train"][:2], ref["charges"])
     np.testing.assert_allclose(first_sixty["loc_train"][:2], ref["loc"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(first_sixty["vel_train"][:2], ref["vel"], rtol=0, atol=1e-9)

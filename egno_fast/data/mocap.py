@@ -1,4 +1,4 @@
-"""CMU motion capture (subject 9, running) with the EGNO protocol (DESIGN.md §2, shared/data/README.md)."""
+"""CMU motion capture (subject 9, running) with the EGNO protocol (docs/design.md, data/files/README.md)."""
 from __future__ import annotations
 
 import os
@@ -18,12 +18,20 @@ _FILE_SPLIT = {"train": "train", "valid": "val", "test": "test"}
 SPAN = 30  # Delta: frames between the input and the last target
 
 
+SHIPPED_FILE = Path(__file__).resolve().parent / "files" / MOCAP_FILE  # shipped with the package
+
+
 def find_mocap_file(data_dir: Optional[str | Path] = None) -> Path:
-    """$EGNO_FAST_MOCAP if set, else ``data_dir``/cmu_mocap_run_subject9.npz; a clear error if it is absent."""
-    path = Path(os.environ[MOCAP_ENV]) if os.environ.get(MOCAP_ENV) else Path(data_dir or ".") / MOCAP_FILE
+    """$EGNO_FAST_MOCAP if set, else ``data_dir``/cmu_mocap_run_subject9.npz if ``data_dir`` is given, else the file
+    shipped with the package; a clear error if the chosen file is absent."""
+    if os.environ.get(MOCAP_ENV):
+        path = Path(os.environ[MOCAP_ENV])
+    else:
+        path = Path(data_dir) / MOCAP_FILE if data_dir else SHIPPED_FILE
     if not path.exists():
         raise FileNotFoundError(f"motion-capture file not found: {path}. Set ${MOCAP_ENV} to the file, or pass "
-                                f"--data-dir with the folder holding {MOCAP_FILE} (shipped in shared/data)")
+                                f"--data-dir with the folder holding {MOCAP_FILE} (the package ships one: "
+                                "leave both unset to use it)")
     return path
 
 
