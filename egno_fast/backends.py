@@ -10,6 +10,7 @@ run it, and the model logs and records what it chose.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from typing import Callable, Dict, Optional, Tuple
 
@@ -31,6 +32,7 @@ _REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in ALL_OPS}
 _DEVICES: Dict[tuple, Tuple[str, ...]] = {}  # (op, backend) -> device types it runs on (absent: any)
 _LOAD_ERRORS: Dict[str, str] = {}
 _LOADED = {"reference"}
+logger = logging.getLogger("egno_fast")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -63,6 +65,9 @@ def _load(backend: str) -> None:
             importlib.import_module(module).register_ops(register)
         except ImportError as error:
             _LOAD_ERRORS[backend] = f"{module} cannot be imported ({error})"
+            # said once, where anyone sees it: "auto" then runs another backend, never silently
+            logger.warning("backend %r is unavailable: %s", backend, _LOAD_ERRORS[backend])
+            return
 
 
 def check_backend_name(name: str) -> str:

@@ -16,6 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # outputs of the public EGNO code (README there)
 
 
+def pytest_sessionstart(session):
+    """Build the C++ extension (first use on a machine: a few minutes) before collection, with its progress lines on
+    the terminal rather than captured; a build that fails is reported by the tests that need it."""
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        try:
+            import egno_fast.cpp  # noqa: F401  (builds or loads the extension)
+        except ImportError as error:
+            print(f"egno_fast: the C++ extension is unavailable: {error}")
+
+
 def random_orthogonal(generator: torch.Generator, reflect: bool = True) -> torch.Tensor:
     """A random 3x3 orthogonal matrix in float64, with determinant -1 when ``reflect``."""
     q, r = torch.linalg.qr(torch.randn(3, 3, generator=generator, dtype=torch.float64))

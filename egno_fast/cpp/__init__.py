@@ -1,19 +1,19 @@
-"""The "cpp" backend: the C++/CUDA extension ``egno_fast._C`` (sources in csrc/), whose operators live under
-``torch.ops.egno_fast``. This package adds their fake (meta) kernels, autograd and the Python entry points, and
-registers them with :mod:`egno_fast.backends`.
+"""The "cpp" backend: the C++/CUDA extension (sources in csrc/), whose operators live under ``torch.ops.egno_fast``.
+This package adds their fake (meta) kernels, autograd and the Python entry points, and registers them with
+:mod:`egno_fast.backends`.
 
-Importing it raises ImportError, with the reason and the build command, when the extension is not built;
-``egno-fast info`` reports that reason and the "cpp" backend then refuses to run (no silent fallback).
+Importing it builds the extension on first use on a machine (:mod:`egno_fast.cpp.build`: a few minutes, with a
+progress line; cached afterwards) and raises :class:`~egno_fast.cpp.build.ExtensionBuildError` (an ImportError) with
+the reason and the fix when it cannot be built; ``egno-fast info`` reports that reason and the "cpp" backend then
+refuses to run (no silent fallback).
 """
 from __future__ import annotations
 
 from typing import Dict
 
-try:
-    from .. import _C
-except ImportError as error:  # not built, or built against another torch
-    raise ImportError(f"the C++ extension egno_fast._C is not built or does not load ({error}); build it with "
-                      "`pip install --no-build-isolation -e .` (needs a C++ compiler; see setup.py)") from error
+from .build import load_extension
+
+_C = load_extension()
 
 from . import egnn, graph, temporal_conv  # noqa: E402  (registers fake kernels)
 

@@ -1,12 +1,26 @@
-"""Checkpoints written atomically (a crash leaves the previous file intact) and loaded with clear errors."""
+"""The two files a run writes, both atomically (a crash leaves the previous file intact) and loaded with clear errors.
+
+- A **training checkpoint** (``last.pt``, ``best.pt``): everything needed to resume (model, optimizer, scheduler,
+  loop state, random state, config). Large, and never committed to the repository.
+- A **model file** (``model.pt``): the trained weights and what rebuilds the model, nothing else. It holds only
+  tensors and plain values (str, int, float, bool, None, lists and dicts of them), so ``torch.load(...,
+  weights_only=True)`` reads it without running pickled code. Its fields (format ``egno_fast.model/1``):
+
+  ``format`` (str), ``model_config`` (the keyword arguments of :class:`~egno_fast.EGNO` without ``backend``),
+  ``model`` (the state_dict, CPU tensors), ``config`` (the experiment config as a dict: data protocol and training
+  settings, what ``egno-fast eval`` needs to rebuild the data), ``epoch`` (the epoch the weights are from),
+  ``metrics`` (a dict of the run's numbers at that epoch, may be empty).
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from ..data.io import atomic_path
+
+MODEL_FILE_FORMAT = "egno_fast.model/1"
 
 
 def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> None:
@@ -16,7 +30,7 @@ def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint`."""
+    """Load a training checkpoint written by :func:`save_checkpoint`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -27,3 +41,49 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not an egno_fast checkpoint (no 'model' and 'config' entries)")
     return state
+
+
+def model_file_record(model_config: Dict[str, Any], model_state: Dict[str, torch.Tensor], config: Dict[str, Any],
+                      epoch: Optional[int], metrics: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
+    """The contents of a model file (see the module docstring); ``model_config``'s ``backend`` is dropped (a choice
+    of the machine that loads it, not of the model)."""
+    rebuild = {k: v for k, v in model_config.items() if k != "backend"}
+    return {"format": MODEL_FILE_FORMAT, "model_config": rebuild,
+            "model": {name: tensor.detach().cpu() for name, tensor in model_state.items()},
+            "config": config, "epoch": epoch, "metrics": dict(metrics or {})}
+
+
+def save_model_file(path: str | Path, record: Dict[str, Any]) -> None:
+    """Write a model file (a record from :func:`model_file_record`) atomically."""
+    if record.get("format") != MODEL_FILE_FORMAT:
+        raise ValueError(f"not a model file record (format {record.get('format')!r})")
+    save_checkpoint(path, record)
+
+
+def model_file_from_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
+    """The model file of a training checkpoint (its weights, config and epoch; the metrics at its best epoch)."""
+    loop = state.get("state", {})
+    metrics = {"val_f_mse": loop.get("best_val"), "test_f_mse": loop.get("test_f_at_best"),
+               "test_a_mse": loop.get("test_a_at_best")} if "best_val" in loop else {}
+    return model_file_record(state["model_config"], state["model"], state["config"], loop.get("best_epoch"),
+                             metrics)
+
+
+def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Read a model file, or the model part of a training checkpoint, as a model file record (both with
+    ``weights_only=True``: tensors and plain values only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model file not found: {path}")
+    try:
+        record = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable egno_fast model file: {error}") from error
+    if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
+        missing = [k for k in ("model_config", "model", "config", "epoch") if k not in record]
+        if missing:
+            raise ValueError(f"{path} is a damaged model file (no {', '.join(missing)})")
+        return record
+    if isinstance(record, dict) and {"model", "config", "model_config"} <= set(record):
+        return model_file_from_checkpoint(record)
+    raise ValueError(f"{path} is neither an egno_fast model file nor a training checkpoint")
