@@ -1,4 +1,4 @@
-"""Benchmark inputs: the graphs of DESIGN.md §6 and the issue's sweep, built identically for every backend."""
+"""Benchmark inputs: the graphs and sweep sizes of docs/design.md §6.3-§6.4, built identically for every backend."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Issue 5's CPU targets for the "cpp" backend, measured as ratios in one run on this machine.
+"""The CPU speed targets of the "cpp" backend (docs/design.md §6.4), measured as ratios in one run on this machine.
 
     python -m benchmarks.cpp_target [--repeats 5] [--points 10000 100000 1000000] [--output results.json]
 

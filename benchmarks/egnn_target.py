@@ -1,4 +1,4 @@
-"""The EGNN-layer speed target of issue 4, on a GPU:
+"""The EGNN-layer speed target (docs/design.md §6.4), on a GPU:
 ``python -m benchmarks.egnn_target [--nodes 100000] [--out DIR] [--no-fit]``.
 
 One EGNN layer, forward+backward, on a jittered-lattice radius graph (32 neighbours), P = 8, H = 128, fp32 weights:

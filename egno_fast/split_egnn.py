@@ -1,6 +1,6 @@
 """The node-level half of a fused EGNN layer, shared by every fused backend ("triton", "cpp").
 
-The first edge layer W1 [|r|^2, h_i, h_j, e] + b1 is split (DESIGN.md §4) into the node projections
+The first edge layer W1 [|r|^2, h_i, h_j, e] + b1 is split (docs/design.md §4.3) into the node projections
 A = h W_a + b1 and B = h W_b, computed once per node, plus w_d |r|^2 + W_e e per edge. A backend supplies the edge
 half, ``edge_sums(a, b, x, edge_attr, weights, graph) -> (msg_sum [N, P, H], coord_sum [N, P, 3])``, and may supply
 the node update that follows (degree mean, +-100 clamp, velocity and node MLPs; default :func:`node_update_torch`,

@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of Triton kernels for an NVIDIA target, without a GPU (DESIGN.md §5).
+"""Ahead-of-time compilation of Triton kernels for an NVIDIA target, without a GPU (docs/design.md §5.3).
 
 Used by the tests to prove every configuration the dispatcher can pick compiles for sm_90 (and sm_80), and to read
 its registers, spills and instructions.

@@ -4,7 +4,7 @@ The layer (``egno_fast.reference.egnn.egnn_layer_reference``) is split into node
 ([N, P, H] tensors: the two halves of the first edge layer applied once per node, the velocity and node MLPs) and
 the edge-level work, fused here into one kernel::
 
-    z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, DESIGN.md §4)
+    z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, docs/design.md §4.3)
     m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j
     phi = silu(m W_c1^T + b_c1) . w_c2 + b_c2
     msg_sum_i = sum_j m,   coord_sum_i = sum_j r * phi

@@ -1,12 +1,12 @@
 """Fused Triton temporal Fourier convolution: ``x + act(K x)`` along the frame axis, forward and backward.
 
-K keeps I Fourier modes of the P frames and mixes channels per mode (DESIGN.md §1). No FFT and no complex tensors:
-each program owns a block of rows (a node, or one spatial component of a node's vector channels) and a block of
-output channels, forms the I truncated DFT coefficients of its rows by sums over the P frames, mixes channels with
-``tl.dot`` (or broadcast sums for narrow channels), and applies the inverse real DFT, the activation and the
-residual in registers: one write of the output, nothing stored between. The input is read a tile of frames at a
-time (once per mode, from cache after the first); the output is formed a tile of at most 32 frames at a time, so
-registers stay bounded at P = 64 (there the spectra are formed once per output tile).
+K keeps I Fourier modes of the P frames and mixes channels per mode (docs/design.md §1.3, §4.5). No FFT and no
+complex tensors: each program owns a block of rows (a node, or one spatial component of a node's vector channels)
+and a block of output channels, forms the I truncated DFT coefficients of its rows by sums over the P frames, mixes
+channels with ``tl.dot`` (or broadcast sums for narrow channels), and applies the inverse real DFT, the activation
+and the residual in registers: one write of the output, nothing stored between. The input is read a tile of frames
+at a time (once per mode, from cache after the first); the output is formed a tile of at most 32 frames at a time,
+so registers stay bounded at P = 64 (there the spectra are formed once per output tile).
 
 Exactly as ``torch.fft.irfft`` does, the imaginary parts of the DC bin and (even P) the Nyquist bin are ignored,
 and every other kept bin counts twice (its conjugate partner).

@@ -1,6 +1,6 @@
 """MD17 molecular dynamics: a loader for the sGDML files and an RDKit stand-in generator in the same schema.
 
-Loader (EGNO protocol, DESIGN.md §2): ``md17_<molecule>.npz`` with R [T, A, 3] (Angstrom) and z [A]. Velocities
+Loader (EGNO protocol, docs/design.md §2.4): ``md17_<molecule>.npz`` with R [T, A, 3] (Angstrom) and z [A]. Velocities
 v[t] = R[t+1] - R[t]; heavy atoms only; start frames from index pools drawn with numpy's legacy generator seeded
 with 100 over frames 10000 .. T-1-10000 (10% train, then 5% valid and 5% test from the rest); the first
 500 / 2000 / 2000 starts; targets at t + Delta * p // P (Delta = 3000, P = 8). Graph: heavy-atom pairs closer than
@@ -163,7 +163,7 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
 
     def forces(positions):
         flat = positions.ravel().tolist()
-        energy = field.CalcEnergy(flat)  # must precede CalcGrad on the same positions (DESIGN.md §2)
+        energy = field.CalcEnergy(flat)  # must precede CalcGrad on the same positions (docs/design.md §2.4)
         return energy, -np.asarray(field.CalcGrad(flat)).reshape(-1, 3)
 
     energy, force = forces(x)

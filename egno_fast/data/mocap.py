@@ -1,4 +1,4 @@
-"""CMU motion capture (subject 9, running) with the EGNO protocol (docs/design.md, data/files/README.md)."""
+"""CMU motion capture (subject 9, running) with the EGNO protocol (docs/design.md §2.3, data/files/README.md)."""
 from __future__ import annotations
 
 import os

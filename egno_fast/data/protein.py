@@ -1,4 +1,4 @@
-"""Protein dynamics from any topology + trajectory MDAnalysis reads (the EGNO AdK protocol, DESIGN.md §2).
+"""Protein dynamics from any topology + trajectory MDAnalysis reads (the EGNO AdK protocol, docs/design.md §2.5).
 
 Nodes are the backbone atoms (MDAnalysis selection ``"backbone"``: N, CA, C, O; 855 for adenylate kinase).
 Velocities v[t] = X[t+1] - X[t]. The trajectory's frames are split chronologically into 60 / 20 / 20 % parts and a

@@ -1,4 +1,4 @@
-"""Temporal Fourier convolution layers (EGNO §1.2a-b): scalar channels and equivariant vector channels."""
+"""Temporal Fourier convolution layers (docs/design.md §1.2-§1.3): scalar channels and equivariant vector channels."""
 import torch
 from torch import Tensor, nn
 

@@ -1,6 +1,6 @@
 """Pure-PyTorch references: the ground truth that every fused kernel is tested against.
 
-They are written for clarity, not speed, and follow ../shared/DESIGN.md §1 exactly.
+They are written for clarity, not speed, and follow docs/design.md §1 exactly.
 """
 from .egnn import egnn_layer_reference
 from .graph import knn_graph_reference, radius_graph_reference, receiver_csr_reference

@@ -1,4 +1,5 @@
-"""Zero-shot temporal resampling (EGNO §5.5, Fig. 3): a model trained on P uniform frames predicts K x P frames.
+"""Zero-shot temporal resampling (docs/design.md §1.7; the paper's Fig. 3): a model trained on P uniform frames
+predicts K x P frames.
 
 The time embedding takes the physical time of each output: a target at frame offset o of the span (the training
 frames sit at offsets span * (t + 1) / P, indices t = 0..P-1) is queried at index ``o * P / span - 1``, fractional
