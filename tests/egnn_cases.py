@@ -1,5 +1,5 @@
 """Shared inputs and comparisons for the fused EGNN backends ("triton", "cpp") against the float64 reference:
-the graph kinds issue 4 names, a layer-level comparison of the outputs and every gradient, and whole-model
+the graph kinds of docs/design.md §5.6, a layer-level comparison of the outputs and every gradient, and whole-model
 comparisons on an N-body batch and a protein-sized graph."""
 import torch
 
@@ -50,7 +50,7 @@ def compare_layer_with_reference(fused_fn, num_nodes, edge_index, edge_attr, num
 
 
 def graph_of(kind, gen):
-    """(num_nodes, edge_index, edge_attr) of the graph kinds issue 4 names."""
+    """(num_nodes, edge_index, edge_attr) of the graph kinds of docs/design.md §5.6."""
     if kind == "directed":
         edge_index, edge_attr = random_directed_graph(12, 60, gen, edge_dim=3)
         return 12, edge_index, edge_attr

@@ -1,4 +1,4 @@
-"""The fused Triton EGNN layer against the reference layer: forward and every gradient on the graph kinds of issue 4,
+"""The fused Triton EGNN layer against the reference layer: forward and every gradient on the graph kinds of docs/design.md §5.6,
 equivariance, determinism, NaN-poisoned outputs, no edge-sized activations, the whole model, a training run, the
 patch function and ahead-of-time compilation of every configuration.
 
