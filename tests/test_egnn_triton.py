@@ -1,6 +1,6 @@
-"""The fused Triton EGNN layer against the reference layer: forward and every gradient on the graph kinds of docs/design.md §5.6,
-equivariance, determinism, NaN-poisoned outputs, no edge-sized activations, the whole model, a training run, the
-patch function and ahead-of-time compilation of every configuration.
+"""The fused Triton EGNN layer against the reference layer: forward and every gradient on the graph kinds of
+docs/design.md §5.6, equivariance, determinism, NaN-poisoned outputs, no edge-sized activations, the whole model, a
+training run, the patch function and ahead-of-time compilation of every configuration.
 
 Without a GPU the kernel runs in Triton's interpreter in float64 (several owners per step there; the GPU's one-owner
 configuration is exercised too); with a GPU the same tests run the compiled kernels in float32 against a float64
