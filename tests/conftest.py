@@ -95,3 +95,23 @@ def make_backend_unavailable(monkeypatch, backend: str, reason: str) -> None:
 
     monkeypatch.setitem(backends._LOAD_ERRORS, backend, reason)
     monkeypatch.setattr(backends, "_LOADED", backends._LOADED | {backend})
+
+
+# ------------------------------------------------------------------------------------------- the gpu marker
+
+GPU_SKIP_REASON = ("needs a CUDA device (torch.cuda.is_available() is False here); runs with the real kernels in "
+                   "benchmarks/gpu_check.sh")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped on CPU with the reason")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``@pytest.mark.gpu`` are skipped, with the reason, where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)
