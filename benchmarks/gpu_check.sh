@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]    run the steps of STEPS below, in order
 #   bash benchmarks/gpu_check.sh --dry-run       print each step (number, name, limit, command) and the budget sum
 #                                                without running anything; exit 2 if the limits exceed the budget
-# Through the device tool:  run(command="bash benchmarks/gpu_check.sh $OUT/gpu_check", timeout_s=360)
+# Allow the call 360 s (the budget, plus starting the shell and copying the results back).
 #
 # A step that reaches its limit gets SIGINT (pytest then prints what ran; a benchmark keeps the records it printed),
 # SIGKILL KILL_AFTER_S later; the next step runs all the same. If the C++ extension does not build (or not in time),
@@ -30,11 +30,11 @@ KILL_AFTER_S=5    # SIGKILL this long after a step's SIGINT (pytest needs a few 
 OUTPUTS=(summary.md steps.tsv tests_tail.log gpu_check.tar.gz)  # all that is left in the output folder
 
 # step | time limit (s) | command: run with `bash -c` from the repository root; $WORK is the log folder.
-# install: no dependencies and no index (no internet there: torch and triton stay as installed), and no C++ build
-# (EGNO_FAST_NO_EXTENSION=1): the extension gets its own step and limit, through the package's build on first use.
+# install: no dependencies and no index (no internet there: torch and triton stay as installed); nothing is compiled
+# at install time: the extension gets its own step and limit, through the package's build on first use.
 STEPS=(
   "environment|10|environment_facts"
-  "install|20|EGNO_FAST_NO_EXTENSION=1 PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install -q --no-deps --no-build-isolation -e ."
+  "install|20|PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install -q --no-deps --no-build-isolation -e ."
   "build_cpp|75|python3 -c 'import egno_fast.cpp as cpp; print(\"C++ extension ready:\", cpp.build_info())'"
   "kernel_tests|80|kernel_tests"
   "egnn_target|50|python3 -m benchmarks.egnn_target --nodes \$EGNN_NODES --variants \$EGNN_VARIANTS --repeats 5 --no-fit --out \$WORK/egnn_target"
@@ -91,7 +91,7 @@ export EGNO_FAST_BUILD_DIR=${EGNO_FAST_BUILD_DIR:-${XDG_CACHE_HOME:-$HOME/.cache
 environment_facts() {
   local commit changed
   commit=$(git rev-parse --short HEAD 2>/dev/null || echo '?'); changed=$(git status --porcelain 2>/dev/null | wc -l)
-  echo "gpu_check $(date -Is), commit $commit ($changed paths differ from it: the device tool copies the working tree)"
+  echo "gpu_check $(date -Is), commit $commit ($changed paths differ from it: the working tree as it was is what ran)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv,noheader 2>&1
   echo "cpus $(nproc), memory $(free -g 2>/dev/null | awk '/^Mem:/{print $2 " GiB"}'), disk free $(df -h . | awk 'NR==2{print $4}')"
   echo "nvcc: $(nvcc --version 2>/dev/null | tail -n 1) (CUDA_HOME=${CUDA_HOME:-unset})"
