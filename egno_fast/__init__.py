@@ -4,13 +4,58 @@ Main entry points: :class:`EGNO` (the model), :func:`build_graph` (a batch of gr
 :mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.reference` (pure-PyTorch ground truth),
 :mod:`egno_fast.backends` (explicit backend choice), :func:`patch` / :func:`unpatch` (swap an existing model's
 layers to fused kernels in place).
+
+The names above are imported on first access (PEP 562): ``import egno_fast`` alone does not import torch, so the
+command line (``egno-fast --help``) answers at once.
 """
-from .backends import BackendUnavailableError, backend_status
-from .graph import Graph, GraphInputError, build_graph
-from .models import EGNO, EGNOOutput
-from .patch import patch, unpatch
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any, List
 
 __version__ = "0.1.0"
 
+# public name -> the submodule that defines it
+_LAZY = {
+    "EGNO": ".models", "EGNOOutput": ".models",
+    "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".graph",
+    "BackendUnavailableError": ".backends", "backend_status": ".backends",
+    "patch": ".patch", "unpatch": ".patch",
+}
+
 __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "BackendUnavailableError",
            "backend_status", "patch", "unpatch", "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
+    from .backends import BackendUnavailableError, backend_status
+    from .graph import Graph, GraphInputError, build_graph
+    from .models import EGNO, EGNOOutput
+    from .patch import patch, unpatch
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``egno_fast.patch`` the function: importing the submodule egno_fast.patch (which the import system then
+    binds on the package under the same name) must not replace it, whichever import comes first."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "patch" and isinstance(value, types.ModuleType) and hasattr(value, "patch"):
+            value = value.patch
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -37,15 +37,18 @@ class EGNO(nn.Module):
         num_modes:     I Fourier modes kept (1 <= I <= P//2+1); 0 disables the temporal convolutions.
         time_emb_dim:  width of the sinusoidal frame embedding.
         temporal_channels: which of "h", "x", "v" pass through the temporal convolutions (Table 7 ablations).
-        backend:       "reference", "triton", "cpp" or "auto" (picked per op and device, and reported), or a
-                       dict op -> backend for the ops "temporal_residual" and "egnn_layer" (others: "auto").
+        backend:       "auto" (the default, as on the command line: the fastest backend that can run each op on
+                       the input's device), "reference", "triton" or "cpp", or a dict op -> backend for the ops
+                       "temporal_residual" and "egnn_layer" (others: "auto"). What runs is reported: on the first
+                       forward (and whenever it changes) :attr:`active_backend` holds the backend of each op and
+                       the logger "egno_fast" records it at INFO level.
         validate:      check inputs (shapes, dtypes, finite values, edge index range) on every forward.
     """
 
     def __init__(self, node_dim: int, edge_dim: int, hidden_dim: int = 64, num_layers: int = 4,
                  num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
                  temporal_channels: Iterable[str] = TEMPORAL_CHANNELS,
-                 backend: Union[str, Dict[str, str]] = "reference",
+                 backend: Union[str, Dict[str, str]] = "auto",
                  validate: bool = True):
         super().__init__()
         channels = tuple(temporal_channels)
