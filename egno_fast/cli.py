@@ -1,15 +1,33 @@
-"""Command line: ``egno-fast {data,train,eval,info}`` (also ``python -m egno_fast``)."""
+"""Command line: ``egno-fast {data,train,eval,info}`` (also ``python -m egno_fast``).
+
+A user's mistake (a config value of the wrong type, a backend or device this machine lacks, a missing file, ...)
+ends the command with one line on stderr, ``egno-fast COMMAND: error: PROBLEM; FIX``, and exit status 2; ``--debug``
+shows the Python traceback instead. Ctrl-C ends it with one line and exit status 130 (128 + SIGINT, the shell's
+convention); during training the line says the epoch to resume from, and the same command resumes.
+
+This module imports torch only inside the commands, so ``egno-fast --help`` answers at once.
+"""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import platform
 import shlex
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Union
 
 from .config import apply_overrides, available_configs, load_config
+
+EXIT_USAGE = 2  # a user's mistake (as argparse's own errors)
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
+_MAX_MESSAGE = 1500  # characters of an error message printed (--debug shows all)
+
+
+class CommandLineError(Exception):
+    """A mistake in the command line or its environment; the message names the problem and the fix."""
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser, default: str) -> None:
@@ -25,6 +43,19 @@ def _command_line(args: argparse.Namespace) -> str:
     return shlex.join(["egno-fast", *args.argv])
 
 
+def _minutes(text: str) -> float:
+    """--max-minutes: a number of minutes, or "none" for no limit (given as infinity)."""
+    if text.strip().lower() in ("none", "null", "inf", "off"):
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes or 'none', got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes >= 0 or 'none', got {text!r}")
+    return value
+
+
 def _config_from_args(args: argparse.Namespace):
     overrides = list(args.overrides)
     for flag, key in (("data_dir", "data.data_dir"), ("epochs", "train.epochs"), ("seed", "train.seed"),
@@ -32,9 +63,61 @@ def _config_from_args(args: argparse.Namespace):
                       ("max_minutes", "train.max_minutes")):
         value = getattr(args, flag, None)
         if value is not None:
-            overrides.append(f"{key}={value}" if flag not in ("data_dir", "backend", "device")
-                             else f'{key}="{value}"')
+            overrides.append(f"{key}={'null' if value == math.inf else json.dumps(value)}")
     return apply_overrides(load_config(args.config), overrides)
+
+
+def check_device(name: str):
+    """``torch.device(name)`` after checking that this machine has it; CommandLineError (problem; fix) if not."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise CommandLineError(f"invalid device {name!r} ({_one_line(error)}); use --device cpu, cuda or cuda:N") \
+            from error
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise CommandLineError(f"device {name!r}: this torch build ({torch.__version__}) has no CUDA support; "
+                                   f"use --device cpu, or install a CUDA build of torch")
+        if not torch.cuda.is_available():
+            raise CommandLineError(f"device {name!r}: torch {torch.__version__} sees no CUDA GPU (no driver, or "
+                                   f"CUDA_VISIBLE_DEVICES hides them all); use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CommandLineError(f"device {name!r} does not exist: this machine has {count} CUDA GPU"
+                                   f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); use --device cuda "
+                                   f"or cuda:N with N < {count}")
+        return device
+    if device.type == "meta":
+        raise CommandLineError(f"device {name!r} holds no data and cannot train or evaluate; use --device cpu or cuda")
+    try:
+        torch.empty(1, device=device)
+    except Exception as error:  # the device type exists in torch but not on this machine (mps, xpu, ...)
+        reason = _one_line(error).split(". ")[0]  # torch's first sentence; the rest is advice for its developers
+        raise CommandLineError(f"device {name!r} is not usable here ({reason}); use --device cpu or cuda") from error
+    return device
+
+
+def check_backend(requested: Union[str, dict, None], device) -> None:
+    """Check before any work that every op's named backend runs on ``device`` ("auto" always does); a
+    CommandLineError names the backend, the reason and the alternatives otherwise."""
+    if requested is None:
+        return
+    from .backends import OPS, check_backend_name, unavailable_reason
+
+    per_op = requested if isinstance(requested, dict) else dict.fromkeys(OPS, requested)
+    for op in OPS:
+        name = check_backend_name(per_op.get(op, "auto"))
+        if name == "auto":
+            continue
+        reason = unavailable_reason(name, op, device)
+        if reason is not None:
+            raise CommandLineError(f"backend {name!r} cannot run {op!r} on {device}: {_one_line(reason)}; use "
+                                   f"--backend auto (the fastest available backend per op) or --backend reference; "
+                                   f"`egno-fast info` lists what runs here")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -53,36 +136,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.launch import leave_without_finalization, process_group_from_environment, rank_and_world
 
     config = _config_from_args(args)
+    device = check_device(config.train.device)
+    check_backend(config.model.backend, device)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.name}-seed{config.train.seed}")
     with process_group_from_environment(config.train.device) as backend:
         result = train(config, run_dir, resume=not args.no_resume, progress=not args.no_progress,
-                       command=_command_line(args))
+                       command=_command_line(args), report=lambda message: print(message, file=sys.stderr))
         rank, _ = rank_and_world()
     if rank == 0:
         print(f"\n{config.name}: stopped by {result.stopped} after {result.epochs_run} epochs "
               f"({result.wall_s / 60:.1f} min of training)")
         print(f"best validation F-MSE {result.val_f_mse:.6f} at epoch {result.best_epoch}; "
               f"test F-MSE {result.test_f_mse:.6f}, test A-MSE {result.test_a_mse:.6f}")
+        if result.model.active_backend:
+            print("backend: " + ", ".join(f"{op}={name}" for op, name in result.model.active_backend.items())
+                  + f" on {device}")
         print(f"checkpoint: {result.checkpoint}\nmetrics log: {result.log}\nplot: {result.plot}")
+        if result.stopped == "time_limit":
+            limit = config.train.max_minutes
+            print(f"time limit of {limit:g} min reached at epoch {result.epochs_run} of {config.train.epochs}: to "
+                  f"continue, run the same command (up to {limit:g} more minutes), with a larger --max-minutes, or "
+                  f"with --max-minutes none (no limit)")
     if backend == "gloo":  # a process group this command opened (never one of a caller's); every file is closed
         leave_without_finalization()
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from .config import ExperimentConfig
     from .data.registry import make_datasets
     from .training.checkpoint import load_checkpoint
     from .training.plotting import plot_trajectories
     from .training.trainer import build_model, evaluate, make_loader
 
+    device = check_device(args.device)
     state = load_checkpoint(args.checkpoint)
     config = ExperimentConfig.from_dict(state["config"])
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    device = torch.device(args.device)
+    check_backend(args.backend or config.model.backend, device)
     datasets = make_datasets(config.data, progress=not args.no_progress)
     model = build_model(config, datasets["train"][0])
     model.load_state_dict(state["model"])
@@ -149,10 +241,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """-v and --debug, accepted before and after the command (``suppress``: the command's copy sets nothing unless
+    given, so that it does not reset the value given before the command)."""
+    default = argparse.SUPPRESS if suppress else False
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log backend choices and other details")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="on an error, show the Python traceback instead of a one-line message")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egno-fast", description="EGNO: equivariant graph neural operator.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log backend choices and other details")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="egno-fast", description="EGNO: equivariant graph neural operator.",
+        epilog="A mistake prints one line naming the problem and the fix (exit status 2; --debug shows the "
+               "traceback). Ctrl-C stops training cleanly (exit status 130, no file half-written); the same command "
+               "resumes it.")
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
     data = commands.add_parser("data", help="generate (or check) the data set of a config")
     _add_config_arguments(data, "nbody")
@@ -166,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--backend", choices=["reference", "triton", "cpp", "auto"])
     train.add_argument("--device")
-    train.add_argument("--max-minutes", type=float, help="stop resumably after this much training time")
+    train.add_argument("--max-minutes", type=_minutes, metavar="MINUTES",
+                       help="stop resumably after this much training time in this run ('none': no limit)")
     train.add_argument("--no-resume", action="store_true", help="refuse to continue a run found in --run-dir")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train)
@@ -189,12 +299,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: Union[BaseException, str]) -> str:
+    """A message on one line (newlines and runs of spaces folded), cut to a readable length."""
+    text = " ".join(str(error).split())
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + " ... (--debug shows all)"
+
+
+def _user_error(error: BaseException) -> Optional[str]:
+    """The one-line message for an exception that is a user's mistake; None for anything else (a bug: traceback)."""
+    backends = sys.modules.get("egno_fast.backends")  # imported by any command that can raise its error
+    if backends is not None and isinstance(error, backends.BackendUnavailableError):
+        return f"{_one_line(error)} (`egno-fast info` lists the backends that run here)"
+    if isinstance(error, (CommandLineError, FileNotFoundError, FileExistsError, ValueError)):
+        return _one_line(error)
+    return None
+
+
+def _interrupted(command: str, error: KeyboardInterrupt) -> str:
+    trainer = sys.modules.get("egno_fast.training.trainer")
+    if trainer is not None and isinstance(error, trainer.TrainingInterrupted):
+        if error.checkpoint is None:
+            return (f"egno-fast {command}: interrupted at epoch 0 (no epoch completed); run the same command to "
+                    f"start again")
+        return f"egno-fast {command}: interrupted at epoch {error.epoch}; run the same command to resume"
+    return f"egno-fast {command}: interrupted"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command line; returns the exit status (0, 2 for a user's mistake, 130 for Ctrl-C)."""
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
-        print(f"egno-fast {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as error:
+        if args.debug:
+            raise
+        if getattr(error, "rank", 0) == 0:
+            print(_interrupted(args.command, error), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        message = None if args.debug else _user_error(error)
+        if message is None:
+            raise
+        print(f"egno-fast {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE

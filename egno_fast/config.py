@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -86,12 +88,91 @@ class ExperimentConfig:
         built = {}
         for section, kind in sections.items():
             values = raw.get(section, {})
+            if not isinstance(values, dict):
+                raise ValueError(f"config section {section!r} must be a JSON object, got {values!r}")
             names = {f.name for f in dataclasses.fields(kind)}
             bad = set(values) - names
             if bad:
-                raise ValueError(f"unknown keys in config section {section!r}: {sorted(bad)}; known: {sorted(names)}")
-            built[section] = kind(**values)
-        return cls(name=raw.get("name", "experiment"), **built)
+                raise ValueError(f"unknown keys in config section {section!r}: {sorted(bad)}"
+                                 f"{_did_you_mean(section, sorted(bad)[0], names)}; known: {sorted(names)}")
+            checked = {}
+            for key, value in values.items():
+                ok, checked[key] = check_value(kind, key, value)
+                if not ok:
+                    raise ValueError(f"config value {section}.{key} must be {describe_type(kind, key)}, got "
+                                     f"{value!r}")
+            built[section] = kind(**checked)
+        name = raw.get("name", "experiment")
+        if not isinstance(name, str):
+            raise ValueError(f"config value name must be a string, got {name!r}")
+        return cls(name=name, **built)
+
+
+def _did_you_mean(section: str, key: str, names) -> str:
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    return f" (did you mean {section}.{close[0]}?)" if close else ""
+
+
+def _field_type(kind: type, key: str) -> Any:
+    return typing.get_type_hints(kind)[key]
+
+
+def _matches(annotation: Any, value: Any) -> Tuple[bool, Any]:
+    """Whether ``value`` (parsed JSON) fits ``annotation``, and the value to keep (ints widened for float fields)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return True, value
+    if origin is Union:
+        for option in args:
+            ok, converted = _matches(option, value)
+            if ok:
+                return True, converted
+        return False, value
+    if annotation is type(None):
+        return value is None, value
+    if annotation is bool:
+        return isinstance(value, bool), value
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if annotation is str:
+        return isinstance(value, str), value
+    if origin in (list, List):
+        if not isinstance(value, list):
+            return False, value
+        items = [_matches(args[0], item) if args else (True, item) for item in value]
+        return all(ok for ok, _ in items), [item for _, item in items]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            return False, value
+        if args:
+            ok = all(_matches(args[0], k)[0] and _matches(args[1], v)[0] for k, v in value.items())
+            return ok, value
+        return True, value
+    return True, value  # a type this checker does not know: accepted as given
+
+
+def check_value(kind: type, key: str, value: Any) -> Tuple[bool, Any]:
+    """Whether ``value`` fits the field ``key`` of the config dataclass ``kind``, and the value to store."""
+    return _matches(_field_type(kind, key), value)
+
+
+def describe_type(kind: type, key: str) -> str:
+    """The expected type of a config field in words ("an integer", "a number or null", ...)."""
+    def words(annotation: Any) -> str:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is Union:
+            return " or ".join(words(option) for option in args)
+        if origin in (list, List):
+            return f"a list of {words(args[0]).split(' ', 1)[1]}s" if args else "a list"
+        if origin in (dict, Dict):
+            return "an object"
+        return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                type(None): "null"}.get(annotation, str(annotation))
+    return words(_field_type(kind, key))
 
 
 def available_configs() -> List[str]:
@@ -115,17 +196,43 @@ def load_config(name_or_path: str) -> ExperimentConfig:
     return ExperimentConfig.from_dict(raw)
 
 
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
 def apply_overrides(config: ExperimentConfig, overrides: List[str]) -> ExperimentConfig:
-    """Apply ``section.key=value`` overrides (values parsed as JSON, else kept as strings)."""
+    """Apply ``section.key=value`` overrides (values parsed as JSON, else kept as strings).
+
+    Raises ValueError, naming the override and what it should look like, for an unknown section or key and for a
+    value of the wrong type (``model.hidden_dim=abc``). A field that takes a string also takes unquoted text that
+    happens to parse as JSON (``data.molecule=123`` is the string "123")."""
     raw = config.to_dict()
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = key.split(".")
-        if not sep or len(parts) != 2 or parts[0] not in ("data", "model", "train"):
-            raise ValueError(f"override {item!r} must look like section.key=value, section one of data/model/train")
+        if not sep or len(parts) != 2 or parts[0] not in _SECTIONS:
+            raise ValueError(f"override {item!r} must look like section.key=value, section one of data/model/train "
+                             f"(e.g. --set train.lr=5e-4)")
+        section, name = parts
+        kind = _SECTIONS[section]
         try:
             value = json.loads(text)
         except json.JSONDecodeError:
             value = text
-        raw[parts[0]][parts[1]] = value
+        if name not in {f.name for f in dataclasses.fields(kind)}:
+            raw[section][name] = value  # ExperimentConfig.from_dict names it, and the key meant
+            continue
+        ok, value = check_value(kind, name, value)
+        if not ok and text and check_value(kind, name, text)[0]:
+            ok, value = True, text  # unquoted text for a string field
+        if not ok:
+            example = _example(getattr(getattr(config, section), name))
+            raise ValueError(f"override {item!r}: {section}.{name} must be {describe_type(kind, name)}, got "
+                             f"{text!r} (e.g. --set {section}.{name}={example})")
+        raw[section][name] = value
     return ExperimentConfig.from_dict(raw)
+
+
+def _example(current: Any) -> str:
+    """A value in --set syntax for the example of an error message (the current one)."""
+    text = json.dumps(current)
+    return f"'{text}'" if any(c in text for c in ' "[{') else text

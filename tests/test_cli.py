@@ -1,7 +1,15 @@
-"""The egno-fast command line, end to end on tiny settings."""
+"""The egno-fast command line, end to end on tiny settings; its errors, Ctrl-C, resume and start-up time."""
+import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
+import pytest
+import torch
+
+from conftest import REPO, make_backend_unavailable
 from egno_fast.cli import build_parser, main
 
 from test_training import TINY
@@ -45,3 +53,223 @@ def test_info_via_python_module():
     auto = "cpp" if unavailable_reason("cpp", "egnn_layer", "cpu") is None else "reference"
     assert f"auto picks: temporal_residual={auto}, egnn_layer={auto}" in out.stdout
     assert "reference  radius_graph       available" in out.stdout
+
+
+# ---------------------------------------------------------------- a command line that explains itself
+# Each user mistake: one line on stderr naming the problem and the fix, exit status 2, no traceback (--debug shows
+# it). Ctrl-C: one line and exit status 130; the same command resumes.
+
+
+def _env(**extra):
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_cli(*args, env=None):
+    """``python -m egno_fast ARGS`` in a new process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "egno_fast", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env or _env(), timeout=600)
+
+
+def one_error_line(err: str, command: str = "train") -> str:
+    """The single stderr line of a mistake, checked to be one line with the command's prefix and no traceback."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"egno-fast {command}: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def tiny_args(tmp_path, data_dir, *extra):
+    overrides = [arg for item in TINY + [f"data.data_dir={json.dumps(str(data_dir))}", *extra]
+                 for arg in ("--set", item)]
+    return ["train", "--run-dir", str(tmp_path / "run"), "--no-progress", *overrides]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    walls = []
+    for _ in range(3):  # the best of three: a busy machine must not fail the test
+        start = time.perf_counter()
+        out = run_cli("--help")
+        walls.append(time.perf_counter() - start)
+        assert out.returncode == 0 and "train" in out.stdout and "--debug" in out.stdout
+    assert min(walls) < 1.5, walls
+    assert run_cli("train", "--help").returncode == 0
+    probe = ("import sys, egno_fast, egno_fast.cli; egno_fast.cli.build_parser(); "
+             "print('torch' in sys.modules, sorted(m for m in sys.modules if m.startswith('egno_fast')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, env=_env(),
+                         check=True)
+    assert out.stdout.startswith("False"), out.stdout
+    # the public names are still there, imported on first use
+    out = subprocess.run([sys.executable, "-c", "import egno_fast; print(egno_fast.EGNO.__name__, "
+                          "egno_fast.build_graph.__name__, egno_fast.patch.__name__, 'EGNO' in dir(egno_fast))"],
+                         capture_output=True, text=True, cwd=REPO, env=_env(), check=True)
+    assert out.stdout.split() == ["EGNO", "build_graph", "patch", "True"]
+
+
+def test_triton_backend_unavailable(tmp_path, capsys, monkeypatch):
+    # not installed (simulated, whatever this machine has)
+    make_backend_unavailable(monkeypatch, "triton", "egno_fast.kernels.egnn cannot be imported "
+                                                    "(No module named 'triton')")
+    assert main(["train", "--backend", "triton", "--run-dir", str(tmp_path)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "backend 'triton' cannot run" in line and "No module named 'triton'" in line
+    assert "--backend auto" in line and "egno-fast info" in line
+    monkeypatch.undo()
+    # installed or not, Triton does not run on CPU tensors outside its interpreter. Its kernels are loaded first,
+    # while TRITON_INTERPRET is still as conftest set it (Triton reads it when imported: later tests need it).
+    from egno_fast.backends import unavailable_reason
+
+    unavailable_reason("triton", "egnn_layer")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert main(["train", "--backend", "triton", "--device", "cpu", "--run-dir", str(tmp_path)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "backend 'triton' cannot run" in line and "on cpu" in line and "--backend auto" in line
+    assert not list(tmp_path.iterdir())  # refused before any work
+
+
+def test_device_errors():
+    if torch.cuda.is_available():  # a CUDA machine: a GPU it does not have
+        out = run_cli("train", "--device", "cuda:99")
+        line = one_error_line(out.stderr)
+        assert "'cuda:99' does not exist" in line and "use --device cuda" in line
+    else:  # a CPU-only torch build, or no GPU visible
+        out = run_cli("train", "--device", "cuda")
+        line = one_error_line(out.stderr)
+        assert ("has no CUDA support" in line or "sees no CUDA GPU" in line) and "use --device cpu" in line
+    assert out.returncode == 2
+    out = run_cli("eval", "--checkpoint", "unused.pt", "--device", "gpu0")
+    assert out.returncode == 2
+    line = one_error_line(out.stderr, "eval")
+    assert "invalid device 'gpu0'" in line and "use --device cpu, cuda or cuda:N" in line
+
+
+def test_wrong_config_values(tmp_path, capsys):
+    out = run_cli("train", "--set", "model.hidden_dim=abc")
+    assert out.returncode == 2
+    line = one_error_line(out.stderr)
+    assert "model.hidden_dim must be an integer, got 'abc'" in line and "--set model.hidden_dim=64" in line
+    for override, expected in (("model.hiden_dim=8", "unknown keys in config section 'model': ['hiden_dim']"),
+                               ("model.hiden_dim=8", "did you mean model.hidden_dim?"),
+                               ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+                               ("train.max_minutes=[1]", "train.max_minutes must be a number or null"),
+                               ("model.temporal_channels=h", "must be a list of strings"),
+                               ("epochs=3", "must look like section.key=value")):
+        assert main(["train", "--set", override, "--run-dir", str(tmp_path / "run")]) == 2, override
+        assert expected in one_error_line(capsys.readouterr().err), override
+    # --debug shows the traceback instead
+    out = run_cli("--debug", "train", "--set", "model.hidden_dim=abc")
+    assert out.returncode != 0 and "Traceback" in out.stderr and "must be an integer" in out.stderr
+    out = run_cli("train", "--debug", "--set", "model.hidden_dim=abc")  # also after the command
+    assert "Traceback" in out.stderr
+
+
+def test_config_values_keep_working():
+    from egno_fast.config import apply_overrides, load_config
+
+    config = apply_overrides(load_config("default"), ["train.device=cuda", "model.backend=reference",
+                                                      "train.lr=1", "data.molecule=123", "train.max_minutes=null",
+                                                      'model.backend={"egnn_layer": "cpp"}'])
+    assert (config.train.device, config.train.lr, config.data.molecule, config.train.max_minutes) == \
+        ("cuda", 1.0, "123", None)
+    assert config.model.backend == {"egnn_layer": "cpp"}
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, data_dir, capsys, monkeypatch):
+    from egno_fast.training import trainer
+
+    args = tiny_args(tmp_path, data_dir, "train.epochs=3")
+    batches = 40 // 10  # TINY: 40 training samples, batches of 10
+    calls, frame_mse = [], trainer.frame_mse
+
+    def interrupted_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2 * batches + 2:  # the second batch of epoch 2
+            raise KeyboardInterrupt
+        return frame_mse(*a, **k)
+
+    monkeypatch.setattr(trainer, "frame_mse", interrupted_in_epoch_2)
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == \
+        "egno-fast train: interrupted at epoch 2; run the same command to resume"
+    assert "Traceback" not in captured.err
+    run_dir = tmp_path / "run"
+    assert trainer.load_checkpoint(run_dir / "last.pt")["state"]["epoch"] == 2
+    assert not list(run_dir.glob(".*tmp*"))  # no half-written file
+    events = [json.loads(line)["event"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert events[-1] == "interrupted"
+    monkeypatch.undo()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert f"resuming {run_dir} at epoch 2" in captured.err
+    assert "stopped by max_epochs after 3 epochs" in captured.out
+    # Ctrl-C before any epoch completed: nothing to resume, the same command starts again
+    def interrupted_at_once(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "frame_mse", interrupted_at_once)
+    assert main(tiny_args(tmp_path / "fresh", data_dir, "train.epochs=3")) == 130
+    assert "interrupted at epoch 0 (no epoch completed); run the same command to start again" in \
+        capsys.readouterr().err
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, data_dir, capsys, monkeypatch):
+    from egno_fast.training import trainer
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    original = trainer.save_checkpoint
+
+    def signalled_while_saving(path, state):
+        if path.name == "last.pt" and state["state"]["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, in the middle of the write
+            time.sleep(0.05)
+        original(path, state)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", signalled_while_saving)
+    assert main(tiny_args(tmp_path, data_dir, "train.epochs=3")) == 130
+    assert "interrupted at epoch 2; run the same command to resume" in capsys.readouterr().err
+    state = trainer.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["state"]["epoch"] == 2  # the write that the signal met was completed
+    assert not list((tmp_path / "run").glob(".*tmp*"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_time_limit_says_how_to_continue(tmp_path, data_dir, capsys):
+    args = tiny_args(tmp_path, data_dir, "train.epochs=3")
+    assert main(args + ["--max-minutes", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped by time_limit after 1 epochs" in out
+    assert "time limit of 0 min reached at epoch 1 of 3: to continue, run the same command" in out
+    assert "--max-minutes none" in out
+    assert main(args + ["--max-minutes", "none"]) == 0
+    captured = capsys.readouterr()
+    assert f"resuming {tmp_path / 'run'} at epoch 1" in captured.err
+    assert "stopped by max_epochs after 3 epochs" in captured.out
+    assert main(args) == 0  # nothing left to train: says so, and reports the results
+    assert "has trained all 3 epochs" in capsys.readouterr().err
+
+
+def test_model_defaults_to_auto_and_reports_its_choice(caplog, monkeypatch):
+    import inspect
+    import logging
+
+    from egno_fast import EGNO
+
+    assert inspect.signature(EGNO).parameters["backend"].default == "auto"
+    # the "cpp" extension builds on first use: this test must not depend on it, so it is made unavailable
+    make_backend_unavailable(monkeypatch, "cpp", "simulated: not built")
+    torch.manual_seed(0)
+    model = EGNO(node_dim=1, edge_dim=2, hidden_dim=8, num_layers=1, num_frames=4)
+    assert model.backend == "auto" and model.active_backend is None
+    x, v, h = torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 1)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 0]])
+    with caplog.at_level(logging.INFO, logger="egno_fast"):
+        model(x, v, h, edge_index, torch.randn(4, 2))
+    assert model.active_backend == {"temporal_residual": "reference", "egnn_layer": "reference"}
+    assert "requested 'auto', running temporal_residual='reference', egnn_layer='reference' on cpu" in caplog.text

@@ -3,18 +3,25 @@ atomic checkpoints every epoch and exact resume.
 
 Written for one process; under torchrun (torch.distributed initialised) every rank trains on its shard of each
 epoch (DistributedSampler), the model is wrapped in DistributedDataParallel, and only rank 0 writes files.
+
+Ctrl-C (KeyboardInterrupt) stops a run cleanly: it raises :class:`TrainingInterrupted` (a KeyboardInterrupt) naming
+the epoch that a resume starts from. A Ctrl-C that arrives while a checkpoint or a log line is being written waits
+until the write is complete (and the files are atomic in any case), so no file is ever left half-written.
 """
 from __future__ import annotations
 
 import json
 import math
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -59,6 +66,35 @@ class TrainResult:
     @property
     def plot(self) -> Path:
         return self.run_dir / "trajectories.png"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training. ``epoch``: the epoch a resume starts from (the epochs before it are saved in
+    ``checkpoint``, ``run_dir``/last.pt); ``checkpoint`` is None (and ``epoch`` 0) when no epoch had completed, so
+    that running again starts afresh; ``rank``: this process's rank."""
+
+    def __init__(self, run_dir: Path, epoch: int, checkpoint: Optional[Path], rank: int = 0):
+        super().__init__(f"interrupted at epoch {epoch}")
+        self.run_dir, self.epoch, self.checkpoint, self.rank = run_dir, epoch, checkpoint, rank
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) while the block runs and raise KeyboardInterrupt once it has finished, so that a
+    write inside it is never cut short. Only in the main thread and while Python's own SIGINT handler is installed;
+    otherwise the block runs unchanged."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def git_commit() -> str:
@@ -137,12 +173,15 @@ class _JsonlLog:
 
 
 def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
-          command: Optional[str] = None) -> TrainResult:
+          command: Optional[str] = None, report: Optional[Callable[[str], None]] = None) -> TrainResult:
     """Train (or resume) the experiment ``config`` in ``run_dir``.
 
     Files in ``run_dir``: config.json, metrics.jsonl (a header line with command, config, seed and git commit,
     then one line per evaluation), last.pt (every epoch, for resuming), best.pt (best validation F-MSE) and
     trajectories.png (predicted vs true test trajectories of the best model).
+
+    ``report`` (rank 0 only) receives one-line status messages for the user, e.g. "resuming RUN_DIR at epoch N".
+    Ctrl-C raises :class:`TrainingInterrupted`; calling ``train`` again with the same arguments resumes.
     """
     from tqdm.auto import tqdm
 
@@ -162,6 +201,17 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
             raise FileExistsError(f"{run_dir} already holds a run (last.pt); resume it or choose another --run-dir")
         saved = load_checkpoint(last_path, map_location=device)
         _check_resumable(saved["config"], config)
+
+    say = report if (report is not None and main_process) else (lambda message: None)
+    if saved is not None:
+        done = saved["state"]
+        if done.get("stopped") not in (None, "time_limit"):
+            say(f"{run_dir} is complete (stopped by {done['stopped']} at epoch {done['epoch']}); reporting its results")
+        elif done["epoch"] >= cfg.epochs:
+            say(f"{run_dir} has trained all {cfg.epochs} epochs; reporting its results (pass a larger --epochs to "
+                f"train on)")
+        else:
+            say(f"resuming {run_dir} at epoch {done['epoch']} (of {cfg.epochs})")
 
     distributed = dist.is_available() and dist.is_initialized()
     if distributed and not main_process:
@@ -207,59 +257,71 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
 
     def checkpoint(path: Path) -> None:
         if main_process:
-            save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                   "scheduler": scheduler.state_dict() if scheduler else None,
-                                   "state": dict(state), "rng": torch.get_rng_state(),
-                                   "config": config.to_dict(), "model_config": model.config})
+            with interrupts_deferred():
+                save_checkpoint(path, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                       "scheduler": scheduler.state_dict() if scheduler else None,
+                                       "state": dict(state), "rng": torch.get_rng_state(),
+                                       "config": config.to_dict(), "model_config": model.config})
 
     started = time.monotonic() - state["wall_s"]
     session_start = time.monotonic()
+    saved_epoch = state["epoch"] if saved is not None else None  # where a resume from last.pt starts (None: no file)
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=config.name, unit="epoch",
                disable=not (progress and main_process), dynamic_ncols=True)
-    while state["stopped"] is None and state["epoch"] < cfg.epochs:
-        epoch = state["epoch"]
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)
-        trained.train()
-        loss_sum, f_sum = 0.0, 0.0
-        for batch in train_loader:
-            batch = batch.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            losses = frame_mse(trained(batch.x, batch.v, batch.h, batch.graph()).x, batch.target)
-            loss = losses.mean()
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item()
-            f_sum += losses[-1].item()
-        if scheduler is not None:
-            scheduler.step()
-        record = {"epoch": epoch, "train_a_mse": loss_sum / len(train_loader),
-                  "train_f_mse": f_sum / len(train_loader)}
-        if not math.isfinite(record["train_a_mse"]):
-            raise FloatingPointError(f"training loss is {record['train_a_mse']} at epoch {epoch}; "
-                                     f"the last good checkpoint is {last_path}")
-        if epoch % cfg.eval_every == 0:
-            val, test = (evaluate(model, eval_loaders[s], device) for s in ("valid", "test"))
-            if val["f_mse"] < state["best_val"]:
-                state.update(best_epoch=epoch, best_val=val["f_mse"], test_f_at_best=test["f_mse"],
-                             test_a_at_best=test["a_mse"], evals_since_best=0)
-                checkpoint(best_path)
-            else:
-                state["evals_since_best"] += 1
-            record.update(val_f_mse=val["f_mse"], val_a_mse=val["a_mse"], test_f_mse=test["f_mse"],
-                          test_a_mse=test["a_mse"], best_epoch=state["best_epoch"],
-                          best_val_f_mse=state["best_val"], test_f_mse_at_best=state["test_f_at_best"])
-            if state["evals_since_best"] >= cfg.patience:
-                state["stopped"] = "early_stopping"
-        state["epoch"] = epoch + 1
-        state["wall_s"] = time.monotonic() - started
-        if cfg.max_minutes is not None and time.monotonic() - session_start > 60 * cfg.max_minutes:
-            state["stopped"] = "time_limit"
-        checkpoint(last_path)
-        if "val_f_mse" in record:
-            log.write({"event": "eval", **record, "elapsed_s": round(state["wall_s"], 2)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{record['train_a_mse']:.5f}", best_val=f"{state['best_val']:.5f}")
+    try:
+        while state["stopped"] is None and state["epoch"] < cfg.epochs:
+            epoch = state["epoch"]
+            if isinstance(train_loader.sampler, DistributedSampler):
+                train_loader.sampler.set_epoch(epoch)
+            trained.train()
+            loss_sum, f_sum = 0.0, 0.0
+            for batch in train_loader:
+                batch = batch.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                losses = frame_mse(trained(batch.x, batch.v, batch.h, batch.graph()).x, batch.target)
+                loss = losses.mean()
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.item()
+                f_sum += losses[-1].item()
+            if scheduler is not None:
+                scheduler.step()
+            record = {"epoch": epoch, "train_a_mse": loss_sum / len(train_loader),
+                      "train_f_mse": f_sum / len(train_loader)}
+            if not math.isfinite(record["train_a_mse"]):
+                raise FloatingPointError(f"training loss is {record['train_a_mse']} at epoch {epoch}; "
+                                         f"the last good checkpoint is {last_path}")
+            if epoch % cfg.eval_every == 0:
+                val, test = (evaluate(model, eval_loaders[s], device) for s in ("valid", "test"))
+                if val["f_mse"] < state["best_val"]:
+                    state.update(best_epoch=epoch, best_val=val["f_mse"], test_f_at_best=test["f_mse"],
+                                 test_a_at_best=test["a_mse"], evals_since_best=0)
+                    checkpoint(best_path)
+                else:
+                    state["evals_since_best"] += 1
+                record.update(val_f_mse=val["f_mse"], val_a_mse=val["a_mse"], test_f_mse=test["f_mse"],
+                              test_a_mse=test["a_mse"], best_epoch=state["best_epoch"],
+                              best_val_f_mse=state["best_val"], test_f_mse_at_best=state["test_f_at_best"])
+                if state["evals_since_best"] >= cfg.patience:
+                    state["stopped"] = "early_stopping"
+            state["epoch"] = epoch + 1
+            state["wall_s"] = time.monotonic() - started
+            if cfg.max_minutes is not None and time.monotonic() - session_start > 60 * cfg.max_minutes:
+                state["stopped"] = "time_limit"
+            with interrupts_deferred():  # Ctrl-C waits for last.pt and the log line, then stops here
+                checkpoint(last_path)
+                saved_epoch = state["epoch"]
+                if "val_f_mse" in record:
+                    log.write({"event": "eval", **record, "elapsed_s": round(state["wall_s"], 2)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['train_a_mse']:.5f}", best_val=f"{state['best_val']:.5f}")
+    except KeyboardInterrupt:
+        bar.close()
+        with interrupts_deferred():
+            log.write({"event": "interrupted", "resume_at_epoch": saved_epoch or 0,
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        raise TrainingInterrupted(run_dir, saved_epoch or 0, last_path if saved_epoch is not None else None,
+                                  rank) from None
     bar.close()
     stopped = state["stopped"] or "max_epochs"
     if distributed:
@@ -274,5 +336,5 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
                          wall_s=state["wall_s"])
     log.write({"event": "end", "stopped": stopped, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "val_f_mse": result.val_f_mse, "test_f_mse": result.test_f_mse, "test_a_mse": result.test_a_mse,
-               "wall_s": round(result.wall_s, 2)})
+               "wall_s": round(result.wall_s, 2), "active_backend": model.active_backend})
     return result
