@@ -165,12 +165,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .config import ExperimentConfig
     from .data.registry import make_datasets
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import load_model_file
     from .training.plotting import plot_trajectories
     from .training.trainer import build_model, evaluate, make_loader
 
     device = check_device(args.device)
-    state = load_checkpoint(args.checkpoint)
+    state = load_model_file(args.checkpoint)  # a model file, or a training checkpoint's model part
     config = ExperimentConfig.from_dict(state["config"])
     if args.data_dir:
         config.data.data_dir = args.data_dir
@@ -198,7 +198,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .training.trainer import git_commit
 
         record = dict(metrics, command=_command_line(args), checkpoint=str(args.checkpoint),
-                      checkpoint_epoch=state.get("state", {}).get("epoch"), config=state["config"],
+                      checkpoint_epoch=state["epoch"], config=state["config"],
                       git_commit=git_commit())
         with atomic_path(args.output) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n")

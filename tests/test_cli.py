@@ -42,7 +42,7 @@ def test_errors_exit_with_message(tmp_path, capsys):
     assert main(["train", "--config", "no-such-config", "--run-dir", str(tmp_path)]) == 2
     assert "no config named 'no-such-config'" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "model file not found" in capsys.readouterr().err
 
 
 def test_info_via_python_module():

@@ -57,10 +57,39 @@ def test_short_training_lowers_the_loss(data_dir, tmp_path):
     assert header["event"] == "start" and header["seed"] == 1 and header["config"]["model"]["hidden_dim"] == 8
     assert "git_commit" in header and "command" in header
     assert records[-1]["event"] == "end" and records[-1]["stopped"] == "max_epochs"
-    for name in ("best.pt", "last.pt", "config.json", "trajectories.png"):
+    for name in ("best.pt", "last.pt", "model.pt", "config.json", "trajectories.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert (tmp_path / "trajectories.png").read_bytes()[:4] == b"\x89PNG"
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_model_file_rebuilds_the_best_model(data_dir, tmp_path):
+    """model.pt: weights only (loads with weights_only=True), the best epoch's weights, the same predictions as the
+    trained model through EGNO.load; damaged or foreign files get one clear error."""
+    from egno_fast import EGNO
+    from egno_fast.training.checkpoint import MODEL_FILE_FORMAT, load_model_file
+
+    result = train(tiny_config(data_dir, "train.epochs=3"), tmp_path, progress=False)
+    record = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert record["format"] == MODEL_FILE_FORMAT and record["epoch"] == result.best_epoch
+    assert set(record) == {"format", "model_config", "model", "config", "epoch", "metrics"}
+    assert record["metrics"]["test_f_mse"] == result.test_f_mse
+    loaded = EGNO.load(tmp_path / "model.pt", backend="reference")
+    x, v = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(5, 3)
+    edge_index = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 3, 4, 0]])
+    h, edge_attr = torch.ones(5, record["model_config"]["node_dim"]), torch.ones(5, record["model_config"]["edge_dim"])
+    result.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, v, h, edge_index, edge_attr).x,
+                                   result.model(x, v, h, edge_index, edge_attr).x, rtol=0, atol=0)
+    assert load_model_file(tmp_path / "best.pt")["epoch"] == result.best_epoch  # a checkpoint's model part
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes((tmp_path / "model.pt").read_bytes()[:2000])
+    with pytest.raises(ValueError, match="not a readable egno_fast model file"):
+        load_model_file(damaged)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="neither an egno_fast model file nor a training checkpoint"):
+        load_model_file(tmp_path / "foreign.pt")
 
 
 def test_resume_is_exact(data_dir, tmp_path):

@@ -178,6 +178,18 @@ class EGNO(nn.Module):
                         ", ".join(f"{op}={name!r}" for op, name in chosen.items()), device)
             self.active_backend = chosen
 
+    # ---------------------------------------------------------------- saved models
+    @classmethod
+    def load(cls, path, backend: Union[str, Dict[str, str]] = "auto", map_location="cpu") -> "EGNO":
+        """The model of a model file (``RUN/model.pt``, format in :mod:`egno_fast.training.checkpoint`, read with
+        ``weights_only=True``) or of a training checkpoint (``best.pt``), in eval mode, with ``backend``."""
+        from ..training.checkpoint import load_model_file
+
+        record = load_model_file(path, map_location)
+        model = cls(**record["model_config"], backend=backend)
+        model.load_state_dict(record["model"])
+        return model.eval()
+
     # ---------------------------------------------------------------- compatibility with the reference code
     @classmethod
     def from_official_state_dict(cls, state_dict: Dict[str, Tensor], **config) -> "EGNO":

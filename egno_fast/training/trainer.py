@@ -32,7 +32,7 @@ from ..data.batching import collate_graphs
 from ..data.io import atomic_path
 from ..data.registry import make_datasets
 from ..models import EGNO
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, model_file_from_checkpoint, save_checkpoint, save_model_file
 from .launch import rank_and_world
 from .metrics import frame_mse, frame_squared_error
 
@@ -177,8 +177,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     """Train (or resume) the experiment ``config`` in ``run_dir``.
 
     Files in ``run_dir``: config.json, metrics.jsonl (a header line with command, config, seed and git commit,
-    then one line per evaluation), last.pt (every epoch, for resuming), best.pt (best validation F-MSE) and
-    trajectories.png (predicted vs true test trajectories of the best model).
+    then one line per evaluation), last.pt (every epoch, for resuming), best.pt (best validation F-MSE), model.pt
+    (the best weights only, written at the end: :mod:`egno_fast.training.checkpoint`) and trajectories.png
+    (predicted vs true test trajectories of the best model).
 
     ``report`` (rank 0 only) receives one-line status messages for the user, e.g. "resuming RUN_DIR at epoch N".
     Ctrl-C raises :class:`TrainingInterrupted`; calling ``train`` again with the same arguments resumes.
@@ -327,8 +328,10 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     if distributed:
         dist.barrier()  # best.pt is complete before any rank reads it
     if best_path.exists():
-        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+        best = load_checkpoint(best_path, map_location=device)
+        model.load_state_dict(best["model"])
         if main_process:
+            save_model_file(run_dir / "model.pt", model_file_from_checkpoint(best))
             plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device)
     result = TrainResult(run_dir=run_dir, model=model, stopped=stopped, epochs_run=state["epoch"],
                          best_epoch=state["best_epoch"], val_f_mse=state["best_val"],

@@ -1,0 +1,83 @@
+"""The repository as a stranger gets it: self-contained, small, with a README whose commands and snippet are the
+ones that run (CI calls the README's test command; the Python snippet runs verbatim)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+MAX_TRACKED_BYTES = 40 * 2**20
+
+
+def tracked_files():
+    """The files git tracks (the repository as a clone has it)."""
+    if not (REPO / ".git").exists():
+        pytest.fail("the tests run from a git checkout of the repository")
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    return [REPO / name for name in out.decode().split("\0") if name]
+
+
+def fenced_blocks(language: str):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = [block.strip() for block in fenced_blocks("bash")]
+    test_command = next(c for c in commands if c.endswith("python3 -m pytest"))
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert ci_lines[-1] == test_command
+
+
+def test_nothing_reads_a_folder_beside_the_clone():
+    """Data, fixtures and design notes are in the repository; no file points to a shared folder outside it."""
+    outside = ["..", "shared"]
+    patterns = ["/".join(outside), "EGNO_FAST_" + "SHARED", "shared" + "/data", "shared" + "/fixtures",
+                "shared" + "_dir"]
+    offenders = []
+    for path in tracked_files():
+        if path.suffix in (".npz", ".pt", ".png", ".gz") or not path.is_file() or is_record_of_a_past_run(path):
+            continue
+        text = path.read_text(errors="ignore")
+        offenders += [f"{path.relative_to(REPO)}: {p}" for p in patterns if p in text]
+    assert not offenders
+
+
+def is_record_of_a_past_run(path: Path) -> bool:
+    """Logs and configs of finished runs (results/, benchmarks/results/) record the command as it was typed; they
+    are history, not something that reads files."""
+    relative = path.relative_to(REPO).parts
+    in_results = relative[0] == "results" or relative[:2] == ("benchmarks", "results")
+    return in_results and path.suffix in (".jsonl", ".json", ".log", ".csv")
+
+
+def test_tracked_files_are_small():
+    total = sum(path.stat().st_size for path in tracked_files() if path.is_file())
+    assert total < MAX_TRACKED_BYTES, f"{total / 2**20:.1f} MB tracked"
+
+
+def test_committed_models_are_weights_only_model_files():
+    """No training checkpoint (optimizer state) is committed; the model files load with weights_only=True."""
+    from egno_fast.training.checkpoint import MODEL_FILE_FORMAT
+
+    committed = [p for p in tracked_files() if p.suffix == ".pt" and "fixtures" not in p.parts]
+    assert {p.parent.name for p in committed} >= {"nbody_full_seed1", "mocap_seed1"}
+    for path in committed:
+        assert path.name == "model.pt", path
+        record = torch.load(path, weights_only=True)
+        assert record["format"] == MODEL_FILE_FORMAT and "optimizer" not in record
+        assert not record["config"]["data"]["data_dir"], "a committed model reads its data from the default place"
+
+
+def test_readme_snippet_runs_verbatim(tmp_path):
+    """The "Use it" snippet, as written, from the repository root (it loads a committed model file)."""
+    snippet = fenced_blocks("python")[0]
+    script = tmp_path / "snippet.py"
+    script.write_text(snippet)
+    result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "temporal_residual" in result.stdout and "egnn_layer" in result.stdout  # the printed active backends
