@@ -310,7 +310,9 @@ def _user_error(error: BaseException) -> Optional[str]:
     backends = sys.modules.get("egno_fast.backends")  # imported by any command that can raise its error
     if backends is not None and isinstance(error, backends.BackendUnavailableError):
         return f"{_one_line(error)} (`egno-fast info` lists the backends that run here)"
-    if isinstance(error, (CommandLineError, FileNotFoundError, FileExistsError, ValueError)):
+    io = sys.modules.get("egno_fast.data.io")  # imported by every command that loads data
+    if isinstance(error, (CommandLineError, FileNotFoundError, FileExistsError, ValueError)) or \
+            (io is not None and isinstance(error, io.MissingExtraError)):
         return _one_line(error)
     return None
 

@@ -149,6 +149,20 @@ def test_device_errors():
     assert "invalid device 'gpu0'" in line and "use --device cpu, cuda or cuda:N" in line
 
 
+@pytest.mark.parametrize("config, blocked, extra", [("protein", "MDAnalysis", "protein"),
+                                                    ("md17", "rdkit", "md17")])
+def test_a_missing_optional_extra_is_named(tmp_path, config, blocked, extra):
+    """A config whose data needs an optional package that is missing says which extra to install, in one line."""
+    code = (f"import sys; sys.modules[{blocked!r}] = None\n"
+            "from egno_fast.cli import main\n"
+            f"sys.exit(main(['data', '--config', {config!r}, '--data-dir', {str(tmp_path)!r}, '--no-progress',"
+            "'--set', 'data.md17_source=\"standin\"']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out.stderr, "data")
+    assert f"pip install 'egno_fast[{extra}]'" in line
+
+
 def test_wrong_config_values(tmp_path, capsys):
     out = run_cli("train", "--set", "model.hidden_dim=abc")
     assert out.returncode == 2

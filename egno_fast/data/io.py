@@ -11,6 +11,10 @@ from typing import Dict, Iterable, Iterator, Optional
 import numpy as np
 
 
+class MissingExtraError(ImportError):
+    """A data set needs an optional dependency that is not installed; the message names the extra to install."""
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .batching import StartFrameDataset
-from .io import atomic_savez, load_npz
+from .io import MissingExtraError, atomic_savez, load_npz
 from .protocol import check_split, target_offsets
 
 MOLECULES = {  # SMILES of the 8 MD17 molecules (hydrogens added by RDKit)
@@ -136,7 +136,7 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
         from rdkit import Chem
         from rdkit.Chem import AllChem
     except ImportError as error:
-        raise ImportError("the MD17 stand-in needs RDKit: pip install 'egno_fast[md17]' (or rdkit)") from error
+        raise MissingExtraError("the MD17 stand-in needs RDKit: pip install 'egno_fast[md17]'") from error
     if molecule not in MOLECULES:
         raise ValueError(f"unknown MD17 molecule {molecule!r}; choose one of {sorted(MOLECULES)}")
     mol = Chem.AddHs(Chem.MolFromSmiles(MOLECULES[molecule]))

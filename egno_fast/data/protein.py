@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from ..graph import radius_graph
 from .batching import GraphSample
+from .io import MissingExtraError
 from .protocol import SPLITS, check_split, target_offsets
 
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -35,8 +36,7 @@ def _import_mdanalysis():
     try:
         import MDAnalysis
     except ImportError as error:
-        raise ImportError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]' "
-                          "(or MDAnalysis)") from error
+        raise MissingExtraError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]'") from error
     return MDAnalysis
 
 
@@ -137,9 +137,10 @@ def protein_datasets(topology: str | Path, trajectory: str | Path, num_frames: i
 
 
 def adk_test_files() -> Tuple[str, str]:
-    """(adk.psf, adk_dims.dcd) from the MDAnalysisTests package (``pip install MDAnalysisTests``)."""
+    """(adk.psf, adk_dims.dcd) from the MDAnalysisTests package (extra ``protein``)."""
     try:
         from MDAnalysisTests.datafiles import DCD, PSF
     except ImportError as error:
-        raise ImportError("the AdK test trajectory comes with MDAnalysisTests: pip install MDAnalysisTests") from error
+        raise MissingExtraError("the default protein trajectory (AdK) comes with MDAnalysisTests: "
+                                "pip install 'egno_fast[protein]', or give data.topology and data.trajectory") from error
     return PSF, DCD
