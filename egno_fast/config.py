@@ -22,17 +22,17 @@ class DataConfig:
     discretisation: str = "uniform"  # "uniform" (EGNO-U) or "last" (EGNO-L)
     max_train_samples: Optional[int] = 3000
     max_eval_samples: Optional[int] = None
-    # N-body generator (DESIGN.md §2): the stream of seed 43 with 10000/2000/2000 trajectories.
+    # N-body generator (docs/design.md §2.2): the stream of seed 43 with 10000/2000/2000 trajectories.
     num_train: int = 10000
     num_valid: int = 2000
     num_test: int = 2000
     generator_seed: int = 43
-    # MD17 (DESIGN.md §2): which molecule, and "file" (md17_<molecule>.npz in the data folder, e.g. the sGDML
+    # MD17 (docs/design.md §2.4): which molecule, and "file" (md17_<molecule>.npz in the data folder, e.g. the sGDML
     # download) or "standin" (generated once with RDKit's MMFF94 into <data folder>/md17_standin/).
     molecule: str = "aspirin"
     md17_source: str = "file"
-    # Protein (DESIGN.md §2): MDAnalysis-readable topology and trajectory files; both empty: the AdK test trajectory
-    # of the MDAnalysisTests package (adk.psf, adk_dims.dcd). Contact-graph cutoff in Angstrom.
+    # Protein (docs/design.md §2.5): MDAnalysis-readable topology and trajectory files; both empty: the AdK test
+    # trajectory of the MDAnalysisTests package (adk.psf, adk_dims.dcd). Contact-graph cutoff in Angstrom.
     topology: str = ""
     trajectory: str = ""
     cutoff: float = 10.0
@@ -52,7 +52,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation and evaluation schedule (the reference's conventions, DESIGN.md §1)."""
+    """Optimisation and evaluation schedule (the reference's conventions, docs/design.md §1.6)."""
 
     epochs: int = 5000
     batch_size: int = 100

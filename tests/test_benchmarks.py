@@ -67,8 +67,8 @@ def test_egnn_target_summary_and_cpu_refusal(capsys):
 
 
 def test_cpp_target_reports_paired_speedups(tmp_path):
-    """benchmarks.cpp_target (the CPU targets of docs/design.md §6.4): the speed-up is the median of per-pair ratios, and the cpp
-    backend's outputs and gradients agree with the reference's."""
+    """benchmarks.cpp_target (the CPU targets of docs/design.md §6.4): the speed-up is the median of per-pair ratios,
+    and the cpp backend's outputs and gradients agree with the reference's."""
     import os
     import statistics
 

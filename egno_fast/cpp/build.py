@@ -73,7 +73,8 @@ def compiler() -> str:
     """The C++ compiler that will be used ($CXX, else c++); an error naming the fix if there is none."""
     name = os.environ.get("CXX") or "c++"
     if shutil.which(name) is None:
-        hint = "xcode-select --install" if sys.platform == "darwin" else "e.g. apt-get install g++ or dnf install gcc-c++"
+        hint = ("xcode-select --install" if sys.platform == "darwin"
+                else "e.g. apt-get install g++ or dnf install gcc-c++")
         raise ExtensionBuildError(f"no C++ compiler found ({name!r} is not on PATH; set $CXX to another): install one "
                                   f"({hint}) to build the 'cpp' backend, or set EGNO_FAST_NO_EXTENSION=1")
     return name

@@ -141,6 +141,6 @@ def adk_test_files() -> Tuple[str, str]:
     try:
         from MDAnalysisTests.datafiles import DCD, PSF
     except ImportError as error:
-        raise MissingExtraError("the default protein trajectory (AdK) comes with MDAnalysisTests: "
-                                "pip install 'egno_fast[protein]', or give data.topology and data.trajectory") from error
+        raise MissingExtraError("the default protein trajectory (AdK) comes with MDAnalysisTests: pip install "
+                                "'egno_fast[protein]', or give data.topology and data.trajectory") from error
     return PSF, DCD

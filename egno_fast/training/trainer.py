@@ -265,7 +265,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
                                        "config": config.to_dict(), "model_config": model.config})
 
     started = time.monotonic() - state["wall_s"]
-    session_start = time.monotonic()
+    invocation_start = time.monotonic()
     saved_epoch = state["epoch"] if saved is not None else None  # where a resume from last.pt starts (None: no file)
     bar = tqdm(total=cfg.epochs, initial=state["epoch"], desc=config.name, unit="epoch",
                disable=not (progress and main_process), dynamic_ncols=True)
@@ -307,7 +307,7 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
                     state["stopped"] = "early_stopping"
             state["epoch"] = epoch + 1
             state["wall_s"] = time.monotonic() - started
-            if cfg.max_minutes is not None and time.monotonic() - session_start > 60 * cfg.max_minutes:
+            if cfg.max_minutes is not None and time.monotonic() - invocation_start > 60 * cfg.max_minutes:
                 state["stopped"] = "time_limit"
             with interrupts_deferred():  # Ctrl-C waits for last.pt and the log line, then stops here
                 checkpoint(last_path)
