@@ -151,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if result.model.active_backend:
             print("backend: " + ", ".join(f"{op}={name}" for op, name in result.model.active_backend.items())
                   + f" on {device}")
-        print(f"checkpoint: {result.checkpoint}\nmetrics log: {result.log}\nplot: {result.plot}")
+        print(f"model: {result.model_file}\nmetrics log: {result.log}\nplot: {result.plot}")
         if result.stopped == "time_limit":
             limit = config.train.max_minutes
             print(f"time limit of {limit:g} min reached at epoch {result.epochs_run} of {config.train.epochs}: to "

@@ -23,8 +23,8 @@ def test_default_train_then_eval(tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["train", "--run-dir", str(run_dir), "--no-progress", *overrides]) == 0
     out = capsys.readouterr().out
-    assert "test F-MSE" in out and "checkpoint:" in out and str(run_dir / "trajectories.png") in out
-    assert main(["eval", "--checkpoint", str(run_dir / "best.pt"), "--plot", str(tmp_path / "eval.png"),
+    assert "test F-MSE" in out and f"model: {run_dir / 'model.pt'}" in out and str(run_dir / "trajectories.png") in out
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--plot", str(tmp_path / "eval.png"),
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "test: F-MSE" in out and (tmp_path / "eval.png").exists()

@@ -56,8 +56,9 @@ class TrainResult:
     wall_s: float
 
     @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
+    def model_file(self) -> Path:
+        """The best weights only (``EGNO.load`` and ``egno-fast eval`` read it)."""
+        return self.run_dir / "model.pt"
 
     @property
     def log(self) -> Path:
