@@ -10,6 +10,8 @@
   ``model`` (the state_dict, CPU tensors), ``config`` (the experiment config as a dict: data protocol and training
   settings, what ``egno-fast eval`` needs to rebuild the data), ``epoch`` (the epoch the weights are from),
   ``metrics`` (a dict of the run's numbers at that epoch, may be empty).
+
+Both are read with ``weights_only=True``: a file from elsewhere cannot run code when it is loaded.
 """
 from __future__ import annotations
 
@@ -29,15 +31,21 @@ def save_checkpoint(path: str | Path, state: Dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
-    """Load a training checkpoint written by :func:`save_checkpoint`."""
+def _read(path: str | Path, kind: str, map_location: str | torch.device) -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain values only: no pickled code runs), with one
+    clear error for a missing, truncated or foreign file; ``kind`` names the file in the messages."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise FileNotFoundError(f"{kind} not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable egno_fast checkpoint: {error}") from error
+        raise ValueError(f"{path} is not a readable egno_fast {kind}: {error}") from error
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
+    """Load a training checkpoint written by :func:`save_checkpoint`."""
+    state = _read(path, "checkpoint", map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not an egno_fast checkpoint (no 'model' and 'config' entries)")
     return state
@@ -72,13 +80,7 @@ def model_file_from_checkpoint(state: Dict[str, Any]) -> Dict[str, Any]:
 def load_model_file(path: str | Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
     """Read a model file, or the model part of a training checkpoint, as a model file record (both with
     ``weights_only=True``: tensors and plain values only)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model file not found: {path}")
-    try:
-        record = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable egno_fast model file: {error}") from error
+    record = _read(path, "model file", map_location)
     if isinstance(record, dict) and record.get("format") == MODEL_FILE_FORMAT:
         missing = [k for k in ("model_config", "model", "config", "epoch") if k not in record]
         if missing:
