@@ -18,8 +18,6 @@ import shlex
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "RESULTS.md"
 PAPER_FILE = REPO / "docs" / "paper_numbers.json"
@@ -150,7 +148,8 @@ def load_record(path: Path) -> dict:
             best = next(r for r in evals if r["epoch"] == evals[-1]["best_epoch"])
             f_mse, a_mse, best_epoch, val_f = best["test_f_mse"], best["test_a_mse"], best["epoch"], best["val_f_mse"]
             wall_s, epochs_run, stopped = evals[-1]["elapsed_s"], evals[-1]["epoch"], None
-        return {"kind": "train", "path": path, "config": starts[0]["config"], "commands": [s["command"] for s in starts],
+        return {"kind": "train", "path": path, "config": starts[0]["config"],
+                "commands": [s["command"] for s in starts],
                 "seeds": {s["seed"] for s in starts} | {s["config"]["train"]["seed"] for s in starts},
                 "devices": {s["device"] for s in starts}, "f_mse": f_mse, "a_mse": a_mse, "best_epoch": best_epoch,
                 "val_f_mse": val_f, "wall_s": wall_s, "epochs_run": epochs_run, "stopped": stopped,
@@ -388,7 +387,8 @@ def label_problems(label: str, record: dict) -> List[str]:
 
     # what the label leaves unsaid is as in the shipped config (the paper's setup for nbody, mocap, md17, protein)
     if not said(r"\d+ train\b"):
-        problems += equal(data["max_train_samples"], shipped["data"]["max_train_samples"], "Experiment: training samples")
+        problems += equal(data["max_train_samples"], shipped["data"]["max_train_samples"],
+                          "Experiment: training samples")
     if not said(r"\bP = \d+"):
         problems += equal(data["num_frames"], shipped["data"]["num_frames"], "Experiment: P")
     if not said(r"\d+ epochs\b"):
