@@ -3,6 +3,7 @@ in their prose is checked against a committed file (training logs, benchmark res
 docs/paper_numbers.json for the paper's values), with the checks of tests/test_results_page.py. A second test
 changes each number of those sections (and swaps labels), one at a time, and expects each change to be caught."""
 import functools
+import hashlib
 import json
 import re
 import subprocess
@@ -117,7 +118,7 @@ def git(*args: str) -> str:
 def cpu_runs() -> List[Tuple[str, Path]]:
     """(time, folder) of every committed CPU sweep (benchmarks/results/*/results.json with a CPU meta record)."""
     if not (REPO / ".git").exists():
-        pytest.skip("the latest committed benchmark run is found with git")
+        pytest.fail("the tests run from a git checkout (the latest committed benchmark run is found with git)")
     tracked = set(git("ls-files", "benchmarks/results").splitlines())
     runs = []
     for path in sorted((REPO / "benchmarks" / "results").glob("*/results.json")):
@@ -169,14 +170,28 @@ def bench_row_problems(row: dict, run: dict) -> List[str]:
     return problems
 
 
+def blob_hash(path: Path) -> str:
+    """git's object id of a file's contents (computed here: no git history needed)."""
+    data = path.read_bytes()
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 @functools.lru_cache(maxsize=None)
-def kernel_history(run_time: str) -> Tuple[str, List[str]]:
-    """The last commit of the kernel file before ``run_time`` (what a GPU run then measured) and the later ones.
-    Skips the calling test where the history is not there to read (no git checkout, or a shallow clone)."""
-    if not (REPO / ".git").exists() or git("rev-parse", "--is-shallow-repository") == "true":
-        pytest.skip("the GPU figures name the kernel commit they measured: checking it needs the git history")
-    kernel_commit = git("log", "-1", "--format=%H", f"--before={run_time}", "--", KERNEL)
-    return kernel_commit, git("log", "--format=%H", f"{kernel_commit}..HEAD", "--", KERNEL).split()
+def kernel_history(folder: Path, run_time: str) -> Tuple[str, List[str]]:
+    """The kernel commit a GPU run measured and the later commits of the kernel file, from the run's kernel.json;
+    the kernel counts as changed since when the file's contents differ from the measured commit's. Where the git
+    history is there (not a shallow clone), the record itself is checked against it."""
+    record = json.loads((folder / "kernel.json").read_text())
+    assert record["file"] == KERNEL
+    later = list(record["later_commits"])
+    if blob_hash(REPO / KERNEL) != record["measured_blob"] and not later:
+        later = ["(uncommitted change)"]
+    if (REPO / ".git").exists() and git("rev-parse", "--is-shallow-repository") == "false":
+        assert git("log", "-1", "--format=%H", f"--before={run_time}", "--", KERNEL) == record["measured_commit"]
+        history = git("log", "--reverse", "--format=%H", f"{record['measured_commit']}..HEAD", "--", KERNEL).split()
+        assert history[:len(record["later_commits"])] == record["later_commits"]
+        assert git("rev-parse", f"{record['measured_commit']}:{KERNEL}") == record["measured_blob"]
+    return record["measured_commit"], later
 
 
 def gpu_rules(folder: Path, text: str) -> Tuple[List[Rule], List[Rule]]:
@@ -190,7 +205,7 @@ def gpu_rules(folder: Path, text: str) -> Tuple[List[Rule], List[Rule]]:
     log, measured = bf16[0]
     environment = (log.parent / "environment.txt").read_text()
     run_time = re.search(r"^== (\S+)", environment, flags=re.M).group(1)
-    kernel_commit, later = kernel_history(run_time)
+    kernel_commit, later = kernel_history(folder, run_time)
 
     def sentence(m: re.Match) -> List[str]:
         return (shown_matches(m.group(1), measured["nodes"] / 1e3, "nodes (thousands)")
