@@ -336,7 +336,7 @@ def status_problems(cell: str, record: dict) -> List[str]:
              (r"after (\d+) of (\d+) epochs", after),
              (r"(\d+)-epoch budget", lambda m: equal(int(m.group(1)), config["epochs"], "epoch budget")
               + equal(stopped, "max_epochs", "stopped by")),
-             (r"in (\d+) sessions?", lambda m: equal(int(m.group(1)), record["sessions"], "sessions (start records)")),
+             (r"in (\d+) parts?", lambda m: equal(int(m.group(1)), record["sessions"], "parts (start records)")),
              (r"validation F-MSE (?:is )?(\d+\.\d+)",
               lambda m: shown_matches(m.group(1), record["val_f_mse"], "validation F-MSE", min_digits=2))]
     return problems + apply_rules(cell, rules, "Status")
