@@ -226,11 +226,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"CUDA: {'yes, ' + torch.cuda.get_device_name(0) if cuda else 'no'}; CPU threads: {torch.get_num_threads()}")
     try:
         from .cpp import build_info
+        from .cpp.build import load_extension
         built = build_info()
-        print(f"C++ extension egno_fast._C: built (OpenMP {'on' if built['openmp'] else 'off'}, CUDA graph builders "
-              f"{'in' if built['cuda'] else 'not built'})")
+        print(f"C++ extension: built (OpenMP {'on' if built['openmp'] else 'off'}, CUDA graph builders "
+              f"{'in' if built['cuda'] else 'not built'}): {load_extension().__file__}")
     except ImportError as error:
-        print(f"C++ extension egno_fast._C: unavailable ({error})")
+        print(f"C++ extension: unavailable ({error})")
     for device in ("cpu", "cuda") if cuda else ("cpu",):
         print(f"backends on {device} (auto priority: {', '.join(AUTO_PRIORITY[device])}):")
         for name, ops in backend_status(device).items():
