@@ -233,10 +233,17 @@ def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path, data_dir, c
         capsys.readouterr().err
 
 
-def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, data_dir, capsys, monkeypatch):
+@pytest.fixture
+def terminal_ctrl_c():
+    """Python's own Ctrl-C handler, as in a terminal (a process started in the background inherits SIG_IGN)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_during_a_checkpoint_write_waits_for_it(tmp_path, data_dir, capsys, monkeypatch, terminal_ctrl_c):
     from egno_fast.training import trainer
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     original = trainer.save_checkpoint
 
     def signalled_while_saving(path, state):
