@@ -35,7 +35,7 @@ OUTPUTS=(summary.md steps.tsv tests_tail.log gpu_check.tar.gz)  # all that is le
 STEPS=(
   "environment|10|environment_facts"
   "install|20|PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install -q --no-deps --no-build-isolation -e ."
-  "build_cpp|75|python3 -c 'import egno_fast.cpp as cpp; print(\"C++ extension ready:\", cpp.build_info())'"
+  "build_cpp|75|python3 -m egno_fast.cpp.build"
   "kernel_tests|80|kernel_tests"
   "egnn_target|50|python3 -m benchmarks.egnn_target --nodes \$EGNN_NODES --variants \$EGNN_VARIANTS --repeats 5 --no-fit --out \$WORK/egnn_target"
   "temporal_bandwidth|25|python3 -m benchmarks.temporal_bandwidth \$BANDWIDTH_ARGS --out \$WORK/temporal_bandwidth"
@@ -73,7 +73,6 @@ if [ "${1:-}" = --dry-run ]; then
   exit 0
 fi
 (( needed <= BUDGET_S )) || { echo "gpu_check: over the budget: $budget_line" >&2; exit 2; }
-case "${1:-}" in quick|full) echo "gpu_check: the '$1' mode is gone (one short run now); ignored" >&2; shift ;; esac
 
 out=${1:-gpu_check_$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2

@@ -11,8 +11,6 @@ command line (``egno-fast --help``) answers at once.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any, List
 
 __version__ = "0.1.0"
@@ -22,7 +20,7 @@ _LAZY = {
     "EGNO": ".models", "EGNOOutput": ".models",
     "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".graph",
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
-    "patch": ".patch", "unpatch": ".patch",
+    "patch": ".patching", "unpatch": ".patching",
 }
 
 __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "BackendUnavailableError",
@@ -32,7 +30,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .backends import BackendUnavailableError, backend_status
     from .graph import Graph, GraphInputError, build_graph
     from .models import EGNO, EGNOOutput
-    from .patch import patch, unpatch
+    from .patching import patch, unpatch
 
 
 def __getattr__(name: str) -> Any:
@@ -47,15 +45,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))
 
-
-class _Package(types.ModuleType):
-    """Keeps ``egno_fast.patch`` the function: importing the submodule egno_fast.patch (which the import system then
-    binds on the package under the same name) must not replace it, whichever import comes first."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "patch" and isinstance(value, types.ModuleType) and hasattr(value, "patch"):
-            value = value.patch
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -59,7 +59,6 @@ def _load(backend: str) -> None:
     """Import the modules that register ``backend``'s ops, once; remember why if that fails."""
     if backend in _LOADED:
         return
-    _LOADED.add(backend)
     for module in _PROVIDERS[backend]:
         try:
             importlib.import_module(module).register_ops(register)
@@ -67,7 +66,8 @@ def _load(backend: str) -> None:
             _LOAD_ERRORS[backend] = f"{module} cannot be imported ({error})"
             # said once, where anyone sees it: "auto" then runs another backend, never silently
             logger.warning("backend %r is unavailable: %s", backend, _LOAD_ERRORS[backend])
-            return
+            break
+    _LOADED.add(backend)  # loaded, or its reason recorded (an interrupted import is tried again)
 
 
 def check_backend_name(name: str) -> str:

@@ -167,20 +167,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.registry import make_datasets
     from .training.checkpoint import load_model_file
     from .training.plotting import plot_trajectories
-    from .training.trainer import build_model, evaluate, make_loader
+    from .models import EGNO
+    from .training.trainer import evaluate, make_loader
 
     device = check_device(args.device)
     state = load_model_file(args.checkpoint)  # a model file, or a training checkpoint's model part
     config = ExperimentConfig.from_dict(state["config"])
     if args.data_dir:
         config.data.data_dir = args.data_dir
-    check_backend(args.backend or config.model.backend, device)
+    backend = args.backend or config.model.backend
+    check_backend(backend, device)
     datasets = make_datasets(config.data, progress=not args.no_progress)
-    model = build_model(config, datasets["train"][0])
-    model.load_state_dict(state["model"])
-    model.to(device)
-    if args.backend:
-        model.backend = args.backend
+    model = EGNO.from_model_record(state, backend).to(device)
     if args.resample > 1:
         from .training.zero_shot import evaluate_resampled
 
@@ -192,8 +190,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
     print(f"{label}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
     if args.output:
-        import json
-
         from .data.io import atomic_path
         from .training.trainer import git_commit
 

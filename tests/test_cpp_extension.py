@@ -5,6 +5,7 @@ The extension is built on first use (egno_fast/cpp/build.py; tests/conftest.py b
 EGNO_FAST_REQUIRE_EXTENSION=1, so these tests fail there instead of skipping if it did not build.
 """
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -428,18 +429,53 @@ def test_failed_build_keeps_the_compiler_output(tmp_path, monkeypatch):
     monkeypatch.setenv("EGNO_FAST_BUILD_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EGNO_FAST_CUDA", "0")
     with pytest.raises(build.ExtensionBuildError, match="building the C.. extension failed .*build_error.log") as info:
-        build._build_and_load(verbose=False)
+        build._build_and_load()
     log = next((tmp_path / "cache").glob("*/build_error.log"))
     assert "this is not C++" in log.read_text() and str(log) in str(info.value)
+    # load_extension tries once per process: the second call raises the same error without building again
+    monkeypatch.setattr(build, "_LOADED", None)
+    monkeypatch.setattr(build, "_FAILED", None)
+    builds = []
+
+    def failing_build():
+        builds.append(1)
+        raise info.value
+
+    monkeypatch.setattr(build, "_build_and_load", failing_build)
+    for _ in range(2):
+        with pytest.raises(build.ExtensionBuildError, match="build_error.log"):
+            build.load_extension()
+    assert builds == [1]
 
 
-def test_build_cache_key_covers_sources_flags_and_torch(monkeypatch):
+def test_unwritable_build_folder_is_named(tmp_path, monkeypatch):
+    from egno_fast.cpp import build
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("EGNO_FAST_BUILD_DIR", str(blocker / "cache"))  # a folder below a file cannot be made
+    monkeypatch.setenv("EGNO_FAST_CUDA", "0")
+    with pytest.raises(build.ExtensionBuildError, match="cannot create the build folder .*EGNO_FAST_BUILD_DIR"):
+        build._build_and_load()
+
+
+def test_build_cache_key_covers_sources_flags_and_torch(monkeypatch, tmp_path):
     """The cache folder changes with the sources, the -march flag and torch's version; it is stable otherwise."""
     from egno_fast.cpp import build
 
     monkeypatch.setenv("EGNO_FAST_CUDA", "0")
     first = build.build_plan()
     assert build.build_plan().directory == first.directory
+    edited = tmp_path / "csrc"
+    shutil.copytree(build.source_root(), edited)
+    assert build.build_plan().directory == first.directory
+    monkeypatch.setattr(build, "source_root", lambda: edited)
+    assert build.build_plan().directory == first.directory  # the same sources elsewhere: the same build
+    with open(edited / "cpu" / "tiles.h", "a") as header:  # a header counts too
+        header.write("\n")
+    assert build.build_plan().directory != first.directory
+    monkeypatch.undo()
+    monkeypatch.setenv("EGNO_FAST_CUDA", "0")
     assert first.directory.parent == build.cache_root() and "-march=native" in first.cxx_flags
     monkeypatch.setenv("EGNO_FAST_CPU_ARCH", "x86-64-v2")
     assert build.build_plan().directory != first.directory

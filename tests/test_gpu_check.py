@@ -76,7 +76,7 @@ def test_steps_in_order_each_with_a_limit_within_the_budget():
     assert set(outputs) == OUTPUTS and len(outputs) <= 8
     commands = {name: command for name, _, command in steps}
     assert "pip install -q --no-deps --no-build-isolation -e ." in commands["install"]
-    assert "import egno_fast.cpp" in commands["build_cpp"]
+    assert commands["build_cpp"] == "python3 -m egno_fast.cpp.build"
 
 
 def test_over_budget_or_bad_limits_are_refused_before_anything_runs(tmp_path):
@@ -103,8 +103,8 @@ def test_stubbed_run_leaves_at_most_8_files(tmp_path):
         assert f"stub: {name}" in tar_text(out, f"{name}.log")
     summary = (out / "summary.md").read_text()
     assert "| temporal_bandwidth | 25 |" in summary and "budget 300 s" in summary
-    # a second run into the same folder leaves the same files (and the legacy mode argument is accepted)
-    result = run_script("quick", str(out), GPU_CHECK_STUB="1")
+    # a second run into the same folder leaves the same files
+    result = run_script(str(out), GPU_CHECK_STUB="1")
     assert result.returncode == 0 and {p.name for p in out.iterdir()} == OUTPUTS
 
 
@@ -146,7 +146,7 @@ def test_real_commands_with_a_recording_python(tmp_path):
     for call in recorded:
         argv = call["argv"]
         kind = ("pytest" if argv[0] == "-c" and "pytest.main" in argv[1] else
-                "cpp" if argv[0] == "-c" and "import egno_fast.cpp" in argv[1] else
+                "cpp" if argv[:2] == ["-m", "egno_fast.cpp.build"] else
                 "facts" if argv[0] == "-c" else argv[1])
         by_kind.setdefault(kind, []).append(call)
     assert set(by_kind) == {"facts", "pip", "cpp", "pytest", "benchmarks.egnn_target", "benchmarks.temporal_bandwidth"}

@@ -16,7 +16,7 @@ for one build (torch's file lock in the build folder).
 Switches (environment): ``EGNO_FAST_NO_EXTENSION=1`` never builds (the "cpp" backend reports itself unavailable);
 ``EGNO_FAST_CUDA=1`` / ``0`` forces the CUDA graph builders in / out (default: in where torch has CUDA and nvcc is
 found); ``EGNO_FAST_CPU_ARCH`` sets ``-march`` (default ``native``; empty for none); ``CXX`` names the compiler;
-``MAX_JOBS`` bounds the parallel compile jobs.
+``MAX_JOBS`` bounds the parallel compile jobs; ``EGNO_FAST_BUILD_VERBOSE=1`` shows the compiler's commands.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import List, Optional
 
 MODULE_NAME = "egno_fast_C"  # the compiled module (TORCH_EXTENSION_NAME in csrc/ops.cpp)
 _LOADED: Optional[ModuleType] = None  # this process's module, once loaded
+_FAILED: Optional[ExtensionBuildError] = None  # why it cannot be built here (said once, not rebuilt per import)
 
 
 class ExtensionBuildError(ImportError):
@@ -47,6 +49,7 @@ class BuildPlan:
 
     Attributes:
         sources: the translation units, absolute paths.
+        include_dirs: extra header folders (csrc/).
         cxx_flags / cuda_flags / link_flags: compiler and linker flags.
         with_cuda: whether the CUDA graph builders are compiled in.
         directory: the cache folder of this build.
@@ -70,13 +73,19 @@ def source_root() -> Path:
 
 
 def compiler() -> str:
-    """The C++ compiler that will be used ($CXX, else c++); an error naming the fix if there is none."""
+    """The C++ compiler that will be used ($CXX, else c++), after checking that it and Python's headers are there;
+    an error naming the fix otherwise."""
     name = os.environ.get("CXX") or "c++"
     if shutil.which(name) is None:
         hint = ("xcode-select --install" if sys.platform == "darwin"
                 else "e.g. apt-get install g++ or dnf install gcc-c++")
         raise ExtensionBuildError(f"no C++ compiler found ({name!r} is not on PATH; set $CXX to another): install one "
                                   f"({hint}) to build the 'cpp' backend, or set EGNO_FAST_NO_EXTENSION=1")
+    headers = Path(sysconfig.get_paths()["include"])
+    if not (headers / "Python.h").is_file():
+        raise ExtensionBuildError(f"Python's C headers are missing ({headers / 'Python.h'}): install them (e.g. "
+                                  f"apt-get install python{sys.version_info[0]}.{sys.version_info[1]}-dev) to build "
+                                  "the 'cpp' backend, or set EGNO_FAST_NO_EXTENSION=1")
     return name
 
 
@@ -188,9 +197,8 @@ class _Progress:
                   file=self.stream, flush=True)
 
     def __enter__(self):
-        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
-        print(f"egno_fast: building the C++ extension for torch {_torch_version()} ({len(self.plan.sources)} files, "
-              f"{jobs} parallel jobs; first use on this machine, a few minutes on 2 cores) in {self.plan.directory}",
+        print(f"egno_fast: building the C++ extension for torch {_torch_version()} ({len(self.plan.sources)} files; "
+              f"first use on this machine: about a minute per file and core) in {self.plan.directory}",
               file=self.stream, flush=True)
         self.thread.start()
         return self
@@ -211,32 +219,55 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def load_extension(verbose: bool = False) -> ModuleType:
+def load_extension() -> ModuleType:
     """The compiled extension module (``torch.ops.egno_fast`` registered once it is loaded); built first if needed.
+    A build that failed is not tried again in the same process: the same error is raised.
 
     Raises:
-        ExtensionBuildError: switched off, no compiler, or the build failed (the compiler's output is kept in
-            ``build_error.log`` in the build folder and the message names that file).
+        ExtensionBuildError: switched off, no compiler, no Python headers, no ninja, an unwritable cache folder, or
+            the build failed (the compiler's output is kept in ``build_error.log`` in the build folder and the
+            message names that file).
     """
     if os.environ.get("EGNO_FAST_NO_EXTENSION") == "1":
         raise ExtensionBuildError("the C++ extension is switched off (EGNO_FAST_NO_EXTENSION=1)")
-    global _LOADED
+    global _LOADED, _FAILED
+    if _FAILED is not None:
+        raise _FAILED
     if _LOADED is None:
-        _LOADED = _build_and_load(verbose)
+        try:
+            _LOADED = _build_and_load()
+        except ExtensionBuildError as error:
+            _FAILED = error
+            raise
     return _LOADED
 
 
-def _build_and_load(verbose: bool) -> ModuleType:
-    plan = build_plan()
-    plan.directory.mkdir(parents=True, exist_ok=True)
+def _find_ninja() -> None:
+    """Make the ninja that pip installed beside this Python findable when its folder is not on PATH (a virtual
+    environment used without activating it); an error naming the fix if there is none."""
     from torch.utils import cpp_extension
 
+    beside = os.path.dirname(sys.executable)
+    if not cpp_extension.is_ninja_available() and shutil.which("ninja", path=beside):
+        os.environ["PATH"] = beside + os.pathsep + os.environ.get("PATH", "")
     if not cpp_extension.is_ninja_available():
         raise ExtensionBuildError("ninja is not installed (it drives the C++ build): pip install ninja")
+
+
+def _build_and_load() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    plan = build_plan()
+    try:
+        plan.directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ExtensionBuildError(f"cannot create the build folder {plan.directory} ({error.strerror}); set "
+                                  "EGNO_FAST_BUILD_DIR to a writable folder") from error
+    _find_ninja()
     arguments = dict(name=MODULE_NAME, sources=plan.sources, extra_cflags=plan.cxx_flags,
                      extra_cuda_cflags=plan.cuda_flags, extra_ldflags=plan.link_flags,
                      extra_include_paths=plan.include_dirs, build_directory=str(plan.directory),
-                     with_cuda=plan.with_cuda, verbose=verbose)
+                     with_cuda=plan.with_cuda, verbose=os.environ.get("EGNO_FAST_BUILD_VERBOSE") == "1")
     try:
         if _built_module(plan) is not None:  # cached: torch checks the sources and loads without compiling
             return cpp_extension.load(**arguments)

@@ -130,13 +130,14 @@ def generate_md17_standin(path: str | Path, molecule: str, num_frames: int = 630
                           equilibration_steps: int = 2000) -> Path:
     """Simulate ``molecule`` with MMFF94 Langevin dynamics and write an sGDML-schema npz to ``path`` (atomically).
 
-    Returns the path. Needs RDKit (``pip install egno_fast[md17]``).
+    Returns the path. Needs RDKit (extra ``md17``).
     """
     try:
         from rdkit import Chem
         from rdkit.Chem import AllChem
     except ImportError as error:
-        raise MissingExtraError("the MD17 stand-in needs RDKit: pip install 'egno_fast[md17]'") from error
+        raise MissingExtraError("the MD17 stand-in needs RDKit: pip install 'egno_fast[md17]' (in a clone: "
+                                "pip install -e '.[md17]')") from error
     if molecule not in MOLECULES:
         raise ValueError(f"unknown MD17 molecule {molecule!r}; choose one of {sorted(MOLECULES)}")
     mol = Chem.AddHs(Chem.MolFromSmiles(MOLECULES[molecule]))

@@ -9,7 +9,7 @@ pairs within ``cutoff``, 10 Angstrom as in the paper; the reference code used 8)
 [|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds are kept in ``bonds`` for
 hierarchical backbones (EGHNO's pooling network).
 
-Needs MDAnalysis (``pip install 'egno_fast[protein]'``); the tests run on the AdK trajectories that the
+Needs MDAnalysis (extra ``protein``); the tests run on the AdK trajectories that the
 MDAnalysisTests package ships (adk.psf with adk_dims.dcd, 98 frames).
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def _import_mdanalysis():
     try:
         import MDAnalysis
     except ImportError as error:
-        raise MissingExtraError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]'") from error
+        raise MissingExtraError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]' (in a clone: "
+                                "pip install -e '.[protein]')") from error
     return MDAnalysis
 
 
@@ -142,5 +143,6 @@ def adk_test_files() -> Tuple[str, str]:
         from MDAnalysisTests.datafiles import DCD, PSF
     except ImportError as error:
         raise MissingExtraError("the default protein trajectory (AdK) comes with MDAnalysisTests: pip install "
-                                "'egno_fast[protein]', or give data.topology and data.trajectory") from error
+                                "'egno_fast[protein]' (in a clone: pip install -e '.[protein]'), or give "
+                                "data.topology and data.trajectory") from error
     return PSF, DCD

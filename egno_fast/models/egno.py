@@ -185,7 +185,11 @@ class EGNO(nn.Module):
         ``weights_only=True``) or of a training checkpoint (``best.pt``), in eval mode, with ``backend``."""
         from ..training.checkpoint import load_model_file
 
-        record = load_model_file(path, map_location)
+        return cls.from_model_record(load_model_file(path, map_location), backend)
+
+    @classmethod
+    def from_model_record(cls, record: Dict[str, object], backend: Union[str, Dict[str, str]] = "auto") -> "EGNO":
+        """The model of a record returned by :func:`egno_fast.training.checkpoint.load_model_file`, in eval mode."""
         model = cls(**record["model_config"], backend=backend)
         model.load_state_dict(record["model"])
         return model.eval()
