@@ -41,6 +41,7 @@ EGNO_FAST_REQUIRE_EXTENSION=1 MAX_JOBS=2 bash -c "$test_command" > "$out/tests.l
 test_status=$?
 set -e
 t4=$(now)
+sed -i '/^WARNING: Location .* is ignored/d' "$out"/*.log  # pip's notes on this machine's empty index folders
 python3 - "$out" "$(git rev-parse --short HEAD)" "$(seconds "$t0" "$t1")" "$(seconds "$t1" "$t2")" \
   "$(seconds "$t2" "$t3")" "$(seconds "$t3" "$t4")" "$test_status" "$main_command" "$test_command" <<'EOF'
 import json, os, platform, re, sys

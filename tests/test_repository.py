@@ -1,5 +1,6 @@
 """The repository as a stranger gets it: self-contained, small, with a README whose commands and snippet are the
 ones that run (CI calls the README's test command; the Python snippet runs verbatim)."""
+import json
 import re
 import subprocess
 import sys
@@ -81,3 +82,35 @@ def test_readme_snippet_runs_verbatim(tmp_path):
     result = subprocess.run([sys.executable, str(script)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "temporal_residual" in result.stdout and "egnn_layer" in result.stdout  # the printed active backends
+
+
+def test_readme_times_come_from_the_fresh_machine_record():
+    """The install, main-job and test-suite times the README states are those of the committed fresh-machine run
+    (benchmarks/fresh_machine.sh), and that run used the README's commands."""
+    section = " ".join(README.split("## Two commands for a fresh machine", 1)[1].split("\n## ", 1)[0].split())
+    link = re.search(r"\]\((benchmarks/results/fresh-machine-[^)]+/timings\.json)\)", section)
+    assert link, "the times link the record they come from"
+    record = json.loads((REPO / link.group(1)).read_text())
+    commands = [block.strip() for block in fenced_blocks("bash")]
+    assert [record["main_command"], record["test_command"]] == commands[:2]
+    assert record["test_status"] == 0 and " passed" in record["tests_summary"] and "failed" not in record[
+        "tests_summary"]
+    rules = {r"(\d+) CPU cores": record["cpus"], r"Python (\d+\.\d+)": ".".join(record["python"].split(".")[:2]),
+             r"torch (\S+) pre-installed": record["torch"], r"at commit ([0-9a-f]{7,40})": record["commit"],
+             r"installing the package took (\d+) s": round(record["install_s"]),
+             r"the first `egno-fast train` took ([\d.]+) min": round(record["main_job_s"] / 60, 1),
+             r"of which (\d+) s compiled the C\+\+ extension": record["extension_build_s"],
+             r"and ([\d.]+) min trained": record["main_job_training_min"],
+             r"the test command took ([\d.]+) min": round(record["test_command_s"] / 60, 1),
+             r"\((\d+) tests passed": int(re.search(r"(\d+) passed", record["tests_summary"]).group(1)),
+             r"passed, (\d+) skipped": int(re.search(r"(\d+) skipped", record["tests_summary"]).group(1)),
+             r"trained \((\d+) epochs\)": int(re.search(r"after (\d+) epochs", (REPO / link.group(1)).with_name(
+                 "main_job.log").read_text()).group(1))}
+    for pattern, expected in rules.items():
+        found = re.search(pattern, section)
+        assert found, f"the README states {pattern!r}"
+        shown = found.group(1)
+        if isinstance(expected, str):
+            assert expected.startswith(shown) if pattern.startswith("at commit") else shown == expected, pattern
+        else:
+            assert float(shown) == expected, (pattern, shown, expected)
