@@ -106,6 +106,9 @@ def test_readme_times_come_from_the_fresh_machine_record():
              r"passed, (\d+) skipped": int(re.search(r"(\d+) skipped", record["tests_summary"]).group(1)),
              r"trained \((\d+) epochs\)": int(re.search(r"after (\d+) epochs", (REPO / link.group(1)).with_name(
                  "main_job.log").read_text()).group(1))}
+    main_job = (REPO / link.group(1)).with_name("main_job.log").read_text()
+    assert "backend: temporal_residual=cpp, egnn_layer=cpp on cpu" in main_job  # the main job ran the C++ backend
+    assert subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "fresh_machine.sh")]).returncode == 0
     for pattern, expected in rules.items():
         found = re.search(pattern, section)
         assert found, f"the README states {pattern!r}"
