@@ -81,15 +81,22 @@ def results_row_problems(row: dict) -> List[str]:
     return problems
 
 
+def section_table(text: str, name: str, columns: List[str]) -> Tuple[str, List[str], List[List[str]]]:
+    """(body, header, rows) of the README section ``name``, whose table must have ``columns``; LookupError names
+    what is missing or different."""
+    body = section(text, name)
+    header, rows = table(body)
+    if header != columns:
+        raise LookupError(f"columns {header}, expected {columns}")
+    return body, header, rows
+
+
 def results_problems(text: str) -> List[str]:
     """Everything wrong with the README's "## Results" section ([] when it is true)."""
     try:
-        body = section(text, "Results")
-        header, rows = table(body)
+        body, header, rows = section_table(text, "Results", RESULTS_COLUMNS)
     except LookupError as error:
         return [f"Results: {error}"]
-    if header != RESULTS_COLUMNS:
-        return [f"Results: columns {header}, expected {RESULTS_COLUMNS}"]
     problems = []
     for number, cells in enumerate(rows, 1):
         row = dict(zip(header, cells))
@@ -246,12 +253,9 @@ def gpu_rules(folder: Path, text: str) -> Tuple[List[Rule], List[Rule]]:
 def benchmarks_problems(text: str) -> List[str]:
     """Everything wrong with the README's "## Benchmarks" section ([] when it is true)."""
     try:
-        body = section(text, "Benchmarks")
-        header, rows = table(body)
+        body, header, rows = section_table(text, "Benchmarks", BENCH_COLUMNS)
     except LookupError as error:
         return [f"Benchmarks: {error}"]
-    if header != BENCH_COLUMNS:
-        return [f"Benchmarks: columns {header}, expected {BENCH_COLUMNS}"]
     folders = set(re.findall(r"\]\((benchmarks/results/cpu-[^/)]+)/", body))
     latest = cpu_runs()[-1][1] if cpu_runs() else None
     if len(folders) != 1 or latest is None or (REPO / folders.pop()) != latest:
