@@ -121,11 +121,11 @@ def check_backend(requested: Union[str, dict, None], device) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data.registry import make_datasets, resolve_data_dir
+    from .data.registry import data_location, make_datasets
 
     config = _config_from_args(args)
     datasets = make_datasets(config.data, progress=not args.no_progress)
-    print(f"data set {config.data.name!r} ready in {resolve_data_dir(config.data)}: "
+    print(f"data set {config.data.name!r} ready ({data_location(config.data)}): "
           + ", ".join(f"{split} {len(ds)} samples" for split, ds in datasets.items()))
     return 0
 

@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+import egno_fast
 from conftest import REPO, make_backend_unavailable
 from egno_fast.cli import build_parser, main
 
@@ -34,8 +36,12 @@ def test_data_command(tmp_path, capsys):
     sets = ["--set", "data.num_train=3", "--set", "data.num_valid=2", "--set", "data.num_test=2",
             "--set", "data.max_train_samples=3"]
     assert main(["data", "--data-dir", str(tmp_path), "--no-progress", *sets]) == 0
-    assert "train 3 samples, valid 2 samples, test 2 samples" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"data set 'nbody' ready ({tmp_path}): train 3 samples, valid 2 samples, test 2 samples" in out
     assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert main(["data", "--config", "mocap", "--no-progress"]) == 0  # read from the file the package ships
+    assert "data set 'mocap' ready (" + str(Path(egno_fast.__file__).parent / "data" / "files") in \
+        capsys.readouterr().out
 
 
 def test_errors_exit_with_message(tmp_path, capsys):

@@ -24,6 +24,16 @@ def resolve_data_dir(config: DataConfig) -> Path:
     return Path(os.environ.get("EGNO_FAST_DATA", Path.home() / ".cache" / "egno_fast")).expanduser()
 
 
+def data_location(config: DataConfig) -> str:
+    """Where the data of ``config`` comes from, for messages: the motion-capture file, the protein's topology and
+    trajectory, or the folder where generated data sets are cached."""
+    if config.name == "mocap":
+        return str(find_mocap_file(config.data_dir or None))
+    if config.name == "protein":
+        return f"{config.topology} with {config.trajectory}" if config.topology else "the AdK files of MDAnalysisTests"
+    return str(resolve_data_dir(config))
+
+
 def nbody_params(config: DataConfig) -> NBodyParams:
     return NBodyParams(num_train=config.num_train, num_valid=config.num_valid, num_test=config.num_test,
                        seed=config.generator_seed, train_simulated=config.max_train_samples)
