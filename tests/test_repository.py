@@ -63,7 +63,7 @@ def test_tracked_files_are_small():
 
 def test_committed_models_are_weights_only_model_files():
     """No training checkpoint (optimizer state) is committed; the model files load with weights_only=True."""
-    from egno_fast.training.checkpoint import MODEL_FILE_FORMAT
+    from egno_fast.training.checkpoint import MODEL_FILE_FORMAT, tensor_checksum
 
     committed = [p for p in tracked_files() if p.suffix == ".pt" and "fixtures" not in p.parts]
     assert {p.parent.name for p in committed} >= {"nbody_full_seed1", "mocap_seed1"}
@@ -71,6 +71,7 @@ def test_committed_models_are_weights_only_model_files():
         assert path.name == "model.pt", path
         record = torch.load(path, weights_only=True)
         assert record["format"] == MODEL_FILE_FORMAT and "optimizer" not in record
+        assert record["checksum"] == tensor_checksum({k: v for k, v in record.items() if k != "checksum"})
         assert not record["config"]["data"]["data_dir"], "a committed model reads its data from the default place"
 
 

@@ -7,7 +7,7 @@ import torch
 from egno_fast.config import ExperimentConfig, apply_overrides, load_config
 from egno_fast.data.io import atomic_path
 from egno_fast.training import train
-from egno_fast.training.checkpoint import load_checkpoint
+from egno_fast.training.checkpoint import load_checkpoint, tensor_checksum
 from egno_fast.training.metrics import frame_mse
 
 TINY = ["data.num_train=40", "data.num_valid=20", "data.num_test=20", "data.max_train_samples=40",
@@ -72,7 +72,7 @@ def test_model_file_rebuilds_the_best_model(data_dir, tmp_path):
     result = train(tiny_config(data_dir, "train.epochs=3"), tmp_path, progress=False)
     record = torch.load(tmp_path / "model.pt", weights_only=True)
     assert record["format"] == MODEL_FILE_FORMAT and record["epoch"] == result.best_epoch
-    assert set(record) == {"format", "model_config", "model", "config", "epoch", "metrics"}
+    assert set(record) == {"format", "model_config", "model", "config", "epoch", "metrics", "checksum"}
     assert record["metrics"]["test_f_mse"] == result.test_f_mse
     loaded = EGNO.load(tmp_path / "model.pt", backend="reference")
     x, v = torch.randn(5, 3, generator=torch.Generator().manual_seed(0)), torch.zeros(5, 3)
@@ -90,6 +90,33 @@ def test_model_file_rebuilds_the_best_model(data_dir, tmp_path):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="neither an egno_fast model file nor a training checkpoint"):
         load_model_file(tmp_path / "foreign.pt")
+
+
+def test_checksums_refuse_damaged_files_and_warn_on_old_ones(data_dir, tmp_path, caplog, capsys):
+    """A flipped exponent bit in one weight (the file still loads, the model would give NaN) is refused with one
+    line, for model files, training checkpoints and `egno-fast eval`; a file without a checksum loads with a
+    warning."""
+    from egno_fast.cli import main
+    from egno_fast.training.checkpoint import load_model_file
+
+    train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)
+    for name in ("model.pt", "last.pt"):
+        record = torch.load(tmp_path / name, weights_only=True)
+        assert record["checksum"] == tensor_checksum({k: v for k, v in record.items() if k != "checksum"})
+        weight = record["model"]["embedding.weight"]
+        weight.view(torch.int32)[0, 0] ^= 1 << 30  # the highest exponent bit
+        damaged = tmp_path / f"damaged_{name}"
+        torch.save(record, damaged)
+        with pytest.raises(ValueError, match="is damaged: its tensors do not match the checksum"):
+            (load_model_file if name == "model.pt" else load_checkpoint)(damaged)
+    assert main(["eval", "--checkpoint", str(tmp_path / "damaged_model.pt"), "--no-progress"]) == 2
+    assert "is damaged" in capsys.readouterr().err
+    old = torch.load(tmp_path / "model.pt", weights_only=True)
+    del old["checksum"]
+    torch.save(old, tmp_path / "old.pt")
+    with caplog.at_level("WARNING", logger="egno_fast"):
+        assert load_model_file(tmp_path / "old.pt")["epoch"] == old["epoch"]
+    assert "has no checksum (written before checksums were added): loaded unverified" in caplog.text
 
 
 def test_resume_is_exact(data_dir, tmp_path):
