@@ -203,3 +203,33 @@ def test_mocap_config_values():
     assert (config.data.name, config.data.discretisation, config.data.max_train_samples, config.train.batch_size,
             config.train.lr, config.train.weight_decay, config.model.hidden_dim, config.model.num_layers,
             config.train.epochs) == ("mocap", "last", 200, 12, 5e-4, 1e-10, 128, 6, 2000)
+
+
+def test_a_run_folder_takes_one_training_process_at_a_time(data_dir, tmp_path, capsys):
+    """A second process refuses a folder in use (naming the first's PID, one line from the command line); the lock
+    goes with its process, even a killed one."""
+    import signal
+    import subprocess
+    import sys
+
+    from egno_fast.cli import main
+    from egno_fast.training.run_lock import RunFolderInUse, run_folder_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from egno_fast.training.run_lock import run_folder_lock\n"
+        f"with run_folder_lock({str(tmp_path)!r}):\n    print('locked', flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderInUse, match=f"is in use by process {holder.pid} on "):
+            train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)
+        overrides = [arg for item in TINY + [f'data.data_dir="{data_dir}"', "train.epochs=1"] for arg in ("--set", item)]
+        assert main(["train", "--run-dir", str(tmp_path), "--no-progress", *overrides]) == 2
+        assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+        assert not (tmp_path / "last.pt").exists()  # the refused run wrote nothing
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)  # a killed holder leaves no lock
+    with run_folder_lock(tmp_path):  # and a finished run released it
+        pass

@@ -35,6 +35,7 @@ from ..models import EGNO
 from .checkpoint import load_checkpoint, model_file_from_checkpoint, save_checkpoint, save_model_file
 from .launch import rank_and_world
 from .metrics import frame_mse, frame_squared_error
+from .run_lock import run_folder_lock
 
 # Settings that may change when a run is resumed (extending or shortening it); any other change is an error.
 RESUMABLE_CHANGES = {("train", "epochs"), ("train", "max_minutes"), ("train", "device"), ("train", "num_threads"),
@@ -184,12 +185,21 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
 
     ``report`` (rank 0 only) receives one-line status messages for the user, e.g. "resuming RUN_DIR at epoch N".
     Ctrl-C raises :class:`TrainingInterrupted`; calling ``train`` again with the same arguments resumes.
+    The run folder is locked while this runs (:mod:`egno_fast.training.run_lock`): a second process training in it
+    raises :class:`~egno_fast.training.run_lock.RunFolderInUse`.
     """
+    rank, _ = rank_and_world()
+    with run_folder_lock(run_dir, enabled=rank == 0):
+        return _train_in_locked_folder(config, Path(run_dir), resume, progress, command, report)
+
+
+def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: bool, progress: bool,
+                            command: Optional[str], report: Optional[Callable[[str], None]]) -> TrainResult:
+    """The body of :func:`train`, once the run folder is locked."""
     from tqdm.auto import tqdm
 
     from .plotting import plot_trajectories
 
-    run_dir = Path(run_dir)
     rank, world = rank_and_world()
     main_process = rank == 0
     cfg = config.train
