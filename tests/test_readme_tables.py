@@ -12,9 +12,9 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
-from test_results_page import (REPO, Rule, apply_rules, best_epoch_problems, command_problems, equal,
-                               label_problems, load_record, log_problems, no_check, paper_problems, section,
-                               section_span, shown_matches, status_problems, table,
+from test_results_page import (REPO, Rule, apply_rules, assert_every_perturbation_caught, best_epoch_problems,
+                               command_problems, equal, label_problems, load_record, log_problems, no_check,
+                               paper_problems, section, section_span, shown_matches, status_problems, table,
                                table_perturbations, digit_perturbations, value_problems, wall_time_problems)
 
 README = REPO / "README.md"
@@ -332,13 +332,7 @@ def test_readme_benchmarks_are_the_latest_committed_cpu_run():
 def test_every_perturbation_of_the_readme_sections_is_caught():
     text = README.read_text()
     assert not readme_problems(text)
-    missed, count = [], 0
-    for what, perturbed in readme_perturbations(text):
-        count += 1
-        if not readme_problems(perturbed):
-            missed.append(what)
-    assert count > 100
-    assert not missed, "perturbations the checks do not catch:\n" + "\n".join(missed)
+    assert_every_perturbation_caught(readme_perturbations(text), readme_problems, 100)
 
 
 def test_the_benchmark_table_covers_each_op_of_each_case():

@@ -3,9 +3,9 @@ value, best epoch, status, command, seed, wall time, machine, log link) is check
 comes from, and every paper value against docs/paper_numbers.json, the one file that holds the paper's numbers.
 
 Committed result files: a training log ``results/<run>/metrics.jsonl`` (egno_fast/training/trainer.py: one
-"start" record per session with the command, config, seed and device, "eval" records, and an "end" record with how
-the run stopped, the test metrics at the best validation epoch and the wall time), or the JSON that
-``egno-fast eval --output`` writes (metrics, command, checkpoint epoch, config). No checkpoint is read.
+"start" record per part a run ran in (each resume adds one) with the command, config, seed and device, "eval"
+records, and an "end" record with how the run stopped, the test metrics at the best validation epoch and the wall
+time), or the JSON that ``egno-fast eval --output`` writes (metrics, command, checkpoint epoch, config). No checkpoint is read.
 
 The checks are functions of the page text that return a list of problems (empty: the page is true), so that
 ``test_every_perturbation_of_the_page_is_caught`` can change every number of every cell, one at a time, and swap
@@ -153,7 +153,7 @@ def load_record(path: Path) -> dict:
                 "seeds": {s["seed"] for s in starts} | {s["config"]["train"]["seed"] for s in starts},
                 "devices": {s["device"] for s in starts}, "f_mse": f_mse, "a_mse": a_mse, "best_epoch": best_epoch,
                 "val_f_mse": val_f, "wall_s": wall_s, "epochs_run": epochs_run, "stopped": stopped,
-                "sessions": len(starts), "factor": 1, "training": None}
+                "parts": len(starts), "factor": 1, "training": None}
     record = json.loads(path.read_text())
     command = shlex.split(record["command"])
     device = command[command.index("--device") + 1] if "--device" in command else "cpu"
@@ -161,7 +161,7 @@ def load_record(path: Path) -> dict:
     return {"kind": "eval", "path": path, "config": record["config"], "commands": [record["command"]],
             "seeds": {record["config"]["train"]["seed"]}, "devices": {device}, "f_mse": record["f_mse"],
             "a_mse": record["a_mse"], "best_epoch": record["checkpoint_epoch"], "val_f_mse": None, "wall_s": None,
-            "epochs_run": None, "stopped": None, "sessions": None, "factor": record.get("factor", 1),
+            "epochs_run": None, "stopped": None, "parts": None, "factor": record.get("factor", 1),
             "training": load_record(training_log) if training_log.exists() else None}
 
 
@@ -206,8 +206,9 @@ def essential(tokens: List[str], keep_run_dir: bool) -> List[str]:
 
 
 def command_problems(cell: str, record: dict) -> List[str]:
-    """The command shown is the logged one (every session's), less runtime-only options; a training command also
-    rebuilds the logged config with today's shipped configs, and its --run-dir is the folder of the linked log."""
+    """The command shown is the logged one (that of every part the run ran in), less runtime-only options; a training
+    command also rebuilds the logged config with today's shipped configs, and its --run-dir is the folder of the
+    linked log."""
     match = re.fullmatch(r"`([^`]+)`", cell)
     if match is None:
         return [f"Command: {cell!r} is not one code span"]
@@ -336,7 +337,7 @@ def status_problems(cell: str, record: dict) -> List[str]:
              (r"after (\d+) of (\d+) epochs", after),
              (r"(\d+)-epoch budget", lambda m: equal(int(m.group(1)), config["epochs"], "epoch budget")
               + equal(stopped, "max_epochs", "stopped by")),
-             (r"in (\d+) parts?", lambda m: equal(int(m.group(1)), record["sessions"], "parts (start records)")),
+             (r"in (\d+) parts?", lambda m: equal(int(m.group(1)), record["parts"], "parts (start records)")),
              (r"validation F-MSE (?:is )?(\d+\.\d+)",
               lambda m: shown_matches(m.group(1), record["val_f_mse"], "validation F-MSE", min_digits=2))]
     return problems + apply_rules(cell, rules, "Status")
@@ -564,18 +565,24 @@ def test_every_cell_of_the_page_matches_the_committed_files():
     assert not problems, "\n".join(problems)
 
 
+def assert_every_perturbation_caught(perturbations, problems, at_least: int) -> None:
+    """Each (description, perturbed text) of ``perturbations`` makes ``problems`` report something; there are more
+    than ``at_least`` of them."""
+    missed, count = [], 0
+    for what, perturbed in perturbations:
+        count += 1
+        if not problems(perturbed):
+            missed.append(what)
+    assert count > at_least
+    assert not missed, "perturbations the checks do not catch:\n" + "\n".join(missed)
+
+
 def test_every_perturbation_of_the_page_is_caught():
     """Each number of each cell changed, each experiment label swapped with another run's, each metric swapped:
     the checks must report every one of them."""
     text = PAGE.read_text()
     assert not page_problems(text)
-    missed, count = [], 0
-    for what, perturbed in table_perturbations(text, "Results", ["Experiment"], "Log"):
-        count += 1
-        if not page_problems(perturbed):
-            missed.append(what)
-    assert count > 300
-    assert not missed, "perturbations the checks do not catch:\n" + "\n".join(missed)
+    assert_every_perturbation_caught(table_perturbations(text, "Results", ["Experiment"], "Log"), page_problems, 300)
 
 
 def test_paper_numbers_file():
