@@ -5,7 +5,8 @@ comes from, and every paper value against docs/paper_numbers.json, the one file 
 Committed result files: a training log ``results/<run>/metrics.jsonl`` (egno_fast/training/trainer.py: one
 "start" record per part a run ran in (each resume adds one) with the command, config, seed and device, "eval"
 records, and an "end" record with how the run stopped, the test metrics at the best validation epoch and the wall
-time), or the JSON that ``egno-fast eval --output`` writes (metrics, command, checkpoint epoch, config). No checkpoint is read.
+time), or the JSON that ``egno-fast eval --output`` writes (metrics, command, checkpoint epoch, config). No
+checkpoint is read.
 
 The checks are functions of the page text that return a list of problems (empty: the page is true), so that
 ``test_every_perturbation_of_the_page_is_caught`` can change every number of every cell, one at a time, and swap
