@@ -1,30 +1,35 @@
 // The operator schemas of the "cpp" backend (torch.library, namespace egno_fast) and the Python module that loads
 // them. Implementations register per device: csrc/cpu/*.cpp (CPU), csrc/cuda_bindings.cpp (CUDA builds). Fake
-// (meta) kernels and autograd formulas are registered from Python (egno_fast/cpp/), so the ops run under
-// torch.compile.
+// (meta) kernels and autograd formulas live with each op in egno_fast/ops/, so the ops run under torch.compile.
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include "cpu/buffer_pool.h"
 
 TORCH_LIBRARY(egno_fast, m) {
+  // The weight arguments are named as the fields of egno_fast.ops.egnn_edge.EGNNEdgeWeights and
+  // egno_fast.ops.egnn_node.EGNNNodeWeights (Python passes them by name; a test compares the names). The backward
+  // ops return the gradients of the forward's inputs in the forward's order.
   m.def(
-      "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor wd, Tensor we, Tensor w2, Tensor b2, "
-      "Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, Tensor receiver, "
-      "bool store_activations) -> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
+      "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, "
+      "Tensor b_msg, Tensor w_coord_hidden, Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, "
+      "Tensor rowptr, Tensor sender, Tensor receiver, bool store_activations) "
+      "-> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
   m.def(
       "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor a, Tensor b, Tensor x, "
-      "Tensor edge_attr, Tensor wd, "
-      "Tensor we, Tensor w2, Tensor b2, Tensor wc1, Tensor bc1, Tensor wc2, Tensor bc2, Tensor rowptr, Tensor sender, "
+      "Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, Tensor b_msg, Tensor w_coord_hidden, "
+      "Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, Tensor rowptr, Tensor sender, "
       "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm) -> Tensor[]");
   m.def(
-      "egnn_node_forward(Tensor h, Tensor msg_sum, Tensor coord_sum, Tensor x, Tensor v, Tensor degree, Tensor wv1, "
-      "Tensor bv1, Tensor wv2, Tensor bv2, Tensor wn1, Tensor bn1, Tensor wn2, Tensor bn2) "
+      "egnn_node_forward(Tensor h, Tensor msg_sum, Tensor coord_sum, Tensor x, Tensor v, Tensor degree, "
+      "Tensor w_vel_hidden, Tensor b_vel_hidden, Tensor w_vel_out, Tensor b_vel_out, Tensor w_node_hidden, "
+      "Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out) "
       "-> (Tensor x_new, Tensor h_new, Tensor activations)");
   m.def(
       "egnn_node_backward(Tensor g_x_new, Tensor g_h_new, Tensor activations, Tensor h, Tensor msg_sum, "
-      "Tensor coord_sum, Tensor v, Tensor degree, Tensor wv1, Tensor bv1, Tensor wv2, Tensor bv2, Tensor wn1, "
-      "Tensor bn1, Tensor wn2, Tensor bn2) -> Tensor[]");
+      "Tensor coord_sum, Tensor v, Tensor degree, Tensor w_vel_hidden, Tensor b_vel_hidden, Tensor w_vel_out, "
+      "Tensor b_vel_out, Tensor w_node_hidden, Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out) "
+      "-> Tensor[]");
   m.def("temporal_residual_forward(Tensor x, Tensor weight, bool leaky) -> (Tensor out, Tensor pre)");
   m.def(
       "temporal_residual_backward(Tensor grad_out, Tensor x, Tensor pre, Tensor weight, bool leaky) "

@@ -1,7 +1,7 @@
 """egno_fast: the Equivariant Graph Neural Operator (EGNO) for 3D dynamics, with fused kernels.
 
 Main entry points: :class:`EGNO` (the model), :func:`build_graph` (a batch of graphs as a receiver-sorted CSR),
-:mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.reference` (pure-PyTorch ground truth),
+:mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.ops` (the ops: reference and fused, functional),
 :mod:`egno_fast.backends` (explicit backend choice), :func:`patch` / :func:`unpatch` (swap an existing model's
 layers to fused kernels in place).
 
@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it
 _LAZY = {
     "EGNO": ".models", "EGNOOutput": ".models",
-    "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".graph",
+    "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".ops",
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
     "patch": ".patching", "unpatch": ".patching",
 }
@@ -28,7 +28,8 @@ __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "Bac
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .backends import BackendUnavailableError, backend_status
-    from .graph import Graph, GraphInputError, build_graph
+    from .graph import Graph, GraphInputError
+    from .ops import build_graph
     from .models import EGNO, EGNOOutput
     from .patching import patch, unpatch
 

@@ -1,35 +1,39 @@
 """Backend dispatch: one explicit, reported choice among "reference", "triton" and "cpp" per op ("auto" picks).
 
-Ops: the model's layers (:data:`OPS`) and the graph builders (:data:`GRAPH_OPS`).
+Ops: the model's layers (:data:`OPS`), the two halves of the fused EGNN layer (:data:`PART_OPS`) and the graph
+builders (:data:`GRAPH_OPS`). Each op's module in :mod:`egno_fast.ops` registers its entry point per backend here
+when it is imported; this module imports none of them (no import cycle).
 
-Each op has one entry point per backend, registered here. A backend that is requested for an op it cannot run
-(not built, no kernel for that op yet, wrong device) raises :class:`BackendUnavailableError` naming the reason;
-nothing falls back silently. "auto" takes, per op and device, the first backend of :data:`AUTO_PRIORITY` that can
-run it, and the model logs and records what it chose.
+A backend that is requested for an op it cannot run (not built, no kernel for that op or layer variant, wrong
+device) raises :class:`BackendUnavailableError` naming the reason; nothing falls back silently. "auto" takes, per
+op and device, the first backend of :data:`AUTO_PRIORITY` that can run it, and the model logs and records what it
+chose.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
-from .reference import (egnn_layer_reference, knn_graph_reference, radius_graph_reference, receiver_csr_reference,
-                        temporal_residual_reference)
-
 BACKENDS = ("reference", "triton", "cpp")
 OPS = ("temporal_residual", "egnn_layer")  # the model's layers (what patch() and the model's backend choose)
-GRAPH_OPS = ("receiver_csr", "radius_graph", "knn_graph")  # graph construction (egno_fast.graph)
-ALL_OPS = OPS + GRAPH_OPS
+PART_OPS = ("egnn_edge", "egnn_node")  # the edge aggregation and node update of the fused EGNN layer
+GRAPH_OPS = ("receiver_csr", "radius_graph", "knn_graph")  # graph construction
+ALL_OPS = OPS + PART_OPS + GRAPH_OPS
 # The order in which "auto" tries the backends, per device type.
 AUTO_PRIORITY = {"cuda": ("triton", "cpp", "reference"), "cpu": ("cpp", "reference")}
-# Modules that register a backend's ops when imported (imported on first use: Triton is slow to import).
-_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv", "egno_fast.kernels.egnn"), "cpp": ("egno_fast.cpp",)}
+# The modules a backend needs: importing them (on first use: Triton is slow to import, the extension may have to be
+# built) tells whether the backend can run here.
+_PROVIDERS = {"triton": ("egno_fast.kernels.temporal_conv", "egno_fast.kernels.egnn_edge"), "cpp": ("egno_fast.cpp",)}
+_OPS_PACKAGE = "egno_fast.ops"  # whose modules register the entry points
 
+DeviceTypes = Union[Tuple[str, ...], Callable[[], Tuple[str, ...]]]
 _REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in ALL_OPS}
-_DEVICES: Dict[tuple, Tuple[str, ...]] = {}  # (op, backend) -> device types it runs on (absent: any)
+_DEVICES: Dict[tuple, DeviceTypes] = {}  # (op, backend) -> device types it runs on (absent: any)
+_UNSUPPORTED: Dict[tuple, Callable[..., Optional[str]]] = {}  # (op, backend) -> why a call's variant is not run
 _LOAD_ERRORS: Dict[str, str] = {}
 _LOADED = {"reference"}
 logger = logging.getLogger("egno_fast")
@@ -39,29 +43,34 @@ class BackendUnavailableError(RuntimeError):
     """Raised when a requested backend cannot run an op here (not built, not implemented, wrong device)."""
 
 
-def register(op: str, backend: str, fn: Callable, devices: Optional[Tuple[str, ...]] = None) -> None:
-    """Register ``fn`` as the implementation of ``op`` for ``backend`` on ``devices`` (device types; None: any)."""
+def register(op: str, backend: str, fn: Callable, devices: Optional[DeviceTypes] = None,
+             unsupported: Optional[Callable[..., Optional[str]]] = None) -> None:
+    """Register ``fn`` as the implementation of ``op`` for ``backend``.
+
+    Args:
+        devices:     the device types it runs on (None: any), or a function returning them (asked once the
+                     backend is loaded).
+        unsupported: ``unsupported(**features) -> None or reason``: whether a call's variant (the features the op's
+                     entry point passes to :func:`resolve_backend`) is beyond this implementation.
+    """
     if op not in ALL_OPS or backend not in BACKENDS:
         raise ValueError(f"unknown op {op!r} or backend {backend!r}")
     _REGISTRY[op][backend] = fn
     if devices is not None:
-        _DEVICES[(op, backend)] = tuple(devices)
-
-
-register("temporal_residual", "reference", temporal_residual_reference)
-register("egnn_layer", "reference", egnn_layer_reference)
-register("receiver_csr", "reference", receiver_csr_reference)
-register("radius_graph", "reference", radius_graph_reference)
-register("knn_graph", "reference", knn_graph_reference)
+        _DEVICES[(op, backend)] = devices
+    if unsupported is not None:
+        _UNSUPPORTED[(op, backend)] = unsupported
 
 
 def _load(backend: str) -> None:
-    """Import the modules that register ``backend``'s ops, once; remember why if that fails."""
+    """Import the ops (which register their entry points) and the modules ``backend`` needs, once; remember why if
+    that fails."""
+    importlib.import_module(_OPS_PACKAGE)
     if backend in _LOADED:
         return
     for module in _PROVIDERS[backend]:
         try:
-            importlib.import_module(module).register_ops(register)
+            importlib.import_module(module)
         except ImportError as error:
             _LOAD_ERRORS[backend] = f"{module} cannot be imported ({error})"
             # said once, where anyone sees it: "auto" then runs another backend, never silently
@@ -77,8 +86,10 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def unavailable_reason(backend: str, op: str, device: torch.device | str | None = None) -> Optional[str]:
-    """None if ``backend`` can run ``op`` on ``device`` (None: on some device), else why not."""
+def unavailable_reason(backend: str, op: str, device: torch.device | str | None = None,
+                       **features) -> Optional[str]:
+    """None if ``backend`` can run ``op`` on ``device`` (None: on some device) for a call with ``features`` (the
+    layer variant; see the op's entry point), else why not."""
     check_backend_name(backend)
     _load(backend)
     if backend in _LOAD_ERRORS:
@@ -86,11 +97,15 @@ def unavailable_reason(backend: str, op: str, device: torch.device | str | None 
     if backend not in _REGISTRY[op]:
         return f"{backend!r} has no implementation of {op!r}"
     supported = _DEVICES.get((op, backend))
+    if callable(supported):
+        supported = supported()
     if device is not None and supported is not None and torch.device(device).type not in supported:
         return f"{backend!r} runs {op!r} on {' and '.join(supported)} tensors only in this build"
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
             and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before import)"
+    if features and (op, backend) in _UNSUPPORTED:
+        return _UNSUPPORTED[(op, backend)](**features)
     return None
 
 
@@ -99,18 +114,20 @@ def backend_status(device: torch.device | str | None = None) -> Dict[str, Dict[s
     return {b: {op: unavailable_reason(b, op, device) or "available" for op in ALL_OPS} for b in BACKENDS}
 
 
-def resolve_backend(requested: str, device: torch.device | str, op: str) -> str:
+def resolve_backend(requested: str, device: torch.device | str, op: str, **features) -> str:
     """The concrete backend that runs ``op`` on ``device`` for ``requested``; "auto" picks by priority.
 
+    Args:
+        features: the call's variant, as the op's entry point describes it (e.g. the EGNN layer's options).
     Raises BackendUnavailableError if a named backend cannot run the op there.
     """
     device_type = torch.device(device).type
     if requested == "auto":
         for name in AUTO_PRIORITY.get(device_type, ("reference",)):
-            if unavailable_reason(name, op, device) is None:
+            if unavailable_reason(name, op, device, **features) is None:
                 return name
         raise BackendUnavailableError(f"no backend can run {op!r} on {device_type!r}")
-    reason = unavailable_reason(requested, op, device)
+    reason = unavailable_reason(requested, op, device, **features)
     if reason is not None:
         raise BackendUnavailableError(f"backend {requested!r} cannot run {op!r} on {device_type}: {reason}. "
                                       f"Use backend='auto' (reported per op) or name another backend.")
@@ -119,6 +136,7 @@ def resolve_backend(requested: str, device: torch.device | str, op: str) -> str:
 
 def get_op(op: str, backend: str) -> Callable:
     """The implementation of ``op`` for a concrete (already resolved) ``backend``."""
+    importlib.import_module(_OPS_PACKAGE)
     try:
         return _REGISTRY[op][backend]
     except KeyError:

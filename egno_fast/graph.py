@@ -1,17 +1,27 @@
-"""One graph type for every backend: a batch of graphs as a receiver-sorted CSR.
+"""The graph type shared by every op: a batch of graphs as a receiver-sorted CSR, and the checks of its inputs.
 
 Convention (PyTorch Geometric's): ``edge_index[0]`` is the sender j, ``edge_index[1]`` the receiver i that
-aggregates the message j -> i. The graph is built once per batch and shared by every layer and by all P frames:
-node tensors carry the frames as an axis ([N, P, ...]) and edge indices are never replicated P times.
+aggregates the message j -> i. The graph is built once per batch (:func:`egno_fast.ops.build_graph`) and shared by
+every layer and by all P frames: node tensors carry the frames as an axis ([N, P, ...]) and edge indices are never
+replicated P times.
+
+A graph is validated where it is built, never on the hot path. What keeps a graph changed afterwards (by
+``dataclasses.replace``, by hand, or by editing its tensors in place) from crashing a kernel: the C++ kernels check
+the CSR invariants they rely on themselves, CPU calls of the Triton kernels check them in Python
+(:func:`assert_csr_invariants`, no host synchronisation), and on CUDA a graph must carry the stamp that
+:func:`egno_fast.ops.build_graph` or :meth:`Graph.validated` gives it, with none of its index tensors modified since
+(their version counters; :meth:`Graph.require_unchanged`).
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+# the index tensors whose invariants the kernels rely on (stamped at build time)
+INDEX_FIELDS = ("rowptr", "sender", "receiver", "edge_perm", "sender_perm", "sender_rowptr", "batch")
 
 
 class GraphInputError(ValueError):
@@ -33,6 +43,7 @@ class Graph:
         batch:         [N] int64 graph id of each node.
         sender_perm:   [E] int64; the transposed CSR (sorted by sender) lists sorted edges ``sender_perm``.
         sender_rowptr: [N + 1] int64 offsets of the transposed CSR (edges sent by node j).
+        nodes_per_graph: [B] int64 number of nodes of each graph.
     """
 
     num_nodes: int
@@ -45,6 +56,10 @@ class Graph:
     batch: Tensor
     sender_perm: Tensor
     sender_rowptr: Tensor
+    nodes_per_graph: Tensor
+    # (id, version) of each index tensor when the graph was validated; None: never validated. Not an __init__
+    # argument, so dataclasses.replace and hand-made graphs start unvalidated.
+    _stamp: Optional[Tuple[Tuple[int, int], ...]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_edges(self) -> int:
@@ -56,10 +71,95 @@ class Graph:
         return self.rowptr[1:] - self.rowptr[:-1]
 
     def to(self, device: torch.device | str) -> "Graph":
-        """A copy of the graph with every tensor on ``device``."""
+        """A copy of the graph with every tensor on ``device`` (validated if this graph is)."""
         moved = {name: (value.to(device) if isinstance(value, Tensor) else value)
-                 for name, value in self.__dict__.items()}
-        return Graph(**moved)
+                 for name, value in self.__dict__.items() if name != "_stamp"}
+        graph = Graph(**moved)
+        if self.is_unchanged():
+            graph._set_stamp()
+        return graph
+
+    # ---------------------------------------------------------------- validation
+    def _current_stamp(self) -> Tuple[Tuple[int, int], ...]:
+        return tuple((id(getattr(self, name)), getattr(self, name)._version) for name in INDEX_FIELDS)
+
+    def _set_stamp(self) -> None:
+        object.__setattr__(self, "_stamp", self._current_stamp())
+
+    def is_unchanged(self) -> bool:
+        """Whether the graph was validated and none of its index tensors was replaced or modified since (a Python
+        comparison of version counters: no host synchronisation)."""
+        return self._stamp is not None and self._stamp == self._current_stamp()
+
+    def validated(self) -> "Graph":
+        """Check every invariant the kernels rely on (one host synchronisation) and stamp the graph; returns it.
+
+        Raises:
+            GraphInputError: naming the first broken invariant.
+        """
+        for condition, message in csr_invariants(self):
+            if not bool(condition):
+                raise GraphInputError(f"invalid graph: {message}")
+        self._set_stamp()
+        return self
+
+    def require_unchanged(self) -> None:
+        """Raise GraphInputError unless :meth:`is_unchanged` (what CUDA calls of the kernels require)."""
+        if not self.is_unchanged():
+            raise GraphInputError("the graph was not built by build_graph or was changed since (its index tensors "
+                                  "replaced or edited in place); call graph.validated() to check and use it")
+
+
+def _shape_problem(graph: Graph) -> Optional[str]:
+    n, e = graph.num_nodes, graph.sender.shape[0] if graph.sender.dim() == 1 else -1
+    expected = {"rowptr": (n + 1,), "sender_rowptr": (n + 1,), "sender": (e,), "receiver": (e,),
+                "edge_perm": (e,), "sender_perm": (e,), "batch": (n,)}
+    for name, shape in expected.items():
+        value = getattr(graph, name)
+        if not isinstance(value, Tensor) or value.dtype != torch.int64 or tuple(value.shape) != shape:
+            got = f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+            return f"{name} must be an int64 tensor of shape {list(shape)}, got {got}"
+    if graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e:
+        return f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"
+    return None
+
+
+def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
+    """The invariants the kernels rely on, as (0-dim bool tensor, what it says) pairs, computed without a host
+    synchronisation (the caller decides how to check them). Shapes and dtypes are checked first (metadata only).
+
+    Raises:
+        GraphInputError: if a tensor has the wrong shape or dtype.
+    """
+    problem = _shape_problem(graph)
+    if problem is not None:
+        raise GraphInputError(f"invalid graph: {problem}")
+    n, e = graph.num_nodes, graph.num_edges
+    checks = []
+    for name in ("rowptr", "sender_rowptr"):
+        offsets = getattr(graph, name)
+        checks += [(offsets[0] == 0, f"{name}[0] must be 0"), (offsets[-1] == e, f"{name}[N] must be E = {e}"),
+                   ((offsets[1:] >= offsets[:-1]).all(), f"{name} must be non-decreasing")]
+    for name in ("sender", "receiver"):
+        index = getattr(graph, name)
+        checks.append((((index >= 0) & (index < n)).all(), f"{name} indices must lie in [0, {n})"))
+    for name in ("edge_perm", "sender_perm"):
+        perm = getattr(graph, name)
+        in_range = ((perm >= 0) & (perm < e)).all()
+        seen = torch.zeros(e, dtype=torch.bool, device=perm.device).index_fill_(0, perm.clamp(0, max(e - 1, 0)), True)
+        checks.append((in_range & seen.all(), f"{name} must be a permutation of 0..E-1"))
+    degree = (graph.rowptr[1:] - graph.rowptr[:-1]).clamp(min=0)
+    owner = torch.repeat_interleave(torch.arange(n, device=degree.device), degree, output_size=e) \
+        if e > 0 else graph.receiver
+    checks.append(((owner == graph.receiver).all(), "receiver must match rowptr (edges sorted by receiver)"))
+    return checks
+
+
+def assert_csr_invariants(graph: Graph) -> None:
+    """Check :func:`csr_invariants` with ``torch._assert_async``: on CPU tensors it raises at once (RuntimeError)
+    without a Python-side synchronisation; what CPU calls of the Triton kernels (the interpreter) use."""
+    for condition, message in csr_invariants(graph):
+        torch._assert_async(condition, f"invalid graph: {message}")
 
 
 def _fail(message: str) -> None:
@@ -105,111 +205,6 @@ def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optiona
             _fail("edge_index connects nodes of different graphs in the batch")
 
 
-_REPORTED = set()  # (op, device type) whose "auto" choice was logged
-
-
-def _graph_op(op: str, backend: str, device: torch.device):
-    """The implementation of a graph op for ``backend`` on ``device``; an "auto" choice is logged once."""
-    from .backends import check_backend_name, get_op, resolve_backend  # backends imports the references
-
-    chosen = resolve_backend(check_backend_name(backend), device, op)
-    key = (op, torch.device(device).type)
-    if backend == "auto" and key not in _REPORTED:
-        _REPORTED.add(key)
-        logging.getLogger("egno_fast").info("graph op %s on %s: backend 'auto' runs %r", op, key[1], chosen)
-    return get_op(op, chosen)
-
-
-def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
-                batch: Optional[Tensor] = None, validate: bool = True, backend: str = "auto") -> Graph:
-    """Convert a PyG-style batch into a receiver-sorted CSR :class:`Graph`.
-
-    Args:
-        edge_index: [2, E] integer; row 0 = sender j, row 1 = receiver i.
-        num_nodes:  N, the number of nodes in the batch (isolated nodes included).
-        edge_attr:  [E, f] floating-point edge features, or None (f = 0).
-        batch:      [N] sorted graph id of each node, or None (one graph).
-        validate:   check the inputs (shapes, dtypes, finite values, index range); False skips it for speed.
-        backend:    who sorts the edges ("reference": torch.argsort, "cpp": counting sort, "auto": cpp if built);
-                    every backend gives the same stable order.
-    """
-    if validate:
-        validate_graph_inputs(edge_index, num_nodes, edge_attr, batch)
-    device = edge_index.device
-    edge_index = edge_index.long()
-    receiver_csr = _graph_op("receiver_csr", backend, device)
-    rowptr, edge_perm = receiver_csr(edge_index[1], num_nodes)
-    sender, receiver = edge_index[0][edge_perm], edge_index[1][edge_perm]
-    if edge_attr is None:
-        edge_attr = torch.zeros(edge_index.shape[1], 0, device=device)
-    edge_attr = edge_attr[edge_perm]
-    sender_rowptr, sender_perm = receiver_csr(sender, num_nodes)
-    if batch is None:
-        batch = torch.zeros(num_nodes, dtype=torch.int64, device=device)
-        num_graphs = 1
-    else:
-        batch = batch.long()
-        num_graphs = int(batch.max()) + 1
-    return Graph(num_nodes=num_nodes, num_graphs=num_graphs, rowptr=rowptr, sender=sender, receiver=receiver,
-                 edge_perm=edge_perm, edge_attr=edge_attr, batch=batch, sender_perm=sender_perm,
-                 sender_rowptr=sender_rowptr)
-
-
-def _check_points(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]) -> None:
-    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3 or not pos.is_floating_point():
-        _fail(f"pos must be a floating-point tensor [N, 3], got "
-              f"{list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}")
-    if not bool(torch.isfinite(pos).all()):
-        _fail("pos contains NaN or infinite values")
-    if batch is not None:
-        if batch.shape != (pos.shape[0],) or batch.dtype not in (torch.int32, torch.int64):
-            _fail(f"batch must be an int tensor [N] with N = {pos.shape[0]}, got {batch.dtype} {list(batch.shape)}")
-        if batch.numel() and int(batch.min()) < 0:
-            _fail("batch contains negative graph ids")
-    if box is not None and (box.numel() != 3 or not bool((box > 0).all()) or not bool(torch.isfinite(box).all())):
-        _fail(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got {box.tolist()}")
-
-
-def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
-                 backend: str = "auto") -> Tensor:
-    """Edges j -> i between points of the same graph with |x_i - x_j| <= cutoff (cell lists on "cpp").
-
-    Args:
-        pos:    [N, 3] positions (any float dtype; distances are compared in float64).
-        cutoff: the radius (inclusive); with a periodic box at most half its smallest length.
-        batch:  [N] graph id of each point, or None (one graph).
-        box:    [3] orthorhombic periodic box lengths (minimum image), or None.
-        backend: "reference" (brute force), "cpp" or "auto".
-    Returns:
-        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender; no self loops.
-        ``build_graph(edge_index, N, ...)`` turns it into a :class:`Graph`.
-    """
-    _check_points(pos, batch, box)
-    if not cutoff > 0 or cutoff == float("inf"):
-        _fail(f"cutoff must be positive and finite, got {cutoff}")
-    if box is not None and 2 * cutoff > float(box.min()):
-        _fail(f"with a periodic box the cutoff ({cutoff}) must be at most half the smallest box length "
-              f"({float(box.min())})")
-    return _graph_op("radius_graph", backend, pos.device)(pos, float(cutoff), batch, box)
-
-
-def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
-              backend: str = "auto") -> Tensor:
-    """Edges j -> i from the k nearest points j of each point i in its graph (fewer if the graph has <= k points);
-    equal distances are broken by the smaller index.
-
-    Args:
-        pos: [N, 3]; k >= 1; batch: [N] graph ids or None; box: [3] periodic box lengths or None;
-        backend: "reference" (brute force), "cpp" (cell lists) or "auto".
-    Returns:
-        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender.
-    """
-    _check_points(pos, batch, box)
-    if int(k) < 1:
-        _fail(f"k must be >= 1, got {k}")
-    return _graph_op("knn_graph", backend, pos.device)(pos, int(k), batch, box)
-
-
 def validate_node_inputs(num_nodes: int, **tensors: Tensor) -> None:
     """Check that each node tensor is floating point, finite, and has N rows; raise GraphInputError if not.
 
@@ -238,5 +233,5 @@ def graph_mean(values: Tensor, graph: Graph) -> Tensor:
         [N, d], row n = mean of ``values`` over the nodes of node n's graph.
     """
     sums = values.new_zeros(graph.num_graphs, values.shape[1]).index_add_(0, graph.batch, values)
-    counts = torch.bincount(graph.batch, minlength=graph.num_graphs).clamp(min=1).to(values.dtype)
+    counts = graph.nodes_per_graph.clamp(min=1).to(values.dtype)
     return (sums / counts[:, None])[graph.batch]

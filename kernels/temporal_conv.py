@@ -25,7 +25,6 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-LEAKY_SLOPE = 0.01
 TWO_PI = 2.0 * math.pi
 
 # Modes of the one kernel.
@@ -306,21 +305,3 @@ def _weight_grad(x: Tensor, grad_pre: Tensor, weight: Tensor) -> Tensor:
     d_re = torch.bmm(xr.transpose(1, 2), gr) + torch.bmm(xi.transpose(1, 2), gi)  # [I, C_in, C_out]
     d_im = torch.bmm(xr.transpose(1, 2), gi) - torch.bmm(xi.transpose(1, 2), gr)
     return torch.stack([d_re, d_im], dim=-1).permute(1, 2, 0, 3).contiguous().to(weight.dtype)
-
-
-def temporal_residual_triton(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor:
-    """Fused ``x + LeakyReLU_0.01(K x)`` (leaky_relu) or ``x + K x``; same contract as
-    :func:`egno_fast.reference.temporal_conv.temporal_residual_reference`.
-
-    Args:
-        x:      [N, P, C] or [N, P, 3, C] (fp32, fp64; bf16/fp16 on GPU), 1 <= P <= 64.
-        weight: [C, C, I, 2], 1 <= I <= P // 2 + 1.
-    """
-    if x.shape[-1] != weight.shape[0] or weight.shape[0] != weight.shape[1]:
-        raise ValueError(f"channels of x ({x.shape[-1]}) and weight {list(weight.shape)} do not match")
-    return TemporalResidualFunction.apply(x, weight.to(x.dtype), leaky_relu)
-
-
-def register_ops(register) -> None:
-    """Called by :mod:`egno_fast.backends` to register this module's ops under "triton"."""
-    register("temporal_residual", "triton", temporal_residual_triton)

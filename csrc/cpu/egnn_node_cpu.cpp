@@ -1,6 +1,6 @@
 // Fused node half of the EGNN layer on the CPU, forward and backward: what follows the edge sums.
 //
-// Rows are (node, frame) pairs, [R = N P, H]; with msg_sum and coord_sum from the edge op (egnn_cpu.cpp):
+// Rows are (node, frame) pairs, [R = N P, H]; with msg_sum and coord_sum from the edge op (egnn_edge_cpu.cpp):
 //   s     = w_v2 . silu(W_v1 h + b_v1) + b_v2                      velocity scale, one per row
 //   x_new = x + s v + clamp(coord_sum / degree, -100, 100)
 //   h_new = W_n2 silu(W_n1 [h, msg_sum] + b_n1) + b_n2              (W_n1 as its h and msg_sum halves)

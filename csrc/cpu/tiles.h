@@ -1,4 +1,4 @@
-// Helpers shared by the tiled CPU kernels (egnn_cpu.cpp, egnn_node_cpu.cpp).
+// Helpers shared by the tiled CPU kernels (egnn_edge_cpu.cpp, egnn_node_cpu.cpp).
 #pragma once
 
 #include <ATen/ATen.h>

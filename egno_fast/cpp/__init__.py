@@ -1,6 +1,6 @@
 """The "cpp" backend: the C++/CUDA extension (sources in csrc/), whose operators live under ``torch.ops.egno_fast``.
-This package adds their fake (meta) kernels, autograd and the Python entry points, and registers them with
-:mod:`egno_fast.backends`.
+Their Python entry points, autograd and fake (meta) kernels live with each op in :mod:`egno_fast.ops`; importing
+this package loads the operators and registers the fake kernels.
 
 Importing it builds the extension on first use on a machine (:mod:`egno_fast.cpp.build`: a few minutes, with a
 progress line; cached afterwards) and raises :class:`~egno_fast.cpp.build.ExtensionBuildError` (an ImportError) with
@@ -9,13 +9,16 @@ refuses to run (no silent fallback).
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Tuple
 
 from .build import load_extension
 
 _C = load_extension()
 
-from . import egnn, graph, temporal_conv  # noqa: E402  (registers fake kernels)
+from ..ops import egnn_edge, egnn_node, temporal_conv  # noqa: E402
+
+for _op in (egnn_edge, egnn_node, temporal_conv):
+    _op.register_fakes()
 
 
 def build_info() -> Dict[str, bool]:
@@ -35,12 +38,6 @@ def cached_bytes() -> int:
     return int(_C.cached_bytes())
 
 
-def register_ops(register) -> None:
-    """Called by :mod:`egno_fast.backends` to register this backend's ops (layers on the CPU; graph builders on the
-    CPU, and on CUDA when the extension was built with CUDA)."""
-    graph_devices = ("cpu", "cuda") if build_info()["cuda"] else ("cpu",)
-    register("egnn_layer", "cpp", egnn.egnn_layer_cpp, devices=("cpu",))
-    register("temporal_residual", "cpp", temporal_conv.temporal_residual_cpp, devices=("cpu",))
-    register("receiver_csr", "cpp", graph.receiver_csr_cpp, devices=graph_devices)
-    register("radius_graph", "cpp", graph.radius_graph_cpp, devices=graph_devices)
-    register("knn_graph", "cpp", graph.knn_graph_cpp, devices=graph_devices)
+def device_types() -> Tuple[str, ...]:
+    """The device types the extension's graph builders run on: CPU, and CUDA where it was built with CUDA."""
+    return ("cpu", "cuda") if build_info()["cuda"] else ("cpu",)

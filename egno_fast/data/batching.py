@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..graph import Graph, build_graph
+from ..graph import Graph
+from ..ops import build_graph
 
 
 class GraphSample(NamedTuple):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..graph import radius_graph
+from ..ops import radius_graph
 from .batching import GraphSample
 from .io import MissingExtraError
 from .protocol import SPLITS, check_split, target_offsets

@@ -9,8 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from ..backends import OPS, check_backend_name, resolve_backend
-from ..graph import Graph, GraphInputError, build_graph, graph_mean, validate_node_inputs
+from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
+from ..ops.receiver_csr import build_graph
 
 logger = logging.getLogger("egno_fast")
 
@@ -42,7 +43,10 @@ class EGNO(nn.Module):
                        "temporal_residual" and "egnn_layer" (others: "auto"). What runs is reported: on the first
                        forward (and whenever it changes) :attr:`active_backend` holds the backend of each op and
                        the logger "egno_fast" records it at INFO level.
-        validate:      check inputs (shapes, dtypes, finite values, edge index range) on every forward.
+        validate:      check the values of the inputs (finite values, edge index range) when the forward builds the
+                       graph from ``edge_index``. A prebuilt :class:`Graph` was validated where it was built: the
+                       forward then checks shapes only, and neither it nor the backward synchronises with the
+                       device.
     """
 
     def __init__(self, node_dim: int, edge_dim: int, hidden_dim: int = 64, num_layers: int = 4,
@@ -133,10 +137,12 @@ class EGNO(nn.Module):
             graph = edge_index
             if graph.num_nodes != num_nodes:
                 raise GraphInputError(f"the graph has {graph.num_nodes} nodes but x has {num_nodes} rows")
+            self._check_shapes(x, v, h, graph)
         else:
             graph = build_graph(edge_index, num_nodes, edge_attr, batch, validate=self.validate)
-        if self.validate:
-            self._validate_nodes(x, v, h, graph)
+            self._check_shapes(x, v, h, graph)
+            if self.validate:
+                validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
         self._report_backend(x.device)
 
         times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
@@ -163,11 +169,15 @@ class EGNO(nn.Module):
         out = dict(zip(self.vector_channels, z.unbind(-1)))
         return (out["x"] + centre if "x" in out else x), out.get("v", v)
 
-    def _validate_nodes(self, x: Tensor, v: Tensor, h: Tensor, graph: Graph) -> None:
-        validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
+    def _check_shapes(self, x: Tensor, v: Tensor, h: Tensor, graph: Graph) -> None:
+        """Shapes, dtypes and the graph's feature width (metadata only: no device synchronisation)."""
         for name, value, width in (("x", x, 3), ("v", v, 3), ("h", h, self.node_dim)):
-            if value.dim() != 2 or value.shape[1] != width:
-                raise GraphInputError(f"{name} must have shape [N, {width}], got {list(value.shape)}")
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                raise GraphInputError(f"{name} must be a floating-point tensor, got "
+                                      f"{value.dtype if isinstance(value, Tensor) else type(value).__name__}")
+            if value.dim() != 2 or value.shape[1] != width or value.shape[0] != graph.num_nodes:
+                raise GraphInputError(f"{name} must have shape [N, {width}] with N = {graph.num_nodes}, got "
+                                      f"{list(value.shape)}")
         if graph.edge_attr.shape[1] != self.edge_dim:
             raise GraphInputError(f"edge_attr must have {self.edge_dim} features, got {graph.edge_attr.shape[1]}")
 

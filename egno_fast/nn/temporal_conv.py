@@ -2,7 +2,8 @@
 import torch
 from torch import Tensor, nn
 
-from ..backends import check_backend_name, get_op, resolve_backend
+from ..backends import check_backend_name
+from ..ops.temporal_conv import temporal_residual
 
 
 class _SpectralBlock(nn.Module):
@@ -23,8 +24,7 @@ class _SpectralBlock(nn.Module):
         if self.num_modes > num_frames // 2 + 1:
             raise ValueError(f"num_modes = {self.num_modes} needs at least {2 * self.num_modes - 2} frames, "
                              f"got P = {num_frames} (I must be <= P//2+1)")
-        op = get_op("temporal_residual", resolve_backend(self.backend, x.device, "temporal_residual"))
-        return op(x, self.weight, self.leaky_relu)
+        return temporal_residual(x, self.weight, self.leaky_relu, self.backend)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_modes={self.num_modes}, backend={self.backend!r}"

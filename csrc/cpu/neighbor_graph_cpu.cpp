@@ -1,5 +1,5 @@
-// Graph construction on the CPU: the receiver-sorted CSR (stable counting sort) and radius / k-nearest-neighbour
-// graphs by cell lists (csrc/common/cell_grid.h), returned already sorted by receiver.
+// Radius and k-nearest-neighbour graphs on the CPU by cell lists (csrc/common/cell_grid.h), returned already sorted
+// by receiver (egno_fast/ops/neighbor_graph.py).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,29 +10,10 @@
 
 #include "../common/cell_grid.h"
 #include "../graph_inputs.h"
+#include "counting_sort.h"
 
 namespace egno_fast {
 namespace {
-
-// Stable counting sort of keys in [0, num_keys): offsets [num_keys + 1] and the order (a permutation of 0..n-1).
-void counting_sort(const int64_t* keys, int64_t n, int64_t num_keys, int64_t* offsets, int64_t* order) {
-  std::fill(offsets, offsets + num_keys + 1, 0);
-  for (int64_t e = 0; e < n; ++e) ++offsets[keys[e] + 1];
-  for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
-  std::vector<int64_t> next(offsets, offsets + num_keys);
-  for (int64_t e = 0; e < n; ++e) order[next[keys[e]]++] = e;
-}
-
-std::tuple<at::Tensor, at::Tensor> receiver_csr_cpu(const at::Tensor& receiver, int64_t num_nodes) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
-  check_csr_inputs(receiver, num_nodes);
-  const at::Tensor keys = receiver.to(at::kLong).contiguous();
-  at::Tensor rowptr = at::empty({num_nodes + 1}, keys.options());
-  at::Tensor perm = at::empty({keys.size(0)}, keys.options());
-  counting_sort(keys.data_ptr<int64_t>(), keys.size(0), num_nodes, rowptr.data_ptr<int64_t>(),
-                perm.data_ptr<int64_t>());
-  return {rowptr, perm};
-}
 
 // Points binned by cell key: cell_start [graphs * cells + 1], cell_points (indices sorted by key) and the
 // positions in that order.
@@ -175,7 +156,6 @@ at::Tensor knn_graph_cpu(const at::Tensor& pos, int64_t k, const std::optional<a
 }  // namespace
 
 TORCH_LIBRARY_IMPL(egno_fast, CPU, m) {
-  m.impl("receiver_csr", &receiver_csr_cpu);
   m.impl("radius_graph", &radius_graph_cpu);
   m.impl("knn_graph", &knn_graph_cpu);
 }

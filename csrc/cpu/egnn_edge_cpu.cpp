@@ -1,7 +1,7 @@
 // Fused EGNN edge computation on the CPU: forward and backward over the receiver-sorted CSR.
 //
 // The node-level part of the layer is elsewhere (the first edge layer's node projections A = h W_a + b1 and
-// B = h W_b in egno_fast/split_egnn.py, the velocity and node MLPs in egnn_node_cpu.cpp); this op does everything
+// B = h W_b in egno_fast/ops/egnn.py, the velocity and node MLPs in egnn_node_cpu.cpp); this op does everything
 // per edge, for all P frames of an edge together (rows = edge x frame), on tiles of about kTileValues / H rows
 // (tile_edge_count) kept in cache:
 //   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
@@ -18,7 +18,7 @@
 // exponential: the activations are the weight-gradient GEMMs' inputs as they are, and the derivatives multiply the
 // incoming gradients. That is six [E, P, H] tensors where the reference keeps about eight; on the CPU the memory is
 // there, and on the development machine the sigmoid (about 2 ns an element even in AVX2) was the largest cost.
-// Where it is not (store_activations = false; egno_fast/cpp/egnn.py decides from a memory budget), the forward keeps
+// Where it is not (store_activations = false; egno_fast/ops/egnn_edge.py decides from a memory budget), the forward keeps
 // each tile's activations in a tile buffer only and the backward recomputes them tile by tile with the same code:
 // memory O(threads x tile) instead of 6 E P H values, for about a third more matrix work, identical results.
 // The sender side of the backward (dL/dB_j and the sender part of dL/dx) is gathered over the transposed CSR from the
@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "csr_checks.h"
 #include "buffer_pool.h"
 #include "tiles.h"
 
@@ -73,12 +74,10 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   const int64_t n = a.size(0), p = a.size(1);
   TORCH_CHECK(x.dim() == 3 && x.size(0) == n && x.size(1) == p && x.size(2) == 3, "egnn_edge: x must be [N, P, 3] = [",
               n, ", ", p, ", 3], got ", x.sizes());
-  TORCH_CHECK(rowptr.dim() == 1 && rowptr.size(0) == n + 1 && rowptr.scalar_type() == at::kLong,
-              "egnn_edge: rowptr must be int64 [N + 1], got ", rowptr.scalar_type(), " ", rowptr.sizes());
   const int64_t e = sender.size(0);
-  TORCH_CHECK(sender.dim() == 1 && receiver.dim() == 1 && receiver.size(0) == e &&
-                  sender.scalar_type() == at::kLong && receiver.scalar_type() == at::kLong,
-              "egnn_edge: sender and receiver must be int64 [E]");
+  check_offsets("egnn_edge", "rowptr", rowptr, n, e);
+  check_indices("egnn_edge", "sender", sender, e, n);
+  check_indices("egnn_edge", "receiver", receiver, e, n);
   TORCH_CHECK(edge_attr.dim() == 2 && edge_attr.size(0) == e, "egnn_edge: edge_attr must be [E, f] with E = ", e,
               ", got ", edge_attr.sizes());
   for (const at::Tensor* t : {&a, &b, &x, &edge_attr, &rowptr, &sender, &receiver}) {
@@ -87,16 +86,6 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   for (const at::Tensor* t : {&b, &x, &edge_attr}) {
     TORCH_CHECK(t->scalar_type() == a.scalar_type(), "egnn_edge: all float inputs must share a's dtype ",
                 a.scalar_type(), ", got ", t->scalar_type());
-  }
-  TORCH_CHECK(rowptr[n].item<int64_t>() == e, "egnn_edge: rowptr[N] = ", rowptr[n].item<int64_t>(),
-              " but there are ", e, " edges");
-  if (e > 0) {
-    for (const at::Tensor* t : {&sender, &receiver}) {
-      const auto range = at::aminmax(*t);
-      const int64_t low = std::get<0>(range).item<int64_t>(), high = std::get<1>(range).item<int64_t>();
-      TORCH_CHECK(low >= 0 && high < n, "egnn_edge: edge indices span [", low, ", ", high, "] but there are ", n,
-                  " nodes");
-    }
   }
 }
 
@@ -483,7 +472,6 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
                   acts.size(2) == x.size(1) && acts.is_contiguous(),
               "egnn_edge_backward: activations must be the forward's contiguous [6, E, P, H] (or [0, E, P, H] when ",
               "the forward stored none), got ", acts.sizes());
-  // the graph and inputs were validated by the forward; a and b (read only to recompute) must still match it
   TORCH_CHECK(a.sizes() == g_msg.sizes() && b.sizes() == a.sizes() && a.is_contiguous() && b.is_contiguous() &&
                   a.scalar_type() == x.scalar_type() && b.scalar_type() == x.scalar_type(),
               "egnn_edge_backward: a and b must be the forward's contiguous [N, P, H] node projections");
@@ -491,8 +479,9 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
   TORCH_CHECK(g_msg_c.dim() == 3 && g_msg_c.size(0) == x.size(0) && g_msg_c.size(2) == acts.size(3) &&
                   g_coord_c.sizes() == x.sizes(),
               "egnn_edge_backward: gradient shapes do not match the forward's outputs");
-  TORCH_CHECK(sender_rowptr.size(0) == x.size(0) + 1 && sender_perm.size(0) == sender.size(0),
-              "egnn_edge_backward: the transposed CSR does not match the graph");
+  check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);  // the graph may have been changed since the forward
+  check_offsets("egnn_edge_backward", "sender_rowptr", sender_rowptr, x.size(0), sender.size(0));
+  check_permutation("egnn_edge_backward", "sender_perm", sender_perm, sender.size(0));
   at::Tensor g_a = at::empty_like(g_msg_c), g_b = at::empty_like(g_msg_c), g_x = at::empty_like(x);
   at::Tensor g_edge_attr = at::zeros_like(edge_attr);
   Partials part;

@@ -1,8 +1,9 @@
-"""Fused Triton EGNN message passing on the receiver-sorted CSR, all P frames of an edge at once.
+"""Fused Triton kernel of the EGNN layer's edge half (egno_fast/ops/egnn_edge.py) on the receiver-sorted CSR, all P
+frames of an edge at once, with its autograd Function.
 
-The layer (``egno_fast.reference.egnn.egnn_layer_reference``) is split into node-level work, left to PyTorch
-([N, P, H] tensors: the two halves of the first edge layer applied once per node, the velocity and node MLPs) and
-the edge-level work, fused here into one kernel::
+The layer (egno_fast/ops/egnn_layer.py) is split into node-level work, left to PyTorch ([N, P, H] tensors: the two
+halves of the first edge layer applied once per node, the velocity and node MLPs) and the edge-level work, fused
+here into one kernel::
 
     z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, docs/design.md §4.3)
     m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j
@@ -29,8 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from egno_fast.graph import Graph
-from egno_fast.split_egnn import split_egnn_layer
+from egno_fast.ops.egnn_edge import EGNNEdgeWeights
 
 MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
 MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, edge-feature gradients, weight partial sums
@@ -458,23 +458,26 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
 
 
 class EGNNEdgeFunction(torch.autograd.Function):
-    """(A, B, x, e, w_d, W_e, W2, b2, Wc1, bc1, w_c2, b_c2) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the
-    graph's edges (module docstring), fused forward and backward."""
+    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic, *EGNNEdgeWeights) ->
+    (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's edges (module docstring), fused forward and backward."""
 
     @staticmethod
-    def forward(ctx, a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2, graph: Graph, atomic: bool):
-        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2, bc2=bc2)
+    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic: bool,
+                *weights):
+        w = EGNNEdgeWeights(*weights)
+        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=w.w_dist, we=w.w_edge, w2=w.w_msg, b2=w.b_msg,
+                       wc1=w.w_coord_hidden, bc1=w.b_coord_hidden, wc2=w.w_coord_out, bc2=w.b_coord_out)
         msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
-        _launch(MODE_FORWARD, False, tensors, (graph.rowptr, graph.sender, graph.sender),
+        _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender),
                 dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a, 16))
-        ctx.save_for_backward(a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2)
-        ctx.graph, ctx.atomic = graph, atomic
+        ctx.save_for_backward(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights)
+        ctx.atomic = atomic
         return msg_sum, coord_sum
 
     @staticmethod
     def backward(ctx, g_msg: Optional[Tensor], g_coord: Optional[Tensor]):
-        a, b, x, edge_attr, wd, we, w2, b2, wc1, bc1, wc2, bc2 = ctx.saved_tensors
-        graph = ctx.graph
+        a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = ctx.saved_tensors
+        wd, we, w2, b2, wc1, bc1, wc2, bc2 = weights
         num_nodes, _, hidden = a.shape
         g_msg = torch.zeros_like(a) if g_msg is None else g_msg.contiguous()
         g_coord = torch.zeros_like(x) if g_coord is None else g_coord.contiguous()
@@ -495,52 +498,25 @@ class EGNNEdgeFunction(torch.autograd.Function):
                            part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device))
             return out
 
-        receiver = pass_outputs(2 if ctx.atomic else 1, edge_grads=ctx.atomic)
+        receiver_pass = pass_outputs(2 if ctx.atomic else 1, edge_grads=ctx.atomic)
         if ctx.atomic:
-            receiver.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
-        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (graph.rowptr, graph.sender, graph.sender), receiver,
+            receiver_pass.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
+        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (rowptr, sender, sender), receiver_pass,
                 programs)
         if ctx.atomic:  # the receiver pass did everything
-            first_layer, g_b, g_x_sender = receiver, receiver["scatter_node"], receiver["scatter_coord"]
-            vecs = receiver["part_vec"].sum(0)
+            first_layer, g_b, g_x_sender = receiver_pass, receiver_pass["scatter_node"], receiver_pass["scatter_coord"]
+            vecs = receiver_pass["part_vec"].sum(0)
         else:
             first_layer = pass_outputs(1, edge_grads=True)
-            _launch(MODE_SENDER_GRAD, False, tensors, (graph.sender_rowptr, graph.receiver, graph.sender_perm),
+            _launch(MODE_SENDER_GRAD, False, tensors, (sender_rowptr, receiver, sender_perm),
                     first_layer, programs)
             g_b, g_x_sender = first_layer["node_out"], first_layer["coord_out"]
-            vecs = receiver["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
+            vecs = receiver_pass["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
         vecs = vecs[:, :hidden]
         g_w2 = first_layer["part_mat"][:, 0].sum(0)[:hidden, :hidden]
-        g_wc1 = receiver["part_mat"][:, -1].sum(0)[:hidden, :hidden]
+        g_wc1 = receiver_pass["part_mat"][:, -1].sum(0)[:hidden, :hidden]
         g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
-        return (receiver["node_out"], g_b, receiver["coord_out"] + g_x_sender, first_layer["g_ea"],
+        return (receiver_pass["node_out"], g_b, receiver_pass["coord_out"] + g_x_sender, first_layer["g_ea"],
+                None, None, None, None, None, None,
                 vecs[3].to(wd.dtype), g_we.to(we.dtype), g_w2.to(w2.dtype), vecs[0].to(b2.dtype),
-                g_wc1.to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype),
-                None, None)
-
-
-def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_mlp, coord_mlp, velocity_mlp,
-                      node_mlp) -> Tuple[Tensor, Tensor, Tensor]:
-    """Fused EGNN layer; same contract and parameters as :func:`egno_fast.reference.egnn.egnn_layer_reference`.
-
-    Args:
-        x, v: [N, P, 3]; h: [N, P, H] (fp32 or fp64; bf16/fp16 on GPU), 1 <= P <= 64, H <= 128.
-        graph: the receiver-sorted CSR; its edge_attr [E, f], any f >= 0.
-    Returns:
-        (x, v, h) updated.
-    """
-    if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
-        raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
-                           "torch.use_deterministic_algorithms(True) asks for deterministic results")
-    atomic = atomic_backward_enabled()
-
-    def edge_sums(a, b, x, edge_attr, weights, graph):
-        return EGNNEdgeFunction.apply(a, b, x, edge_attr, *weights, graph, atomic)
-
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
-    return split_egnn_layer(x, v, h, graph, edge_mlp, coord_mlp, velocity_mlp, node_mlp, edge_sums, acc)
-
-
-def register_ops(register) -> None:
-    """Called by :mod:`egno_fast.backends` to register this module's ops under "triton"."""
-    register("egnn_layer", "triton", egnn_layer_triton)
+                g_wc1.to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype))

@@ -1,0 +1,203 @@
+"""The EGNN layer's edge half: per receiver, the sums of its incoming messages and coordinate messages.
+
+With the first edge layer split into node projections (docs/design.md §4.3: ``A = h W_a^T + b_1`` and
+``B = h W_b^T``, computed once per node by the layer), for every edge j -> i and frame::
+
+    z1 = A_i + B_j + |r|^2 w_dist + e_ij W_edge^T          r = x_i - x_j
+    m  = silu(silu(z1) W_msg^T + b_msg)
+    phi = silu(m W_coord_hidden^T + b_coord_hidden) . w_coord_out + b_coord_out
+    msg_sum_i = sum_j m,    coord_sum_i = sum_j r phi
+
+Entry points per backend, all ``(a, b, x, edge_attr, graph, weights) -> EdgeSums``: "reference" (plain PyTorch,
+below), "cpp" (csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake kernels below), "triton" (kernels/egnn_edge.py:
+the kernel and its autograd). :func:`egnn_edge_sums` dispatches. The weights' field names are the C++ schema's argument
+names (a test checks).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..backends import check_backend_name, get_op, register, resolve_backend
+from ..graph import Graph, assert_csr_invariants
+
+logger = logging.getLogger("egno_fast")
+
+
+class EGNNEdgeWeights(NamedTuple):
+    """The edge and coordinate MLPs' weights as the edge half takes them (H hidden, f edge features)."""
+
+    w_dist: Tensor  # [H]     the first edge layer's column for |r|^2
+    w_edge: Tensor  # [H, f]  its columns for the edge features
+    w_msg: Tensor  # [H, H]   the edge MLP's second layer
+    b_msg: Tensor  # [H]
+    w_coord_hidden: Tensor  # [H, H] the coordinate MLP's first layer
+    b_coord_hidden: Tensor  # [H]
+    w_coord_out: Tensor  # [H]  its output layer (one output)
+    b_coord_out: Tensor  # [1]
+
+
+class EdgeSums(NamedTuple):
+    """msg_sum [N, P, H] and coord_sum [N, P, 3]: per receiver and frame, the sums over its incoming edges."""
+
+    msg_sum: Tensor
+    coord_sum: Tensor
+
+
+def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
+                        weights: EGNNEdgeWeights) -> EdgeSums:
+    """The edge half in plain PyTorch (module docstring).
+
+    Args:
+        a, b:      [N, P, H] the node projections (receiver and sender halves of the first edge layer).
+        x:         [N, P, 3] positions.
+        edge_attr: [E, f] edge features in the graph's (receiver-sorted) order.
+        graph:     the receiver-sorted CSR.
+        weights:   :class:`EGNNEdgeWeights`.
+    Returns:
+        :class:`EdgeSums`.
+    """
+    receiver, sender = graph.receiver, graph.sender
+    rel = x.index_select(0, receiver) - x.index_select(0, sender)  # [E, P, 3]
+    dist2 = (rel * rel).sum(-1, keepdim=True)
+    z1 = a.index_select(0, receiver) + b.index_select(0, sender) + dist2 * weights.w_dist \
+        + F.linear(edge_attr, weights.w_edge)[:, None, :]
+    message = F.silu(F.linear(F.silu(z1), weights.w_msg, weights.b_msg))  # [E, P, H]
+    phi = F.linear(F.silu(F.linear(message, weights.w_coord_hidden, weights.b_coord_hidden)),
+                   weights.w_coord_out[None], weights.b_coord_out)  # [E, P, 1]
+    msg_sum = torch.zeros_like(a).index_add_(0, receiver, message)
+    coord_sum = torch.zeros_like(x).index_add_(0, receiver, rel * phi)
+    return EdgeSums(msg_sum, coord_sum)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# "cpp": the extension's egnn_edge_forward / _backward
+# ---------------------------------------------------------------------------------------------------------------------
+# The forward stores 6 x E x P x H activations a layer for its backward while they fit this budget, and above it
+# the backward recomputes them tile by tile (a third more matrix work, identical results; egnn_edge_cpu.cpp).
+STORE_BUDGET_ENV = "EGNO_FAST_CPU_STORE_MB"
+DEFAULT_STORE_BUDGET_MB = 2048
+
+
+def store_budget_bytes() -> int:
+    """The per-layer budget for the edge op's stored activations: $EGNO_FAST_CPU_STORE_MB megabytes (default
+    2048; 0 always recomputes)."""
+    value = os.environ.get(STORE_BUDGET_ENV, str(DEFAULT_STORE_BUDGET_MB))
+    try:
+        megabytes = float(value)
+    except ValueError:
+        raise ValueError(f"{STORE_BUDGET_ENV} must be a number of megabytes, got {value!r}") from None
+    if megabytes < 0:
+        raise ValueError(f"{STORE_BUDGET_ENV} must be >= 0, got {value!r}")
+    return int(megabytes * 2**20)
+
+
+def _forward_fake(a, b, x, edge_attr, *args):
+    *_, sender, _receiver, store_activations = args
+    stored = 6 if store_activations else 0
+    return (torch.empty_like(a), torch.empty_like(x),
+            a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2])))
+
+
+def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
+    weights = args[:len(EGNNEdgeWeights._fields)]
+    return [torch.empty_like(g_msg), torch.empty_like(g_msg), torch.empty_like(x), torch.empty_like(edge_attr),
+            *(torch.empty_like(w) for w in weights)]
+
+
+def register_fakes() -> None:
+    """Register the fake (meta) kernels of this op's extension operators (called by :mod:`egno_fast.cpp` once they
+    exist), so the ops trace under torch.compile."""
+    torch.library.register_fake("egno_fast::egnn_edge_forward", _forward_fake)
+    torch.library.register_fake("egno_fast::egnn_edge_backward", _backward_fake)
+
+
+class EGNNEdgeCppFunction(torch.autograd.Function):
+    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *EGNNEdgeWeights) ->
+    (msg_sum, coord_sum); with ``store`` the forward keeps the three SiLUs' values and derivatives [6, E, P, H] for
+    the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp). The C++ operators check the CSR."""
+
+    @staticmethod
+    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *weights):
+        named = EGNNEdgeWeights(*weights)._asdict()
+        msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(
+            a, b, x, edge_attr, **named, rowptr=rowptr, sender=sender, receiver=receiver, store_activations=store)
+        ctx.save_for_backward(activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm,
+                              *weights)
+        return msg_sum, coord_sum
+
+    @staticmethod
+    def backward(ctx, g_msg, g_coord):
+        activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = \
+            ctx.saved_tensors
+        g_msg = torch.zeros_like(a) if g_msg is None else g_msg
+        g_coord = torch.zeros_like(x) if g_coord is None else g_coord
+        g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
+            g_msg, g_coord, activations, a, b, x, edge_attr, **EGNNEdgeWeights(*weights)._asdict(), rowptr=rowptr,
+            sender=sender, receiver=receiver, sender_rowptr=sender_rowptr, sender_perm=sender_perm)
+        return (g_a, g_b, g_x, g_edge_attr, None, None, None, None, None, None, *g_weights)
+
+
+_last_store_mode = {"store": True}
+
+
+def _store_activations(a: Tensor, graph: Graph, inputs) -> bool:
+    """Whether the cpp forward keeps its activations (a gradient is needed and they fit the budget); a change is
+    logged."""
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+        return False
+    stored_bytes = 6 * graph.num_edges * a.shape[1] * a.shape[2] * a.element_size()
+    budget = store_budget_bytes()
+    store = stored_bytes <= budget
+    if store != _last_store_mode["store"]:
+        logger.info("cpp EGNN layer: %s its activations for the backward (%.0f MB a layer; %s = %d MB)",
+                    "stores" if store else "recomputes", stored_bytes / 2**20, STORE_BUDGET_ENV, budget // 2**20)
+        _last_store_mode["store"] = store
+    return store
+
+
+def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
+                  weights: EGNNEdgeWeights) -> EdgeSums:
+    """The edge half on CPU tensors (float32 or float64, contiguous); contract of :func:`egnn_edge_reference`."""
+    store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
+    return EdgeSums(*EGNNEdgeCppFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
+                                               graph.sender_rowptr, graph.sender_perm, store, *weights))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# "triton": kernels/egnn_edge.py
+# ---------------------------------------------------------------------------------------------------------------------
+def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
+                     weights: EGNNEdgeWeights) -> EdgeSums:
+    """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128); contract of
+    :func:`egnn_edge_reference`. On CPU tensors (the interpreter) the graph's CSR invariants are checked first."""
+    from ..kernels.egnn_edge import EGNNEdgeFunction, atomic_backward_enabled
+
+    if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
+        raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
+                           "torch.use_deterministic_algorithms(True) asks for deterministic results")
+    if a.device.type != "cuda":
+        assert_csr_invariants(graph)
+    return EdgeSums(*EGNNEdgeFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
+                                            graph.sender_rowptr, graph.sender_perm, atomic_backward_enabled(),
+                                            *weights))
+
+
+register("egnn_edge", "reference", egnn_edge_reference)
+register("egnn_edge", "cpp", egnn_edge_cpp, devices=("cpu",))
+register("egnn_edge", "triton", egnn_edge_triton)
+
+
+def egnn_edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights,
+              backend: str = "auto") -> EdgeSums:
+    """The edge half on ``backend`` ("reference", "triton", "cpp" or "auto"); contract of
+    :func:`egnn_edge_reference`. On CUDA the graph must be unchanged since it was validated."""
+    if x.device.type == "cuda":
+        graph.require_unchanged()
+    chosen = resolve_backend(check_backend_name(backend), x.device, "egnn_edge")
+    return get_op("egnn_edge", chosen)(a, b, x, edge_attr, graph, weights)

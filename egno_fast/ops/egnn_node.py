@@ -1,0 +1,120 @@
+"""The EGNN layer's node half: after the edge sums, the position update and the node MLP.
+
+    x_new = x + velocity_mlp(h) v + clamp(coord_sum / max(degree, 1), -100, 100)
+    h_new = node_mlp([h, msg_sum])
+
+with ``velocity_mlp = Linear(H, H), SiLU, Linear(H, 1)`` and ``node_mlp = Linear(2H, H), SiLU, Linear(H, H)``.
+Entry points per backend, all ``(x, v, h, sums, degree, weights) -> NodeUpdate``: "reference" (plain PyTorch,
+below; the Triton layer runs it on the GPU), "cpp" (csrc/cpu/egnn_node_cpu.cpp; its autograd and fake kernels
+below). :func:`egnn_node_update` dispatches. The weights' field names are the C++ schema's argument names.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..backends import check_backend_name, get_op, register, resolve_backend
+from .egnn_edge import EdgeSums
+
+COORD_CLAMP = 100.0  # each component of the mean coordinate message is clamped to [-100, 100]
+
+
+class EGNNNodeWeights(NamedTuple):
+    """The velocity and node MLPs' weights (H hidden)."""
+
+    w_vel_hidden: Tensor  # [H, H]
+    b_vel_hidden: Tensor  # [H]
+    w_vel_out: Tensor  # [H]  one output
+    b_vel_out: Tensor  # [1]
+    w_node_hidden: Tensor  # [H, 2H]
+    b_node_hidden: Tensor  # [H]
+    w_node_out: Tensor  # [H, H]
+    b_node_out: Tensor  # [H]
+
+
+class NodeUpdate(NamedTuple):
+    """x_new [N, P, 3] and h_new [N, P, H]."""
+
+    x: Tensor
+    h: Tensor
+
+
+def egnn_node_reference(x: Tensor, v: Tensor, h: Tensor, sums: EdgeSums, degree: Tensor,
+                        weights: EGNNNodeWeights) -> NodeUpdate:
+    """The node half in plain PyTorch (module docstring).
+
+    Args:
+        x, v:   [N, P, 3]; h: [N, P, H].
+        sums:   the edge half's :class:`EdgeSums` (msg_sum [N, P, H], coord_sum [N, P, 3]).
+        degree: [N] in-degree clamped to >= 1, in x's dtype.
+        weights: :class:`EGNNNodeWeights`.
+    Returns:
+        :class:`NodeUpdate`.
+    """
+    w = weights
+    speed = F.linear(F.silu(F.linear(h, w.w_vel_hidden, w.b_vel_hidden)), w.w_vel_out[None], w.b_vel_out)
+    x_new = x + speed * v + (sums.coord_sum / degree[:, None, None]).clamp(-COORD_CLAMP, COORD_CLAMP)
+    hidden = F.silu(F.linear(torch.cat([h, sums.msg_sum], dim=-1), w.w_node_hidden, w.b_node_hidden))
+    return NodeUpdate(x_new, F.linear(hidden, w.w_node_out, w.b_node_out))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# "cpp": the extension's egnn_node_forward / _backward
+# ---------------------------------------------------------------------------------------------------------------------
+def _forward_fake(h, msg_sum, coord_sum, x, v, degree, *weights):
+    return torch.empty_like(x), torch.empty_like(h), h.new_empty((4, h.shape[0] * h.shape[1], h.shape[2]))
+
+
+def _backward_fake(g_x_new, g_h_new, activations, h, msg_sum, coord_sum, v, degree, *weights):
+    return [torch.empty_like(h), torch.empty_like(h), torch.empty_like(v), torch.empty_like(v),
+            *(torch.empty_like(w) for w in weights)]
+
+
+def register_fakes() -> None:
+    """Register the fake (meta) kernels of this op's extension operators (called by :mod:`egno_fast.cpp` once they
+    exist), so the ops trace under torch.compile."""
+    torch.library.register_fake("egno_fast::egnn_node_forward", _forward_fake)
+    torch.library.register_fake("egno_fast::egnn_node_backward", _backward_fake)
+
+
+class EGNNNodeCppFunction(torch.autograd.Function):
+    """(h, msg_sum, coord_sum, x, v, degree, *EGNNNodeWeights) -> (x_new [N,P,3], h_new [N,P,H]); the forward
+    stores the two SiLUs' values and derivatives [4, N P, H] (egnn_node_cpu.cpp)."""
+
+    @staticmethod
+    def forward(ctx, h, msg_sum, coord_sum, x, v, degree, *weights):
+        x_new, h_new, activations = torch.ops.egno_fast.egnn_node_forward(
+            h, msg_sum, coord_sum, x, v, degree, **EGNNNodeWeights(*weights)._asdict())
+        ctx.save_for_backward(activations, h, msg_sum, coord_sum, v, degree, *weights)
+        return x_new, h_new
+
+    @staticmethod
+    def backward(ctx, g_x, g_h):
+        activations, h, msg_sum, coord_sum, v, degree, *weights = ctx.saved_tensors
+        g_x = torch.zeros_like(v) if g_x is None else g_x
+        g_h = torch.zeros_like(h) if g_h is None else g_h
+        g_h_in, g_msg, g_coord, g_v, *g_weights = torch.ops.egno_fast.egnn_node_backward(
+            g_x, g_h, activations, h, msg_sum, coord_sum, v, degree, **EGNNNodeWeights(*weights)._asdict())
+        return (g_h_in, g_msg, g_coord, g_x, g_v, None, *g_weights)
+
+
+def egnn_node_cpp(x: Tensor, v: Tensor, h: Tensor, sums: EdgeSums, degree: Tensor,
+                  weights: EGNNNodeWeights) -> NodeUpdate:
+    """The node half in one fused op on CPU tensors (float32 or float64); contract of :func:`egnn_node_reference`."""
+    weights = [w.to(h.dtype).contiguous() for w in weights]
+    return NodeUpdate(*EGNNNodeCppFunction.apply(h.contiguous(), sums.msg_sum, sums.coord_sum, x.contiguous(),
+                                                 v.contiguous(), degree, *weights))
+
+
+register("egnn_node", "reference", egnn_node_reference)
+register("egnn_node", "cpp", egnn_node_cpp, devices=("cpu",))
+
+
+def egnn_node_update(x: Tensor, v: Tensor, h: Tensor, sums: EdgeSums, degree: Tensor, weights: EGNNNodeWeights,
+              backend: str = "auto") -> NodeUpdate:
+    """The node half on ``backend`` ("reference", "cpp" or "auto"); contract of :func:`egnn_node_reference`."""
+    chosen = resolve_backend(check_backend_name(backend), x.device, "egnn_node")
+    return get_op("egnn_node", chosen)(x, v, h, sums, degree, weights)

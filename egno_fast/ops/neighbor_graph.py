@@ -1,0 +1,157 @@
+"""Neighbour lists: radius and k-nearest-neighbour graphs, edge_index [2, E] for :func:`build_graph`.
+
+Entry points per backend: "reference" (brute force in plain PyTorch, O(N^2)), "cpp" (cell lists:
+csrc/cpu/neighbor_graph_cpu.cpp, and csrc/cuda/graph_cuda.cu in CUDA builds). Conventions (every backend):
+edge_index [2, E] int64 with row 0 the sender j and row 1 the receiver i, edges sorted by receiver and, within a
+receiver, by sender; no self loops; distances in float64; with an orthorhombic periodic ``box`` [3] the minimum
+image of each pair is used (one edge per pair).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..backends import register
+from ..graph import GraphInputError
+from .receiver_csr import cpp_device_types, graph_op
+
+_CHUNK = 2048  # receivers per block of the brute-force distance matrix
+def _pair_distance2(pos: Tensor, rows: Tensor, box: Optional[Tensor]) -> Tensor:
+    """[len(rows), N] float64 squared distances from the points ``rows`` to every point."""
+    diff = pos[rows, None, :] - pos[None, :, :]
+    if box is not None:
+        diff = diff - box * torch.round(diff / box)
+    return (diff * diff).sum(-1)
+
+
+def _blocks(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]):
+    """Yields (rows, d2 [rows, N] with inf where no edge may be: self pairs and pairs across graphs)."""
+    pos = pos.double()
+    box = None if box is None else box.to(pos)
+    for start in range(0, pos.shape[0], _CHUNK):
+        rows = torch.arange(start, min(start + _CHUNK, pos.shape[0]), device=pos.device)
+        d2 = _pair_distance2(pos, rows, box)
+        d2[torch.arange(len(rows)), rows] = float("inf")
+        if batch is not None:
+            d2[batch[rows, None] != batch[None, :]] = float("inf")
+        yield rows, d2
+
+
+def radius_graph_reference(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
+                           box: Optional[Tensor] = None) -> Tensor:
+    """Edges j -> i for every pair with |x_i - x_j| <= cutoff (brute force, O(N^2)).
+
+    Args:
+        pos: [N, 3]; batch: [N] graph ids or None; box: [3] periodic box lengths or None.
+    Returns:
+        edge_index [2, E] int64 (module conventions).
+    """
+    senders, receivers = [], []
+    for rows, d2 in _blocks(pos, batch, box):
+        receiver, sender = torch.nonzero(d2 <= cutoff * cutoff, as_tuple=True)
+        senders.append(sender)
+        receivers.append(rows[receiver])
+    return _edge_index(senders, receivers, pos.device)
+
+
+def knn_graph_reference(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None) -> Tensor:
+    """Edges j -> i for the k nearest j of each i in its graph (fewer if the graph is smaller); ties broken by
+    the smaller index (brute force, O(N^2)).
+
+    Returns:
+        edge_index [2, E] int64 (module conventions).
+    """
+    senders, receivers = [], []
+    num_nodes = pos.shape[0]
+    for rows, d2 in _blocks(pos, batch, box):
+        # sort by (distance, index): a stable sort by distance of indices in ascending order
+        order = torch.sort(d2, dim=1, stable=True).indices[:, :min(k, num_nodes)]
+        keep = torch.isfinite(torch.gather(d2, 1, order))
+        nearest = torch.where(keep, order, num_nodes).sort(dim=1).values
+        receiver, column = torch.nonzero(nearest < num_nodes, as_tuple=True)
+        senders.append(nearest[receiver, column])
+        receivers.append(rows[receiver])
+    return _edge_index(senders, receivers, pos.device)
+
+
+def _edge_index(senders, receivers, device) -> Tensor:
+    if not senders:
+        return torch.zeros(2, 0, dtype=torch.int64, device=device)
+    return torch.stack([torch.cat(senders), torch.cat(receivers)]).long()
+
+
+def radius_graph_cpp(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
+                     box: Optional[Tensor] = None) -> Tensor:
+    """Cell-list radius graph (the extension's ``radius_graph``), as :func:`radius_graph_reference`."""
+    return torch.ops.egno_fast.radius_graph(pos, cutoff, batch, box)
+
+
+def knn_graph_cpp(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None) -> Tensor:
+    """Cell-list k-nearest-neighbour graph (the extension's ``knn_graph``), as :func:`knn_graph_reference`."""
+    return torch.ops.egno_fast.knn_graph(pos, k, batch, box)
+
+
+register("radius_graph", "reference", radius_graph_reference)
+register("knn_graph", "reference", knn_graph_reference)
+register("radius_graph", "cpp", radius_graph_cpp, devices=cpp_device_types)
+register("knn_graph", "cpp", knn_graph_cpp, devices=cpp_device_types)
+
+
+
+def _check_points(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]) -> None:
+    if not isinstance(pos, Tensor) or pos.dim() != 2 or pos.shape[1] != 3 or not pos.is_floating_point():
+        raise GraphInputError(f"pos must be a floating-point tensor [N, 3], got "
+              f"{list(pos.shape) if isinstance(pos, Tensor) else type(pos).__name__}")
+    if not bool(torch.isfinite(pos).all()):
+        raise GraphInputError("pos contains NaN or infinite values")
+    if batch is not None:
+        if batch.shape != (pos.shape[0],) or batch.dtype not in (torch.int32, torch.int64):
+            raise GraphInputError(f"batch must be an int tensor [N] with N = {pos.shape[0]}, got {batch.dtype} {list(batch.shape)}")
+        if batch.numel() and int(batch.min()) < 0:
+            raise GraphInputError("batch contains negative graph ids")
+    if box is not None and (box.numel() != 3 or not bool((box > 0).all()) or not bool(torch.isfinite(box).all())):
+        raise GraphInputError(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got {box.tolist()}")
+
+
+def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
+                 backend: str = "auto") -> Tensor:
+    """Edges j -> i between points of the same graph with |x_i - x_j| <= cutoff (cell lists on "cpp").
+
+    Args:
+        pos:    [N, 3] positions (any float dtype; distances are compared in float64).
+        cutoff: the radius (inclusive); with a periodic box at most half its smallest length.
+        batch:  [N] graph id of each point, or None (one graph).
+        box:    [3] orthorhombic periodic box lengths (minimum image), or None.
+        backend: "reference" (brute force), "cpp" or "auto".
+    Returns:
+        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender; no self loops.
+        ``build_graph(edge_index, N, ...)`` turns it into a :class:`Graph`.
+    """
+    _check_points(pos, batch, box)
+    if not cutoff > 0 or cutoff == float("inf"):
+        raise GraphInputError(f"cutoff must be positive and finite, got {cutoff}")
+    if box is not None and 2 * cutoff > float(box.min()):
+        raise GraphInputError(f"with a periodic box the cutoff ({cutoff}) must be at most half the smallest box length "
+              f"({float(box.min())})")
+    return graph_op("radius_graph", backend, pos.device)(pos, float(cutoff), batch, box)
+
+
+def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,
+              backend: str = "auto") -> Tensor:
+    """Edges j -> i from the k nearest points j of each point i in its graph (fewer if the graph has <= k points);
+    equal distances are broken by the smaller index.
+
+    Args:
+        pos: [N, 3]; k >= 1; batch: [N] graph ids or None; box: [3] periodic box lengths or None;
+        backend: "reference" (brute force), "cpp" (cell lists) or "auto".
+    Returns:
+        edge_index [2, E] int64, row 0 = sender; sorted by receiver, then sender.
+    """
+    _check_points(pos, batch, box)
+    if int(k) < 1:
+        raise GraphInputError(f"k must be >= 1, got {k}")
+    return graph_op("knn_graph", backend, pos.device)(pos, int(k), batch, box)
+
+

@@ -1,0 +1,50 @@
+"""Named weight structures that the ops take (tensors only: the nn modules own the parameters and build these).
+
+Shapes follow ``nn.Linear``: a weight is [out, in], a bias [out].
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from torch import Tensor
+from torch.nn import functional as F
+
+ACTIVATIONS = ("silu", "relu", "leaky_relu")
+LEAKY_SLOPE = 0.2  # the slope of "leaky_relu" in the EGNN layer (as in the public EGNN code's LeakyReLU(0.2))
+
+
+class LinearWeights(NamedTuple):
+    """One affine map ``y = x W^T + b``: weight [out, in], bias [out] or None (no bias)."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+
+
+class MLPWeights(NamedTuple):
+    """A two-layer MLP ``second(act(first(x)))`` (some MLPs also apply ``act`` after ``second``: the op says)."""
+
+    first: LinearWeights
+    second: LinearWeights
+
+
+def activation(x: Tensor, name: str) -> Tensor:
+    """``name`` ("silu", "relu" or "leaky_relu") applied to ``x`` (any shape)."""
+    if name == "silu":
+        return F.silu(x)
+    if name == "relu":
+        return F.relu(x)
+    if name == "leaky_relu":
+        return F.leaky_relu(x, LEAKY_SLOPE)
+    raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
+
+
+def mlp(x: Tensor, weights: MLPWeights, act: str, last_activation: bool = False) -> Tensor:
+    """``second(act(first(x)))``, with ``act`` once more at the end if ``last_activation``.
+
+    Args:
+        x: [..., in]; weights: first [hidden, in], second [out, hidden].
+    Returns:
+        [..., out].
+    """
+    out = F.linear(activation(F.linear(x, *weights.first), act), *weights.second)
+    return activation(out, act) if last_activation else out
