@@ -26,7 +26,7 @@ import torch
 import egno_fast.cpp
 from egno_fast import EGNO, build_graph
 from egno_fast.data.batching import complete_graph_edges
-from egno_fast.graph import radius_graph
+from egno_fast.ops import radius_graph
 
 from .cases import knn_graph
 

@@ -53,9 +53,9 @@ def shapes(nodes: int, frames: int, hidden: int) -> Dict[str, tuple]:
 
 def _ops(backend: str):
     if backend == "triton":
-        from egno_fast.kernels.temporal_conv import temporal_residual_triton
+        from egno_fast.ops.temporal_conv import temporal_residual_triton
         return temporal_residual_triton
-    from egno_fast.reference.temporal_conv import temporal_residual_reference
+    from egno_fast.ops.temporal_conv import temporal_residual_reference
     return temporal_residual_reference
 
 

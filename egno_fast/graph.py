@@ -148,9 +148,8 @@ def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
         in_range = ((perm >= 0) & (perm < e)).all()
         seen = torch.zeros(e, dtype=torch.bool, device=perm.device).index_fill_(0, perm.clamp(0, max(e - 1, 0)), True)
         checks.append((in_range & seen.all(), f"{name} must be a permutation of 0..E-1"))
-    degree = (graph.rowptr[1:] - graph.rowptr[:-1]).clamp(min=0)
-    owner = torch.repeat_interleave(torch.arange(n, device=degree.device), degree, output_size=e) \
-        if e > 0 else graph.receiver
+    edges = torch.arange(e, device=graph.rowptr.device)
+    owner = torch.searchsorted(graph.rowptr, edges, right=True) - 1  # the node whose CSR range holds each edge
     checks.append(((owner == graph.receiver).all(), "receiver must match rowptr (edges sorted by receiver)"))
     return checks
 

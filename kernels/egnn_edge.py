@@ -23,7 +23,7 @@ everything and scatters the sender-side gradients with atomics.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import triton
@@ -458,12 +458,14 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
 
 
 class EGNNEdgeFunction(torch.autograd.Function):
-    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic, *EGNNEdgeWeights) ->
-    (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's edges (module docstring), fused forward and backward."""
+    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic, check_graph,
+    *EGNNEdgeWeights) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's edges (module docstring), fused
+    forward and backward. ``check_graph`` (or None) is called again before the backward's kernels: the graph's
+    tensors may have been changed since the forward (the interpreter checks them in Python)."""
 
     @staticmethod
     def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic: bool,
-                *weights):
+                check_graph: Optional[Callable[[], None]], *weights):
         w = EGNNEdgeWeights(*weights)
         tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=w.w_dist, we=w.w_edge, w2=w.w_msg, b2=w.b_msg,
                        wc1=w.w_coord_hidden, bc1=w.b_coord_hidden, wc2=w.w_coord_out, bc2=w.b_coord_out)
@@ -471,13 +473,15 @@ class EGNNEdgeFunction(torch.autograd.Function):
         _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender),
                 dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a, 16))
         ctx.save_for_backward(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights)
-        ctx.atomic = atomic
+        ctx.atomic, ctx.check_graph = atomic, check_graph
         return msg_sum, coord_sum
 
     @staticmethod
     def backward(ctx, g_msg: Optional[Tensor], g_coord: Optional[Tensor]):
         a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = ctx.saved_tensors
         wd, we, w2, b2, wc1, bc1, wc2, bc2 = weights
+        if ctx.check_graph is not None:
+            ctx.check_graph()
         num_nodes, _, hidden = a.shape
         g_msg = torch.zeros_like(a) if g_msg is None else g_msg.contiguous()
         g_coord = torch.zeros_like(x) if g_coord is None else g_coord.contiguous()
@@ -517,6 +521,6 @@ class EGNNEdgeFunction(torch.autograd.Function):
         g_wc1 = receiver_pass["part_mat"][:, -1].sum(0)[:hidden, :hidden]
         g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
         return (receiver_pass["node_out"], g_b, receiver_pass["coord_out"] + g_x_sender, first_layer["g_ea"],
-                None, None, None, None, None, None,
+                None, None, None, None, None, None, None,
                 vecs[3].to(wd.dtype), g_we.to(we.dtype), g_w2.to(w2.dtype), vecs[0].to(b2.dtype),
                 g_wc1.to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype))

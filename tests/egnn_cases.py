@@ -4,9 +4,8 @@ comparisons on an N-body batch and a protein-sized graph."""
 import torch
 
 from conftest import random_directed_graph
-from egno_fast.graph import build_graph
 from egno_fast.nn import EGNNLayer
-from egno_fast.reference.egnn import egnn_layer_reference
+from egno_fast.ops import build_graph, egnn_layer_reference
 
 
 def make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed):
@@ -21,7 +20,7 @@ def make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed):
 
 def compare_layer_with_reference(fused_fn, num_nodes, edge_index, edge_attr, num_frames, hidden, seed, dtype,
                                  device, tol):
-    """Run ``fused_fn`` (an egnn_layer op, in ``dtype`` on ``device``) and the float64 reference on the same inputs;
+    """Run ``fused_fn`` (an egnn_layer entry point ``(x, v, h, graph, weights)``, in ``dtype`` on ``device``) and the float64 reference on the same inputs;
     compare the outputs and the gradients of x, v, h, the edge features and every parameter."""
     layer, nodes, edge_attr = make_inputs(num_nodes, edge_index, edge_attr, num_frames, hidden, seed)
     results = []
@@ -31,7 +30,7 @@ def compare_layer_with_reference(fused_fn, num_nodes, edge_index, edge_attr, num
         x, v, h = (t.to(run_device, run_dtype).requires_grad_() for t in nodes)
         attr = edge_attr.to(run_device, run_dtype).requires_grad_()
         graph = build_graph(edge_index.to(run_device), num_nodes, attr)
-        args = (x, v, h, graph, module.edge_mlp, module.coord_mlp, module.velocity_mlp, module.node_mlp)
+        args = (x, v, h, graph, module.weights())
         out = fused_fn(*args) if fused else egnn_layer_reference(*args)
         gen = torch.Generator().manual_seed(seed + 1)
         loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(run_device, run_dtype)).sum()

@@ -120,7 +120,7 @@ def test_help_is_fast_and_does_not_import_torch():
 
 def test_triton_backend_unavailable(tmp_path, capsys, monkeypatch):
     # not installed (simulated, whatever this machine has)
-    make_backend_unavailable(monkeypatch, "triton", "egno_fast.kernels.egnn cannot be imported "
+    make_backend_unavailable(monkeypatch, "triton", "egno_fast.kernels.egnn_edge cannot be imported "
                                                     "(No module named 'triton')")
     assert main(["train", "--backend", "triton", "--run-dir", str(tmp_path)]) == 2
     line = one_error_line(capsys.readouterr().err)

@@ -12,13 +12,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import compile_every_configuration, make_backend_unavailable, random_orthogonal
-from egno_fast.graph import build_graph
 from egno_fast.nn import EGNNLayer
-from egno_fast.reference.egnn import egnn_layer_reference
+from egno_fast.ops import EGNNOptions, build_graph, egnn_layer_reference
+from egno_fast.ops.egnn import egnn_layer_triton
 from egnn_cases import (KINDS, compare_layer_with_reference, graph_of, make_inputs,
                         model_matches_reference_on_nbody_batch, model_matches_reference_on_protein_sized_graph)
 
-import egno_fast.kernels.egnn as egnn_kernels  # noqa: E402  (triton is a test dependency)
+import egno_fast.kernels.egnn_edge as egnn_kernels  # noqa: E402  (triton is a test dependency)
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -30,7 +30,7 @@ def compare_with_reference(num_nodes, edge_index, edge_attr, num_frames, hidden,
     """The Triton layer (DTYPE, DEVICE; atomic backward if asked) against the float64 reference."""
     egnn_kernels.use_atomic_backward(atomic)
     try:
-        compare_layer_with_reference(egnn_kernels.egnn_layer_triton, num_nodes, edge_index, edge_attr, num_frames,
+        compare_layer_with_reference(egnn_layer_triton, num_nodes, edge_index, edge_attr, num_frames,
                                      hidden, seed, DTYPE, DEVICE, TOL)
     finally:
         egnn_kernels.use_atomic_backward(False)
@@ -190,11 +190,10 @@ def test_no_edge_by_hidden_tensor_is_allocated_or_saved():
     x, v, h = (t.to(DEVICE, DTYPE).requires_grad_() for t in nodes)
     graph = build_graph(edge_index, num_nodes, edge_attr.to(DEVICE, DTYPE))
     edge_hidden = edge_index.shape[1] * hidden  # E x H = 38400; node tensors are N x P x 2H = 5120 at most
-    mlps = (layer.edge_mlp, layer.coord_mlp, layer.velocity_mlp, layer.node_mlp)
-    saved, allocated = largest_tensors(lambda: egnn_kernels.egnn_layer_triton(x, v, h, graph, *mlps))
+    saved, allocated = largest_tensors(lambda: egnn_layer_triton(x, v, h, graph, layer.weights()))
     assert saved < edge_hidden and allocated[0] < edge_hidden, (saved, allocated)
     # the probe sees the reference's edge-sized tensors
-    saved, allocated = largest_tensors(lambda: egnn_layer_reference(x, v, h, graph, *mlps))
+    saved, allocated = largest_tensors(lambda: egnn_layer_reference(x, v, h, graph, layer.weights()))
     assert saved >= edge_hidden * frames and allocated[0] >= edge_hidden * frames
 
 
@@ -205,9 +204,8 @@ def test_rejects_unsupported_layers_and_sizes():
         egnn_kernels.block_config(4, 129)
     layer, x, v, h, edge_index, edge_attr = fused_layer_setup()
     graph = build_graph(edge_index, x.shape[0], edge_attr)
-    odd = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1)).to(DEVICE, DTYPE)
-    with pytest.raises(ValueError, match="coord_mlp"):
-        egnn_kernels.egnn_layer_triton(x, v, h, graph, layer.edge_mlp, odd, layer.velocity_mlp, layer.node_mlp)
+    with pytest.raises(ValueError, match="not supported: options activation"):
+        egnn_layer_triton(x, v, h, graph, layer.weights(), EGNNOptions(activation="relu"))
 
 
 def test_dispatcher_only_picks_configurations_of_the_compiled_table():
@@ -289,6 +287,6 @@ def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():
     """Atomics only in the opt-in atomic variant; the deterministic ones have none (the GPU-independent evidence
     for the determinism claim: under the interpreter programs run one after another). No register spills (no
     stack frame) in any configuration: every block size the dispatcher can pick, every variant and precision."""
-    compile_every_configuration("egno_fast.kernels.egnn", atomic_variants={"receiver_grad_atomic"},
+    compile_every_configuration("egno_fast.kernels.egnn_edge", atomic_variants={"receiver_grad_atomic"},
                                 spill_free=tuple(f"{name}_" for name, _, _ in egnn_kernels.VARIANTS),
                                 title="Triton EGNN layer")

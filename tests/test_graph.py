@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from egno_fast.graph import GraphInputError, build_graph, graph_mean
+from egno_fast.graph import GraphInputError, graph_mean
+from egno_fast.ops import build_graph
 
 
 def test_csr_sorts_by_receiver_and_keeps_edges():

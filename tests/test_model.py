@@ -127,7 +127,7 @@ def test_bad_inputs_raise_clear_errors():
         model(nan_x, v, h, edge_index, edge_attr, batch)
     with pytest.raises(GraphInputError, match="x must have shape"):
         model(x[:, :2], v, h, edge_index, edge_attr, batch)
-    with pytest.raises(GraphInputError, match="v must have 15 rows"):
+    with pytest.raises(GraphInputError, match=r"v must have shape \[N, 3\] with N = 15"):
         model(x, v[:4], h, edge_index, edge_attr, batch)
     with pytest.raises(GraphInputError, match="out of range"):
         model(x, v, h, edge_index + 100, edge_attr, batch)

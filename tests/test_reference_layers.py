@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from conftest import random_directed_graph, random_orthogonal
-from egno_fast.graph import build_graph
+from egno_fast.ops import build_graph
 from egno_fast.nn import EGNNLayer, TemporalConv, VectorTemporalConv
-from egno_fast.reference import sinusoidal_time_embedding, temporal_conv_reference
+from egno_fast.nn.time_embedding import sinusoidal_time_embedding
+from egno_fast.ops import temporal_conv_reference
 
 
 def direct_spectral_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

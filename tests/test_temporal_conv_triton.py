@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import compile_every_configuration, random_orthogonal
-from egno_fast.reference.temporal_conv import temporal_residual_reference
+from egno_fast.ops.temporal_conv import temporal_residual_reference, temporal_residual_triton
 
 import egno_fast.kernels.temporal_conv as triton_kernels  # noqa: E402  (triton is a test dependency)
 ON_GPU = torch.cuda.is_available()
@@ -34,7 +34,7 @@ def check_against_reference(shape, num_modes, leaky, seed):
     channels = shape[-1]
     weight = (torch.randn(channels, channels, num_modes, 2, generator=gen, dtype=torch.float64) / channels) \
         .to(DEVICE, DTYPE).requires_grad_()
-    out = triton_kernels.temporal_residual_triton(x, weight, leaky)
+    out = temporal_residual_triton(x, weight, leaky)
     x64, weight64 = (t.detach().double().requires_grad_() for t in (x, weight))
     expected = temporal_residual_reference(x64, weight64, leaky)
     torch.testing.assert_close(out.double(), expected, **TOL)
@@ -80,8 +80,8 @@ def test_vector_block_rotation_equivariance():
     weight = torch.rand(2, 2, 3, 2, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
     rot = random_orthogonal(gen).to(DEVICE, DTYPE)
     rotate = lambda t: torch.einsum("npdc,de->npec", t, rot)
-    torch.testing.assert_close(triton_kernels.temporal_residual_triton(rotate(z), weight, False),
-                               rotate(triton_kernels.temporal_residual_triton(z, weight, False)), **TOL)
+    torch.testing.assert_close(temporal_residual_triton(rotate(z), weight, False),
+                               rotate(temporal_residual_triton(z, weight, False)), **TOL)
 
 
 def test_backward_is_bitwise_deterministic():
@@ -89,7 +89,7 @@ def test_backward_is_bitwise_deterministic():
     x = torch.randn(40, 8, 64, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE).requires_grad_()
     weight = torch.randn(64, 64, 2, 2, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE).requires_grad_()
     grad = torch.randn(40, 8, 64, generator=gen, dtype=torch.float64).to(DEVICE, DTYPE)
-    runs = [torch.autograd.grad(triton_kernels.temporal_residual_triton(x, weight, True), (x, weight), grad)
+    runs = [torch.autograd.grad(temporal_residual_triton(x, weight, True), (x, weight), grad)
             for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
@@ -98,7 +98,7 @@ def test_rejects_unsupported_sizes():
     with pytest.raises(ValueError, match="1 <= P <= 64"):
         triton_kernels.block_config(65, 8)
     with pytest.raises(ValueError, match="do not match"):
-        triton_kernels.temporal_residual_triton(torch.randn(2, 4, 3, device=DEVICE), torch.randn(4, 4, 1, 2,
+        temporal_residual_triton(torch.randn(2, 4, 3, device=DEVICE), torch.randn(4, 4, 1, 2,
                                                                                                 device=DEVICE), True)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
+import torch
+
 from .build import load_extension
 
 _C = load_extension()
@@ -18,7 +20,8 @@ _C = load_extension()
 from ..ops import egnn_edge, egnn_node, temporal_conv  # noqa: E402
 
 for _op in (egnn_edge, egnn_node, temporal_conv):
-    _op.register_fakes()
+    for _name, _fake in _op.FAKE_KERNELS.items():
+        torch.library.register_fake(_name, _fake)
 
 
 def build_info() -> Dict[str, bool]:

@@ -110,11 +110,9 @@ def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
             *(torch.empty_like(w) for w in weights)]
 
 
-def register_fakes() -> None:
-    """Register the fake (meta) kernels of this op's extension operators (called by :mod:`egno_fast.cpp` once they
-    exist), so the ops trace under torch.compile."""
-    torch.library.register_fake("egno_fast::egnn_edge_forward", _forward_fake)
-    torch.library.register_fake("egno_fast::egnn_edge_backward", _backward_fake)
+# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
+# exist, so the ops trace under torch.compile.
+FAKE_KERNELS = {"egno_fast::egnn_edge_forward": _forward_fake, "egno_fast::egnn_edge_backward": _backward_fake}
 
 
 class EGNNEdgeCppFunction(torch.autograd.Function):
@@ -175,17 +173,22 @@ def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                      weights: EGNNEdgeWeights) -> EdgeSums:
     """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128); contract of
-    :func:`egnn_edge_reference`. On CPU tensors (the interpreter) the graph's CSR invariants are checked first."""
+    :func:`egnn_edge_reference`. On CPU tensors (the interpreter) the graph's CSR invariants are checked in Python
+    before the forward's and the backward's kernels."""
     from ..kernels.egnn_edge import EGNNEdgeFunction, atomic_backward_enabled
 
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
+    check_graph = None
     if a.device.type != "cuda":
-        assert_csr_invariants(graph)
+        def check_graph():
+            assert_csr_invariants(graph)
+
+        check_graph()
     return EdgeSums(*EGNNEdgeFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
                                             graph.sender_rowptr, graph.sender_perm, atomic_backward_enabled(),
-                                            *weights))
+                                            check_graph, *weights))
 
 
 register("egnn_edge", "reference", egnn_edge_reference)

@@ -73,11 +73,9 @@ def _backward_fake(g_x_new, g_h_new, activations, h, msg_sum, coord_sum, v, degr
             *(torch.empty_like(w) for w in weights)]
 
 
-def register_fakes() -> None:
-    """Register the fake (meta) kernels of this op's extension operators (called by :mod:`egno_fast.cpp` once they
-    exist), so the ops trace under torch.compile."""
-    torch.library.register_fake("egno_fast::egnn_node_forward", _forward_fake)
-    torch.library.register_fake("egno_fast::egnn_node_backward", _backward_fake)
+# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
+# exist, so the ops trace under torch.compile.
+FAKE_KERNELS = {"egno_fast::egnn_node_forward": _forward_fake, "egno_fast::egnn_node_backward": _backward_fake}
 
 
 class EGNNNodeCppFunction(torch.autograd.Function):

@@ -71,11 +71,9 @@ def _backward_fake(grad_out, x, pre, weight, leaky):
     return torch.empty_like(x), torch.empty_like(weight)
 
 
-def register_fakes() -> None:
-    """Register the fake (meta) kernels of this op's extension operators (called by :mod:`egno_fast.cpp` once they
-    exist), so the ops trace under torch.compile."""
-    torch.library.register_fake("egno_fast::temporal_residual_forward", _forward_fake)
-    torch.library.register_fake("egno_fast::temporal_residual_backward", _backward_fake)
+# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
+# exist, so the ops trace under torch.compile.
+FAKE_KERNELS = {"egno_fast::temporal_residual_forward": _forward_fake, "egno_fast::temporal_residual_backward": _backward_fake}
 
 
 class TemporalResidualCppFunction(torch.autograd.Function):

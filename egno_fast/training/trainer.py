@@ -128,8 +128,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     model.eval()
     squared, count = None, 0
     for batch in loader:
+        graph = batch.graph(validate=False).to(device)  # built on the CPU: no device synchronisation
         batch = batch.to(device)
-        pred = model(batch.x, batch.v, batch.h, batch.graph(validate=False), frame_times=frame_times).x
+        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times).x
         errors = frame_squared_error(pred, batch.target)
         squared = errors if squared is None else squared + errors
         count += batch.target.shape[1] * batch.target.shape[2]
@@ -286,20 +287,20 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
             if isinstance(train_loader.sampler, DistributedSampler):
                 train_loader.sampler.set_epoch(epoch)
             trained.train()
-            loss_sum, f_sum = 0.0, 0.0
+            loss_sums = torch.zeros(2, dtype=torch.float64, device=device)  # A-MSE, F-MSE; synchronised per epoch
             for batch in train_loader:
+                graph = batch.graph().to(device)  # built and validated on the CPU: no device synchronisation
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                losses = frame_mse(trained(batch.x, batch.v, batch.h, batch.graph()).x, batch.target)
+                losses = frame_mse(trained(batch.x, batch.v, batch.h, graph).x, batch.target)
                 loss = losses.mean()
                 loss.backward()
                 optimizer.step()
-                loss_sum += loss.item()
-                f_sum += losses[-1].item()
+                loss_sums += torch.stack([loss.detach(), losses[-1].detach()]).double()
             if scheduler is not None:
                 scheduler.step()
-            record = {"epoch": epoch, "train_a_mse": loss_sum / len(train_loader),
-                      "train_f_mse": f_sum / len(train_loader)}
+            train_a, train_f = (loss_sums / len(train_loader)).tolist()
+            record = {"epoch": epoch, "train_a_mse": train_a, "train_f_mse": train_f}
             if not math.isfinite(record["train_a_mse"]):
                 raise FloatingPointError(f"training loss is {record['train_a_mse']} at epoch {epoch}; "
                                          f"the last good checkpoint is {last_path}")
