@@ -332,3 +332,17 @@ def test_the_package_has_no_import_cycles():
         if node not in state:
             stack[:] = [(node, False)]
             visit(node)
+
+
+def test_the_references_trace_whole_under_torch_compile():
+    """The reference path is plain PyTorch: the benchmarks' compile baseline traces it in one graph."""
+    from egno_fast.ops import temporal_residual_reference
+
+    layer, graph, x, v, h = _layer_inputs(EGNNOptions())
+    compiled = torch.compile(egnn_layer_reference, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(x, v, h, graph, layer.weights()), egnn_layer_reference(x, v, h, graph,
+                                                                                         layer.weights())):
+        torch.testing.assert_close(got, want)
+    weight = torch.randn(8, 8, 2, 2, dtype=torch.float64)
+    conv = torch.compile(temporal_residual_reference, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(conv(h, weight, True), temporal_residual_reference(h, weight, True))
