@@ -36,6 +36,7 @@ _DEVICES: Dict[tuple, DeviceTypes] = {}  # (op, backend) -> device types it runs
 _UNSUPPORTED: Dict[tuple, Callable[..., Optional[str]]] = {}  # (op, backend) -> why a call's variant is not run
 _LOAD_ERRORS: Dict[str, str] = {}
 _LOADED = {"reference"}
+_REPORTED_SKIPS = set()  # (op, backend, reason) that "auto" passed over for a call's variant, logged once
 logger = logging.getLogger("egno_fast")
 
 
@@ -124,8 +125,14 @@ def resolve_backend(requested: str, device: torch.device | str, op: str, **featu
     device_type = torch.device(device).type
     if requested == "auto":
         for name in AUTO_PRIORITY.get(device_type, ("reference",)):
-            if unavailable_reason(name, op, device, **features) is None:
+            if unavailable_reason(name, op, device) is not None:
+                continue
+            variant = _UNSUPPORTED[(op, name)](**features) if features and (op, name) in _UNSUPPORTED else None
+            if variant is None:
                 return name
+            if (op, name, variant) not in _REPORTED_SKIPS:  # said once: "auto" then runs another backend
+                _REPORTED_SKIPS.add((op, name, variant))
+                logger.info("%s: backend 'auto' passes over %r for this call: %s", op, name, variant)
         raise BackendUnavailableError(f"no backend can run {op!r} on {device_type!r}")
     reason = unavailable_reason(requested, op, device, **features)
     if reason is not None:

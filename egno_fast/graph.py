@@ -97,8 +97,10 @@ class Graph:
         Raises:
             GraphInputError: naming the first broken invariant.
         """
-        for condition, message in csr_invariants(self):
-            if not bool(condition):
+        checks = csr_invariants(self)
+        results = torch.stack([condition for condition, _ in checks]).tolist()  # the one synchronisation
+        for ok, (_, message) in zip(results, checks):
+            if not ok:
                 raise GraphInputError(f"invalid graph: {message}")
         self._set_stamp()
         return self
@@ -113,12 +115,13 @@ class Graph:
 def _shape_problem(graph: Graph) -> Optional[str]:
     n, e = graph.num_nodes, graph.sender.shape[0] if graph.sender.dim() == 1 else -1
     expected = {"rowptr": (n + 1,), "sender_rowptr": (n + 1,), "sender": (e,), "receiver": (e,),
-                "edge_perm": (e,), "sender_perm": (e,), "batch": (n,)}
+                "edge_perm": (e,), "sender_perm": (e,), "batch": (n,), "nodes_per_graph": (graph.num_graphs,)}
     for name, shape in expected.items():
         value = getattr(graph, name)
-        if not isinstance(value, Tensor) or value.dtype != torch.int64 or tuple(value.shape) != shape:
+        if not isinstance(value, Tensor) or value.dtype != torch.int64 or tuple(value.shape) != shape \
+                or not value.is_contiguous():
             got = f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-            return f"{name} must be an int64 tensor of shape {list(shape)}, got {got}"
+            return f"{name} must be a contiguous int64 tensor of shape {list(shape)}, got {got}"
     if graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e:
         return f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"
     return None
@@ -149,8 +152,18 @@ def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
         seen = torch.zeros(e, dtype=torch.bool, device=perm.device).index_fill_(0, perm.clamp(0, max(e - 1, 0)), True)
         checks.append((in_range & seen.all(), f"{name} must be a permutation of 0..E-1"))
     edges = torch.arange(e, device=graph.rowptr.device)
-    owner = torch.searchsorted(graph.rowptr, edges, right=True) - 1  # the node whose CSR range holds each edge
+    # the node whose CSR range holds each position, for the CSR and its transpose
+    owner = torch.searchsorted(graph.rowptr, edges, right=True) - 1
     checks.append(((owner == graph.receiver).all(), "receiver must match rowptr (edges sorted by receiver)"))
+    sender_owner = torch.searchsorted(graph.sender_rowptr, edges, right=True) - 1
+    sent = graph.sender[graph.sender_perm.clamp(0, max(e - 1, 0))] if e > 0 else graph.sender
+    checks.append(((sender_owner == sent).all(), "sender[sender_perm] must match sender_rowptr (the transposed CSR)"))
+    b = graph.num_graphs
+    batch_ok = ((graph.batch >= 0) & (graph.batch < b)).all()
+    counts = torch.zeros(b, dtype=torch.int64, device=graph.batch.device).index_add_(
+        0, graph.batch.clamp(0, b - 1), torch.ones_like(graph.batch))
+    checks += [(batch_ok, f"batch ids must lie in [0, {b})"),
+               ((counts == graph.nodes_per_graph).all(), "nodes_per_graph must count the nodes of each graph")]
     return checks
 
 

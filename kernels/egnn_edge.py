@@ -1,7 +1,7 @@
 """Fused Triton kernel of the EGNN layer's edge half (egno_fast/ops/egnn_edge.py) on the receiver-sorted CSR, all P
 frames of an edge at once, with its autograd Function.
 
-The layer (egno_fast/ops/egnn_layer.py) is split into node-level work, left to PyTorch ([N, P, H] tensors: the two
+The layer (egno_fast/ops/egnn.py) is split into node-level work, left to PyTorch ([N, P, H] tensors: the two
 halves of the first edge layer applied once per node, the velocity and node MLPs) and the edge-level work, fused
 here into one kernel::
 
@@ -30,14 +30,13 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from egno_fast.ops.egnn_edge import EGNNEdgeWeights
+from egno_fast.ops.egnn_edge import TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights
 
 MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
-MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, edge-feature gradients, weight partial sums
-MODE_SENDER_GRAD = 2  # sender-side node gradients through the transposed CSR
+MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, weight partial sums (with ATOMIC: everything)
+MODE_SENDER_GRAD = 2  # sender-side node gradients, edge-feature gradients, weight partial sums (transposed CSR)
 BLOCK_F = 16  # edge features are processed in chunks of 16 columns (any width, zero included)
 _BLOCK_F = tl.constexpr(BLOCK_F)  # the same, readable inside kernels
-MAX_HIDDEN = 128
 
 
 @triton.jit
@@ -338,10 +337,11 @@ def block_config(num_frames: int, hidden: int, owners_per_step: int = 1) -> Dict
     x BLOCK_E of their edges x BLOCK_P frames (a tile of at most 8) as rows, BLOCK_H >= H columns in slices of
     BLOCK_K. GPUs use one owner per step; the interpreter takes ``owners_per_step`` (fewer, larger steps run faster
     there)."""
-    if not 1 <= num_frames <= 64:
-        raise ValueError(f"the Triton EGNN layer supports 1 <= P <= 64 frames, got P = {num_frames}")
-    if not 1 <= hidden <= MAX_HIDDEN:
-        raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {MAX_HIDDEN}, got H = {hidden}")
+    if not 1 <= num_frames <= TRITON_MAX_FRAMES:
+        raise ValueError(f"the Triton EGNN layer supports 1 <= P <= {TRITON_MAX_FRAMES} frames, got P = {num_frames}")
+    if not 1 <= hidden <= TRITON_MAX_HIDDEN:
+        raise ValueError(f"the Triton EGNN layer supports hidden sizes 1 <= H <= {TRITON_MAX_HIDDEN}, got H = "
+                         f"{hidden}")
     if owners_per_step < 1 or owners_per_step & (owners_per_step - 1):
         raise ValueError(f"owners_per_step must be a power of two, got {owners_per_step}")
     block_p = min(max(4, _next_pow2(num_frames)), BLOCK_P_VALUES[-1])

@@ -104,6 +104,50 @@ def test_graph_stamp_follows_replacement_and_in_place_edits():
         graph.validated()
 
 
+def test_validation_covers_the_transposed_csr_batch_and_layout():
+    from dataclasses import replace
+
+    x, v, h, edge_index, edge_attr = _small_model_inputs()
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    swapped = graph.sender_perm.clone()
+    swapped[[0, -1]] = swapped[[-1, 0]]  # still a permutation, no longer sorted by sender
+    with pytest.raises(GraphInputError, match="transposed CSR"):
+        replace(graph, sender_perm=swapped).validated()
+    with pytest.raises(GraphInputError, match="batch ids"):
+        replace(graph, batch=torch.full_like(graph.batch, 3)).validated()
+    strided = torch.stack([graph.sender, graph.sender], dim=1)[:, 0]
+    with pytest.raises(GraphInputError, match="contiguous int64"):
+        replace(graph, sender=strided).validated()
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_only_checked_graphs_are_stamped(backend):
+    if backend not in BACKENDS_HERE:
+        pytest.skip("the C++ extension is not built here")
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    assert build_graph(edge_index, 3, backend=backend).is_unchanged()
+    # without validation, only the counting sort has checked the indices
+    assert build_graph(edge_index, 3, validate=False, backend=backend).is_unchanged() == (backend == "cpp")
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS_HERE, reason="the C++ extension is not built here")
+def test_cpp_kernels_check_that_rows_hold_their_own_edges():
+    from dataclasses import replace
+
+    x, v, h, edge_index, edge_attr = _small_model_inputs()
+    graph = build_graph(edge_index, x.shape[0], edge_attr)
+    layer = EGNNLayer(8, 2, backend="cpp").double()
+    frames = [t[:, None].expand(-1, 2, -1).contiguous() for t in (x, v)]
+    hidden = torch.randn(x.shape[0], 2, 8, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match="receiver at position .* lies in row"):
+        layer(*frames, hidden, replace(graph, receiver=graph.receiver.flip(0).contiguous()))
+    swapped = graph.sender_perm.clone()
+    swapped[[0, -1]] = swapped[[-1, 0]]
+    out = layer(*frames, hidden, replace(graph, sender_perm=swapped))
+    with pytest.raises(ValueError, match=r"sender\[sender_perm\] at position"):
+        out.h.sum().backward()
+
+
 CRASH_SCRIPT = r"""
 import json, sys, torch
 from dataclasses import replace
@@ -214,6 +258,37 @@ def test_fused_backends_refuse_variants_they_do_not_run_and_auto_reports_the_ref
     with pytest.raises(BackendUnavailableError, match="edge_shift"):
         egnn_layer(x, v, h, graph, layer.weights(), edge_shift=torch.zeros(graph.num_edges, 3), backend=backend)
     assert fused_unsupported(EGNNOptions(), weights=layer.weights()) is None
+
+
+@pytest.mark.skipif("cpp" not in BACKENDS_HERE, reason="the C++ extension is not built here")
+def test_auto_passes_over_a_fused_backend_for_a_variant_and_says_so(caplog):
+    options = EGNNOptions(tanh=True)
+    layer, graph, x, v, h = _layer_inputs(options)
+    with caplog.at_level("INFO", logger="egno_fast"):
+        out = egnn_layer(x, v, h, graph, layer.weights(), options, backend="auto")
+    assert "passes over 'cpp'" in caplog.text and "tanh" in caplog.text
+    torch.testing.assert_close(out.x, egnn_layer_reference(x, v, h, graph, layer.weights(), options).x)
+
+
+def test_normalised_messages_have_finite_gradients_on_self_loops():
+    options = EGNNOptions(normalize=True)
+    layer = EGNNLayer(8, 0, options=options).double()
+    graph = build_graph(torch.tensor([[0, 1, 1], [0, 0, 1]]), 2)  # two self loops: r = 0
+    x, v = (torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    h = torch.randn(2, 2, 8, dtype=torch.float64, requires_grad=True)
+    out = egnn_layer_reference(x, v, h, graph, layer.weights(), options)
+    grads = torch.autograd.grad(out.x.sum() + out.h.sum(), [x, h, *layer.parameters()])
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.skipif("triton" not in BACKENDS_HERE, reason="Triton runs here only under TRITON_INTERPRET=1")
+def test_the_triton_edge_half_checks_shapes_before_launching():
+    a, b, x, edge_attr, graph, weights = _edge_inputs()
+    with pytest.raises(ValueError, match=r"w_msg must have shape \[6, 6\]"):
+        egnn_edge_sums(a, b, x, edge_attr, graph, weights._replace(w_msg=weights.w_msg[:, :5]), backend="triton")
+    strided = EGNNEdgeWeights(*(w.t().contiguous().t() if w.dim() == 2 else w for w in weights))
+    torch.testing.assert_close(egnn_edge_sums(a, b, x, edge_attr, graph, strided, backend="triton").msg_sum,
+                               egnn_edge_reference(a, b, x, edge_attr, graph, weights).msg_sum)
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])

@@ -48,4 +48,20 @@ inline void check_permutation(const char* op, const char* name, const at::Tensor
   }
 }
 
+// Row i of the CSR (positions rowptr[i]..rowptr[i + 1]) holds entries whose owner is i: values[k] == i, or
+// values[order[k]] == i with an order (the transposed CSR). rowptr and order must have been checked.
+inline void check_row_owners(const char* op, const char* what, const at::Tensor& rowptr, const at::Tensor& values,
+                             const at::Tensor* order) {
+  const int64_t* r = rowptr.data_ptr<int64_t>();
+  const int64_t* v = values.data_ptr<int64_t>();
+  const int64_t* o = order ? order->data_ptr<int64_t>() : nullptr;
+  for (int64_t i = 0; i + 1 < rowptr.size(0); ++i) {
+    for (int64_t k = r[i]; k < r[i + 1]; ++k) {
+      const int64_t owner = v[o ? o[k] : k];
+      TORCH_CHECK_VALUE(owner == i, op, ": ", what, " at position ", k, " is ", owner, " but the position lies in row ",
+                        i, " of the CSR");
+    }
+  }
+}
+
 }  // namespace egno_fast

@@ -78,6 +78,7 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   check_offsets("egnn_edge", "rowptr", rowptr, n, e);
   check_indices("egnn_edge", "sender", sender, e, n);
   check_indices("egnn_edge", "receiver", receiver, e, n);
+  check_row_owners("egnn_edge", "receiver", rowptr, receiver, nullptr);
   TORCH_CHECK(edge_attr.dim() == 2 && edge_attr.size(0) == e, "egnn_edge: edge_attr must be [E, f] with E = ", e,
               ", got ", edge_attr.sizes());
   for (const at::Tensor* t : {&a, &b, &x, &edge_attr, &rowptr, &sender, &receiver}) {
@@ -482,6 +483,7 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);  // the graph may have been changed since the forward
   check_offsets("egnn_edge_backward", "sender_rowptr", sender_rowptr, x.size(0), sender.size(0));
   check_permutation("egnn_edge_backward", "sender_perm", sender_perm, sender.size(0));
+  check_row_owners("egnn_edge_backward", "sender[sender_perm]", sender_rowptr, sender, &sender_perm);
   at::Tensor g_a = at::empty_like(g_msg_c), g_b = at::empty_like(g_msg_c), g_x = at::empty_like(x);
   at::Tensor g_edge_attr = at::zeros_like(edge_attr);
   Partials part;

@@ -69,7 +69,7 @@ class GraphBatch(NamedTuple):
 
     def graph(self, validate: bool = True) -> Graph:
         """The batch's receiver-sorted :class:`Graph` (build it once, reuse it for every layer; build it where the
-        batch is, on the CPU, and move it with ``Graph.to``: the checks then cost no device synchronisation)."""
+        batch is, on the CPU, and move it with ``Graph.to``: its checks then cost no device wait)."""
         return build_graph(self.edge_index, self.x.shape[0], self.edge_attr, self.batch, validate=validate)
 
 

@@ -5,7 +5,7 @@ Velocities v[t] = X[t+1] - X[t]. The trajectory's frames are split chronological
 sample of a split starts at a frame t of its part whose targets t + Delta * p // P (Delta = 15, P = 4: +3, +7, +11,
 +15) stay inside the same part, so no frame serves two splits. Graph: the contact graph of the input frame (backbone
 pairs within ``cutoff``, 10 Angstrom as in the paper; the reference code used 8), built per sample by cell lists
-(:func:`egno_fast.graph.radius_graph`). Edge features [d, d^2] of the input frame; node features
+(:func:`egno_fast.ops.radius_graph`). Edge features [d, d^2] of the input frame; node features
 [|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds are kept in ``bonds`` for
 hierarchical backbones (EGHNO's pooling network).
 

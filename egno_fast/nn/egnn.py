@@ -7,14 +7,12 @@ from torch import Tensor, nn
 from ..backends import check_backend_name
 from ..graph import Graph
 from ..ops.egnn import EGNNLayerOutput, EGNNLayerWeights, EGNNOptions, EGNO_OPTIONS, egnn_layer
-from ..ops.weights import LEAKY_SLOPE, LinearWeights, MLPWeights
-
-_ACTIVATION_MODULES = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(LEAKY_SLOPE)}
+from ..ops.weights import ACTIVATION_MODULES, LinearWeights, MLPWeights
 
 
 def _mlp(in_dim: int, hidden_dim: int, out_dim: int, activation: str, last_activation: bool,
          out_bias: bool = True) -> nn.Sequential:
-    make = _ACTIVATION_MODULES[activation]
+    make = ACTIVATION_MODULES[activation]
     layers = [nn.Linear(in_dim, hidden_dim), make(), nn.Linear(hidden_dim, out_dim, bias=out_bias)]
     if last_activation:
         layers.append(make())

@@ -25,7 +25,8 @@ from .receiver_csr import ReceiverCSR, build_graph, receiver_csr_reference, sort
 from .temporal_conv import temporal_conv_reference, temporal_residual, temporal_residual_reference
 from .weights import LinearWeights, MLPWeights
 
-__all__ = ["EdgeSums", "EGNNEdgeWeights", "egnn_edge_sums", "egnn_edge_reference", "EGNNLayerOutput", "EGNNLayerWeights",
+__all__ = ["EdgeSums", "EGNNEdgeWeights", "egnn_edge_sums", "egnn_edge_reference", "EGNNLayerOutput",
+           "EGNNLayerWeights",
            "EGNNOptions", "EGNO_OPTIONS", "egnn_layer", "egnn_layer_reference", "EGNNNodeWeights", "NodeUpdate",
            "egnn_node_update", "egnn_node_reference", "knn_graph", "knn_graph_reference", "radius_graph",
            "radius_graph_reference", "ReceiverCSR", "build_graph", "sort_by_receiver", "receiver_csr_reference",

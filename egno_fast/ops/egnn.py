@@ -16,8 +16,9 @@ EGNNLayerOutput``: "reference" (plain PyTorch, every variant; what ``torch.compi
 baseline), "cpp" and "triton": the fused layer, i.e. node projections, the edge half (:mod:`.egnn_edge`) and the
 node half (:mod:`.egnn_node`; the Triton layer runs the node half's reference). The fused layer runs EGNO's
 variant: SiLU, no residual, no attention, no normalisation, no tanh, the "mean" clamp at 100, with or without a
-bias on the coordinate output; other variants raise "not supported by backend X" (and "auto" passes them to the
-reference, saying so in :attr:`egno_fast.EGNO.active_backend` and the log). :func:`egnn_layer` dispatches.
+bias on the coordinate output; other variants (and dtypes or sizes a kernel does not take) raise "backend X cannot
+run 'egnn_layer' ...: not supported ..." when X is named, and "auto" passes them to the next backend, saying so
+once in the log "egno_fast" at INFO level. :func:`egnn_layer` dispatches.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from torch.nn import functional as F
 
 from ..backends import check_backend_name, get_op, register, resolve_backend
 from ..graph import Graph, GraphInputError
-from .egnn_edge import EGNNEdgeWeights, egnn_edge_cpp, egnn_edge_triton
+from .egnn_edge import TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights, egnn_edge_cpp, egnn_edge_triton
 from .egnn_node import COORD_CLAMP, EGNNNodeWeights, egnn_node_cpp, egnn_node_reference
 from .weights import ACTIVATIONS, LinearWeights, MLPWeights, mlp
 
@@ -45,7 +46,7 @@ class EGNNOptions:
         activation:  "silu", "relu" or "leaky_relu" (slope 0.2), inside every MLP.
         residual:    h_new = h + node_mlp(...).
         attention:   gate each message by sigmoid(attention(m)) (needs ``EGNNLayerWeights.attention``).
-        normalize:   use r / (|r| + eps) in the coordinate messages.
+        normalize:   use r / (|r| + eps) in the coordinate messages (|r| detached, as the public EGNN code).
         tanh:        tanh on the coordinate weight phi.
         clamp:       "mean", "norm", "edge" or "none".
         clamp_value: the bound of the clamp.
@@ -142,7 +143,8 @@ def egnn_layer_reference(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights:
         if weights.attention is None:
             raise ValueError("options.attention needs EGNNLayerWeights.attention (Linear H -> 1)")
         message = message * torch.sigmoid(F.linear(message, *weights.attention))
-    direction = rel / (dist2.sqrt() + options.eps) if options.normalize else rel
+    # the norm is detached, as in the public EGNN code (its gradient is infinite at r = 0: self loops)
+    direction = rel / (dist2.sqrt().detach() + options.eps) if options.normalize else rel
     phi = mlp(message, weights.coord, act)  # [E, P, 1]
     coord_message = direction * (torch.tanh(phi) if options.tanh else phi)  # [E, P, 3]
     bound = options.clamp_value
@@ -242,9 +244,27 @@ def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EG
                         egnn_node_reference, weight_dtype)
 
 
+def _cpp_unsupported(options: EGNNOptions, edge_shift=None, frame_edge_attr=None, weights=None,
+                     h: Optional[Tensor] = None) -> Optional[str]:
+    reason = fused_unsupported(options, edge_shift, frame_edge_attr, weights)
+    if reason is None and h is not None and h.dtype not in (torch.float32, torch.float64):
+        reason = f"the cpp EGNN layer runs float32 or float64, got {h.dtype}"
+    return reason
+
+
+def _triton_unsupported(options: EGNNOptions, edge_shift=None, frame_edge_attr=None, weights=None,
+                        h: Optional[Tensor] = None) -> Optional[str]:
+    reason = fused_unsupported(options, edge_shift, frame_edge_attr, weights)
+    if reason is None and h is not None and not (1 <= h.shape[1] <= TRITON_MAX_FRAMES and h.shape[2] <=
+                                                 TRITON_MAX_HIDDEN):
+        reason = (f"the Triton EGNN layer runs 1 <= P <= {TRITON_MAX_FRAMES} frames and H <= {TRITON_MAX_HIDDEN}, "
+                  f"got P = {h.shape[1]}, H = {h.shape[2]}")
+    return reason
+
+
 register("egnn_layer", "reference", egnn_layer_reference)
-register("egnn_layer", "cpp", egnn_layer_cpp, devices=("cpu",), unsupported=fused_unsupported)
-register("egnn_layer", "triton", egnn_layer_triton, unsupported=fused_unsupported)
+register("egnn_layer", "cpp", egnn_layer_cpp, devices=("cpu",), unsupported=_cpp_unsupported)
+register("egnn_layer", "triton", egnn_layer_triton, unsupported=_triton_unsupported)
 
 
 def egnn_layer(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EGNNLayerWeights,
@@ -255,5 +275,5 @@ def egnn_layer(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EGNNLayer
     if x.device.type == "cuda":
         graph.require_unchanged()
     chosen = resolve_backend(check_backend_name(backend), x.device, "egnn_layer", options=options,
-                             edge_shift=edge_shift, frame_edge_attr=frame_edge_attr, weights=weights)
+                             edge_shift=edge_shift, frame_edge_attr=frame_edge_attr, weights=weights, h=h)
     return get_op("egnn_layer", chosen)(x, v, h, graph, weights, options, edge_shift, frame_edge_attr)

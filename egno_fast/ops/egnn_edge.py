@@ -15,6 +15,7 @@ names (a test checks).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import NamedTuple
@@ -27,6 +28,8 @@ from ..backends import check_backend_name, get_op, register, resolve_backend
 from ..graph import Graph, assert_csr_invariants
 
 logger = logging.getLogger("egno_fast")
+TRITON_MAX_FRAMES = 64  # what the Triton kernel's block table covers (kernels/egnn_edge.py)
+TRITON_MAX_HIDDEN = 128
 
 
 class EGNNEdgeWeights(NamedTuple):
@@ -161,7 +164,9 @@ def _store_activations(a: Tensor, graph: Graph, inputs) -> bool:
 
 def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                   weights: EGNNEdgeWeights) -> EdgeSums:
-    """The edge half on CPU tensors (float32 or float64, contiguous); contract of :func:`egnn_edge_reference`."""
+    """The edge half on CPU tensors (float32 or float64); contract of :func:`egnn_edge_reference`."""
+    a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
+    weights = EGNNEdgeWeights(*(w.to(a.dtype).contiguous() for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
     return EdgeSums(*EGNNEdgeCppFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
                                                graph.sender_rowptr, graph.sender_perm, store, *weights))
@@ -170,6 +175,23 @@ def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
 # ---------------------------------------------------------------------------------------------------------------------
 # "triton": kernels/egnn_edge.py
 # ---------------------------------------------------------------------------------------------------------------------
+def _check_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights) -> None:
+    """The shapes the kernel assumes (metadata only); ValueError naming the first that differs."""
+    if a.dim() != 3:
+        raise ValueError(f"a must be [N, P, H], got {list(a.shape)}")
+    n, p, hidden = a.shape
+    f = edge_attr.shape[-1]
+    expected = dict(b=(n, p, hidden), x=(n, p, 3), edge_attr=(graph.num_edges, f), w_dist=(hidden,),
+                    w_edge=(hidden, f), w_msg=(hidden, hidden), b_msg=(hidden,), w_coord_hidden=(hidden, hidden),
+                    b_coord_hidden=(hidden,), w_coord_out=(hidden,), b_coord_out=(1,))
+    given = dict(b=b, x=x, edge_attr=edge_attr, **weights._asdict())
+    for name, shape in expected.items():
+        if tuple(given[name].shape) != shape:
+            raise ValueError(f"egnn_edge: {name} must have shape {list(shape)}, got {list(given[name].shape)}")
+    if n != graph.num_nodes:
+        raise ValueError(f"egnn_edge: a has {n} rows but the graph {graph.num_nodes} nodes")
+
+
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                      weights: EGNNEdgeWeights) -> EdgeSums:
     """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128); contract of
@@ -177,14 +199,14 @@ def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: 
     before the forward's and the backward's kernels."""
     from ..kernels.egnn_edge import EGNNEdgeFunction, atomic_backward_enabled
 
+    _check_shapes(a, b, x, edge_attr, graph, weights)
+    a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
+    weights = EGNNEdgeWeights(*(w.contiguous() for w in weights))
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
-    check_graph = None
-    if a.device.type != "cuda":
-        def check_graph():
-            assert_csr_invariants(graph)
-
+    check_graph = None if a.device.type == "cuda" else functools.partial(assert_csr_invariants, graph)
+    if check_graph is not None:
         check_graph()
     return EdgeSums(*EGNNEdgeFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
                                             graph.sender_rowptr, graph.sender_perm, atomic_backward_enabled(),

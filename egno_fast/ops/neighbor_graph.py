@@ -108,11 +108,13 @@ def _check_points(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]) -
         raise GraphInputError("pos contains NaN or infinite values")
     if batch is not None:
         if batch.shape != (pos.shape[0],) or batch.dtype not in (torch.int32, torch.int64):
-            raise GraphInputError(f"batch must be an int tensor [N] with N = {pos.shape[0]}, got {batch.dtype} {list(batch.shape)}")
+            raise GraphInputError(f"batch must be an int tensor [N] with N = {pos.shape[0]}, got {batch.dtype} "
+                                  f"{list(batch.shape)}")
         if batch.numel() and int(batch.min()) < 0:
             raise GraphInputError("batch contains negative graph ids")
     if box is not None and (box.numel() != 3 or not bool((box > 0).all()) or not bool(torch.isfinite(box).all())):
-        raise GraphInputError(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got {box.tolist()}")
+        raise GraphInputError(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got "
+                              f"{box.tolist()}")
 
 
 def radius_graph(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None, box: Optional[Tensor] = None,

@@ -86,7 +86,8 @@ def sort_by_receiver(receiver: Tensor, num_nodes: int, backend: str = "auto") ->
 def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
                 batch: Optional[Tensor] = None, validate: bool = True, backend: str = "auto",
                 num_graphs: Optional[int] = None) -> Graph:
-    """Convert a PyG-style batch into a receiver-sorted CSR :class:`Graph`, stamped as validated.
+    """Convert a PyG-style batch into a receiver-sorted CSR :class:`Graph`, stamped as validated (unless
+    ``validate=False`` and the reference sort ran: nothing then checked the indices; ``graph.validated()`` does).
 
     Args:
         edge_index: [2, E] integer; row 0 = sender j, row 1 = receiver i.
@@ -94,7 +95,7 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
         edge_attr:  [E, f] floating-point edge features, or None (f = 0).
         batch:      [N] sorted graph id of each node, or None (one graph).
         validate:   check the inputs (shapes, dtypes, finite values, index range: host synchronisations); False
-                    skips the value checks for speed (indices out of range are still refused by the sort).
+                    skips the value checks for speed (the "cpp" sort still refuses indices out of range).
         backend:    who sorts the edges ("reference": torch.argsort, "cpp": counting sort, "auto": cpp if built);
                     every backend gives the same stable order.
         num_graphs: B; None: ``batch.max() + 1`` (one host synchronisation), or 1 without ``batch``.
@@ -123,5 +124,6 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
     graph = Graph(num_nodes=num_nodes, num_graphs=num_graphs, rowptr=rowptr, sender=sender, receiver=receiver,
                   edge_perm=edge_perm, edge_attr=edge_attr, batch=batch, sender_perm=sender_perm,
                   sender_rowptr=sender_rowptr, nodes_per_graph=nodes_per_graph)
-    graph._set_stamp()  # correct by construction: the sort checked the indices
+    if validate or sort is receiver_csr_cpp:  # the inputs were checked, or the counting sort checked the indices
+        graph._set_stamp()
     return graph

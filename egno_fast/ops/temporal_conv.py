@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..backends import check_backend_name, get_op, register, resolve_backend
 
-LEAKY_SLOPE = 0.01  # EGNO's LeakyReLU on the scalar channels
+TEMPORAL_LEAKY_SLOPE = 0.01  # EGNO's LeakyReLU on the scalar channels (the kernels hard-code it as x / 100)
 
 
 def temporal_conv_reference(x: Tensor, weight: Tensor) -> Tensor:
@@ -51,7 +51,7 @@ def temporal_residual_reference(x: Tensor, weight: Tensor, leaky_relu: bool) -> 
     """
     update = temporal_conv_reference(x, weight)
     if leaky_relu:
-        update = torch.nn.functional.leaky_relu(update, negative_slope=LEAKY_SLOPE)
+        update = torch.nn.functional.leaky_relu(update, negative_slope=TEMPORAL_LEAKY_SLOPE)
     return x + update
 
 
@@ -73,7 +73,8 @@ def _backward_fake(grad_out, x, pre, weight, leaky):
 
 # The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
 # exist, so the ops trace under torch.compile.
-FAKE_KERNELS = {"egno_fast::temporal_residual_forward": _forward_fake, "egno_fast::temporal_residual_backward": _backward_fake}
+FAKE_KERNELS = {"egno_fast::temporal_residual_forward": _forward_fake,
+                "egno_fast::temporal_residual_backward": _backward_fake}
 
 
 class TemporalResidualCppFunction(torch.autograd.Function):

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
-ACTIVATIONS = ("silu", "relu", "leaky_relu")
-LEAKY_SLOPE = 0.2  # the slope of "leaky_relu" in the EGNN layer (as in the public EGNN code's LeakyReLU(0.2))
+EGNN_LEAKY_SLOPE = 0.2  # the slope of "leaky_relu" in the EGNN layer (the public EGNN code's LeakyReLU(0.2))
+# The activations the EGNN layer offers, as modules (what the nn layers hold) and as functions (below).
+ACTIVATION_MODULES = {"silu": nn.SiLU, "relu": nn.ReLU, "leaky_relu": lambda: nn.LeakyReLU(EGNN_LEAKY_SLOPE)}
+ACTIVATIONS = tuple(ACTIVATION_MODULES)
 
 
 class LinearWeights(NamedTuple):
@@ -34,7 +36,7 @@ def activation(x: Tensor, name: str) -> Tensor:
     if name == "relu":
         return F.relu(x)
     if name == "leaky_relu":
-        return F.leaky_relu(x, LEAKY_SLOPE)
+        return F.leaky_relu(x, EGNN_LEAKY_SLOPE)
     raise ValueError(f"unknown activation {name!r}; choose one of {ACTIVATIONS}")
 
 

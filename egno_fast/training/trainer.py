@@ -128,7 +128,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     model.eval()
     squared, count = None, 0
     for batch in loader:
-        graph = batch.graph(validate=False).to(device)  # built on the CPU: no device synchronisation
+        graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
         batch = batch.to(device)
         pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times).x
         errors = frame_squared_error(pred, batch.target)
@@ -289,7 +289,7 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
             trained.train()
             loss_sums = torch.zeros(2, dtype=torch.float64, device=device)  # A-MSE, F-MSE; synchronised per epoch
             for batch in train_loader:
-                graph = batch.graph().to(device)  # built and validated on the CPU: no device synchronisation
+                graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
                 losses = frame_mse(trained(batch.x, batch.v, batch.h, graph).x, batch.target)
