@@ -63,10 +63,16 @@ def register(op: str, backend: str, fn: Callable, devices: Optional[DeviceTypes]
         _UNSUPPORTED[(op, backend)] = unsupported
 
 
+def _import_ops() -> None:
+    """Import the op modules (they register their entry points) if no entry point is registered yet: outside the hot
+    path (and out of torch.compile's way) once they are."""
+    if not _REGISTRY["egnn_layer"]:
+        importlib.import_module(_OPS_PACKAGE)
+
+
 def _load(backend: str) -> None:
-    """Import the ops (which register their entry points) and the modules ``backend`` needs, once; remember why if
-    that fails."""
-    importlib.import_module(_OPS_PACKAGE)
+    """Import the ops and the modules ``backend`` needs, once; remember why if that fails."""
+    _import_ops()
     if backend in _LOADED:
         return
     for module in _PROVIDERS[backend]:
@@ -143,7 +149,7 @@ def resolve_backend(requested: str, device: torch.device | str, op: str, **featu
 
 def get_op(op: str, backend: str) -> Callable:
     """The implementation of ``op`` for a concrete (already resolved) ``backend``."""
-    importlib.import_module(_OPS_PACKAGE)
+    _import_ops()
     try:
         return _REGISTRY[op][backend]
     except KeyError:
