@@ -233,3 +233,26 @@ def test_a_run_folder_takes_one_training_process_at_a_time(data_dir, tmp_path, c
     train(tiny_config(data_dir, "train.epochs=1"), tmp_path, progress=False)  # a killed holder leaves no lock
     with run_folder_lock(tmp_path):  # and a finished run released it
         pass
+
+
+def test_training_reads_its_losses_once_per_epoch_not_per_batch(data_dir, tmp_path, monkeypatch):
+    """The losses are summed on the device and read back once per epoch (on a GPU each read is a host
+    synchronisation): the calls of Tensor.item / Tensor.tolist from the package that an epoch adds are fewer than
+    its batches (torch's own optimizers read their step counters on the CPU; not counted)."""
+    import sys
+
+    calls = []
+    for name in ("item", "tolist"):
+        def counting(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            if "egno_fast" in sys._getframe(1).f_code.co_filename:
+                calls.append(sys._getframe(1).f_code.co_name)
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    counts = []
+    for epochs in (1, 3):
+        calls.clear()
+        train(tiny_config(data_dir, f"train.epochs={epochs}", "train.eval_every=100"), tmp_path / str(epochs),
+              progress=False)
+        counts.append(len(calls))
+    batches_per_epoch = 40 // 10
+    assert (counts[1] - counts[0]) / 2 <= 1 < batches_per_epoch, counts
