@@ -9,12 +9,13 @@
 TORCH_LIBRARY(egno_fast, m) {
   // The weight arguments are named as the fields of egno_fast.ops.egnn_edge.EGNNEdgeWeights and
   // egno_fast.ops.egnn_node.EGNNNodeWeights (Python passes them by name; a test compares the names). The backward
-  // ops return the gradients of the forward's inputs in the forward's order.
+  // ops return the gradients of the forward's inputs in the forward's order; the forward ops' autograd (which calls
+  // them) is registered from Python with torch.library.register_autograd, beside each op in egno_fast/ops/.
   m.def(
       "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, "
       "Tensor b_msg, Tensor w_coord_hidden, Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, "
-      "Tensor rowptr, Tensor sender, Tensor receiver, bool store_activations) "
-      "-> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
+      "Tensor rowptr, Tensor sender, Tensor receiver, Tensor sender_rowptr, Tensor sender_perm, "
+      "bool store_activations) -> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
   m.def(
       "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor a, Tensor b, Tensor x, "
       "Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, Tensor b_msg, Tensor w_coord_hidden, "

@@ -170,10 +170,12 @@ def test_egnn_refuses_other_dtypes_and_mismatched_edge_features():
         egnn_layer_cpp(x.half(), v.half(), h.half(), graph, layer.weights())
     with pytest.raises(RuntimeError, match="x must be"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x[:, :2], edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
-                                              graph.sender, graph.receiver, True)
+                                              graph.sender, graph.receiver, graph.sender_rowptr, graph.sender_perm,
+                                              True)
     with pytest.raises(ValueError, match="sender.* is outside"):
         torch.ops.egno_fast.egnn_edge_forward(h, h, x, edge_attr, *[torch.zeros(1)] * 8, graph.rowptr,
-                                              graph.sender + x.shape[0], graph.receiver, True)
+                                              graph.sender + x.shape[0], graph.receiver, graph.sender_rowptr,
+                                              graph.sender_perm, True)
 
 
 def test_cpp_ops_run_under_torch_compile():
@@ -193,3 +195,49 @@ def test_cpp_ops_run_under_torch_compile():
         results.append([loss.detach(), *torch.autograd.grad(loss, [xi, hi])])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **F64)
+
+
+def _model_and_graphs(edge_counts, num_nodes=20):
+    from egno_fast import EGNO
+
+    torch.manual_seed(0)
+    model = EGNO(node_dim=2, edge_dim=1, hidden_dim=16, num_layers=2, num_frames=4, backend="cpp")
+    graphs = []
+    for count in edge_counts:
+        edge_index = torch.randint(0, num_nodes, (2, count))
+        graphs.append(build_graph(edge_index, num_nodes, torch.randn(count, 1)))
+    inputs = (torch.randn(num_nodes, 3), torch.randn(num_nodes, 3), torch.randn(num_nodes, 2))
+    return model, graphs, inputs
+
+
+def _loss_and_grads(fn, model, inputs, graph):
+    x = inputs[0].clone().requires_grad_()
+    out = fn(x, inputs[1], inputs[2], graph)
+    loss = out.x.square().sum() + out.h.square().sum()
+    return [loss.detach(), *torch.autograd.grad(loss, [x, *model.parameters()])]
+
+
+def test_the_whole_model_compiles_in_one_graph_on_cpp_and_matches_eager():
+    """torch.compile(model, fullgraph=True) on a prebuilt graph: forward and backward through the registered
+    operators (their fake kernels and autograd), no graph break, the eager results."""
+    model, (graph,), inputs = _model_and_graphs([70])
+    compiled = torch.compile(model, fullgraph=True)
+    for got, want in zip(_loss_and_grads(compiled, model, inputs, graph),
+                         _loss_and_grads(model, model, inputs, graph)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batches_with_other_edge_counts_recompile_at_most_once():
+    model, graphs, inputs = _model_and_graphs([50, 70, 90])
+    compiles = []
+
+    def counting_backend(graph_module, example_inputs):
+        compiles.append(graph_module)
+        return graph_module.forward
+
+    compiled = torch.compile(model, fullgraph=True, backend=counting_backend)
+    for graph in graphs:
+        for got, want in zip(_loss_and_grads(compiled, model, inputs, graph),
+                             _loss_and_grads(model, model, inputs, graph)):
+            torch.testing.assert_close(got, want)
+    assert len(compiles) <= 2, f"{len(compiles)} compilations for three edge counts"

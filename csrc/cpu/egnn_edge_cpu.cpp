@@ -266,7 +266,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd,
     const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1,
     const at::Tensor& wc2, const at::Tensor& bc2, const at::Tensor& rowptr, const at::Tensor& sender,
-    const at::Tensor& receiver, bool store_activations) {
+    const at::Tensor& receiver, const at::Tensor& /*sender_rowptr*/, const at::Tensor& /*sender_perm*/,
+    bool store_activations) {
+  // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);

@@ -184,8 +184,9 @@ class EGNO(nn.Module):
     def _report_backend(self, device: torch.device) -> None:
         chosen = {op: resolve_backend(name, device, op) for op, name in self._per_op_backend.items()}
         if chosen != self.active_backend:
-            logger.info("EGNO backend: requested %r, running %s on %s", self._backend,
-                        ", ".join(f"{op}={name!r}" for op, name in chosen.items()), device)
+            if not torch.compiler.is_compiling():  # torch.compile traces no logging call (the eager run reports)
+                logger.info("EGNO backend: requested %r, running %s on %s", self._backend,
+                            ", ".join(f"{op}={name!r}" for op, name in chosen.items()), device)
             self.active_backend = chosen
 
     # ---------------------------------------------------------------- saved models

@@ -101,7 +101,7 @@ def store_budget_bytes() -> int:
 
 
 def _forward_fake(a, b, x, edge_attr, *args):
-    *_, sender, _receiver, store_activations = args
+    *_, sender, _receiver, _sender_rowptr, _sender_perm, store_activations = args
     stored = 6 if store_activations else 0
     return (torch.empty_like(a), torch.empty_like(x),
             a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2])))
@@ -113,35 +113,37 @@ def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
             *(torch.empty_like(w) for w in weights)]
 
 
-# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
-# exist, so the ops trace under torch.compile.
+
+
+_GRAPH_INPUTS = ("rowptr", "sender", "receiver", "sender_rowptr", "sender_perm")
+_WEIGHTS = len(EGNNEdgeWeights._fields)
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, x, edge_attr, *rest = inputs
+    weights, graph = rest[:_WEIGHTS], rest[_WEIGHTS:_WEIGHTS + len(_GRAPH_INPUTS)]
+    ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph)
+    ctx.mark_non_differentiable(output[2])  # the stored activations [6, E, P, H]: no gradient flows into them
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
+
+
+def _backward(ctx, g_msg, g_coord, _g_activations):
+    activations, a, b, x, edge_attr, *rest = ctx.saved_tensors
+    weights, graph = EGNNEdgeWeights(*rest[:_WEIGHTS]), dict(zip(_GRAPH_INPUTS, rest[_WEIGHTS:]))
+    g_msg = torch.zeros_like(a) if g_msg is None else g_msg
+    g_coord = torch.zeros_like(x) if g_coord is None else g_coord
+    g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
+        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph)
+    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(_GRAPH_INPUTS)), None)
+
+
+# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
+# under torch.compile, and the forward operator's autograd, (backward, setup_context) for
+# ``torch.library.register_autograd``. With ``store_activations`` the forward keeps the three SiLUs' values and
+# derivatives [6, E, P, H] for the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp); the C++
+# operators check the CSR.
 FAKE_KERNELS = {"egno_fast::egnn_edge_forward": _forward_fake, "egno_fast::egnn_edge_backward": _backward_fake}
-
-
-class EGNNEdgeCppFunction(torch.autograd.Function):
-    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *EGNNEdgeWeights) ->
-    (msg_sum, coord_sum); with ``store`` the forward keeps the three SiLUs' values and derivatives [6, E, P, H] for
-    the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp). The C++ operators check the CSR."""
-
-    @staticmethod
-    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *weights):
-        named = EGNNEdgeWeights(*weights)._asdict()
-        msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(
-            a, b, x, edge_attr, **named, rowptr=rowptr, sender=sender, receiver=receiver, store_activations=store)
-        ctx.save_for_backward(activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm,
-                              *weights)
-        return msg_sum, coord_sum
-
-    @staticmethod
-    def backward(ctx, g_msg, g_coord):
-        activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = \
-            ctx.saved_tensors
-        g_msg = torch.zeros_like(a) if g_msg is None else g_msg
-        g_coord = torch.zeros_like(x) if g_coord is None else g_coord
-        g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
-            g_msg, g_coord, activations, a, b, x, edge_attr, **EGNNEdgeWeights(*weights)._asdict(), rowptr=rowptr,
-            sender=sender, receiver=receiver, sender_rowptr=sender_rowptr, sender_perm=sender_perm)
-        return (g_a, g_b, g_x, g_edge_attr, None, None, None, None, None, None, *g_weights)
+AUTOGRAD = {"egno_fast::egnn_edge_forward": (_backward, _setup_context)}
 
 
 _last_store_mode = {"store": True}
@@ -154,8 +156,8 @@ def _store_activations(a: Tensor, graph: Graph, inputs) -> bool:
         return False
     stored_bytes = 6 * graph.num_edges * a.shape[1] * a.shape[2] * a.element_size()
     budget = store_budget_bytes()
-    store = stored_bytes <= budget
-    if store != _last_store_mode["store"]:
+    store = True if stored_bytes <= budget else False  # noqa: SIM210 (a branch: a guard under torch.compile)
+    if store != _last_store_mode["store"] and not torch.compiler.is_compiling():
         logger.info("cpp EGNN layer: %s its activations for the backward (%.0f MB a layer; %s = %d MB)",
                     "stores" if store else "recomputes", stored_bytes / 2**20, STORE_BUDGET_ENV, budget // 2**20)
         _last_store_mode["store"] = store
@@ -168,8 +170,10 @@ def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
     a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
     weights = EGNNEdgeWeights(*(w.to(a.dtype).contiguous() for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
-    return EdgeSums(*EGNNEdgeCppFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
-                                               graph.sender_rowptr, graph.sender_perm, store, *weights))
+    msg_sum, coord_sum, _ = torch.ops.egno_fast.egnn_edge_forward(
+        a, b, x, edge_attr, **weights._asdict(), **{name: getattr(graph, name) for name in _GRAPH_INPUTS},
+        store_activations=store)
+    return EdgeSums(msg_sum, coord_sum)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
