@@ -9,8 +9,8 @@
 TORCH_LIBRARY(egno_fast, m) {
   // The weight arguments are named as the fields of egno_fast.ops.egnn_edge.EGNNEdgeWeights and
   // egno_fast.ops.egnn_node.EGNNNodeWeights (Python passes them by name; a test compares the names). The backward
-  // ops return the gradients of the forward's inputs in the forward's order; the forward ops' autograd (which calls
-  // them) is registered from Python with torch.library.register_autograd, beside each op in egno_fast/ops/.
+  // ops return the gradients of the forward's inputs in the forward's order. egnn_edge_forward takes the transposed
+  // CSR (sender_rowptr, sender_perm) only so that its backward has it among the forward's inputs.
   m.def(
       "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, "
       "Tensor b_msg, Tensor w_coord_hidden, Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, "

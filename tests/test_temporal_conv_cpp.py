@@ -45,11 +45,3 @@ def test_temporal_residual_gradcheck():
     x = torch.randn(3, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(4, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, w: temporal_residual_cpp(a, w, True), (x, weight))
-
-
-def test_temporal_operator_passes_opcheck():
-    gen = torch.Generator().manual_seed(4)
-    for leaky in (True, False):
-        x = torch.randn(5, 6, 4, generator=gen, dtype=torch.float64, requires_grad=True)
-        weight = torch.randn(4, 4, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
-        torch.library.opcheck(torch.ops.egno_fast.temporal_residual_forward, (x, weight, leaky))

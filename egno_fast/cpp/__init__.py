@@ -19,11 +19,9 @@ _C = load_extension()
 
 from ..ops import egnn_edge, egnn_node, temporal_conv  # noqa: E402
 
-for _op in (egnn_edge, egnn_node, temporal_conv):  # each op's fake kernels and autograd (see the op's module)
+for _op in (egnn_edge, egnn_node, temporal_conv):
     for _name, _fake in _op.FAKE_KERNELS.items():
         torch.library.register_fake(_name, _fake)
-    for _name, (_backward, _setup_context) in _op.AUTOGRAD.items():
-        torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
 
 
 def build_info() -> Dict[str, bool]:

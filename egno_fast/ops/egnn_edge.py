@@ -113,37 +113,36 @@ def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
             *(torch.empty_like(w) for w in weights)]
 
 
-
-
-_GRAPH_INPUTS = ("rowptr", "sender", "receiver", "sender_rowptr", "sender_perm")
-_WEIGHTS = len(EGNNEdgeWeights._fields)
-
-
-def _setup_context(ctx, inputs, output):
-    a, b, x, edge_attr, *rest = inputs
-    weights, graph = rest[:_WEIGHTS], rest[_WEIGHTS:_WEIGHTS + len(_GRAPH_INPUTS)]
-    ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph)
-    ctx.mark_non_differentiable(output[2])  # the stored activations [6, E, P, H]: no gradient flows into them
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
-
-
-def _backward(ctx, g_msg, g_coord, _g_activations):
-    activations, a, b, x, edge_attr, *rest = ctx.saved_tensors
-    weights, graph = EGNNEdgeWeights(*rest[:_WEIGHTS]), dict(zip(_GRAPH_INPUTS, rest[_WEIGHTS:]))
-    g_msg = torch.zeros_like(a) if g_msg is None else g_msg
-    g_coord = torch.zeros_like(x) if g_coord is None else g_coord
-    g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
-        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph)
-    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(_GRAPH_INPUTS)), None)
-
-
-# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
-# under torch.compile, and the forward operator's autograd, (backward, setup_context) for
-# ``torch.library.register_autograd``. With ``store_activations`` the forward keeps the three SiLUs' values and
-# derivatives [6, E, P, H] for the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp); the C++
-# operators check the CSR.
+# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
+# exist, so the ops trace under torch.compile.
 FAKE_KERNELS = {"egno_fast::egnn_edge_forward": _forward_fake, "egno_fast::egnn_edge_backward": _backward_fake}
-AUTOGRAD = {"egno_fast::egnn_edge_forward": (_backward, _setup_context)}
+
+
+class EGNNEdgeCppFunction(torch.autograd.Function):
+    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *EGNNEdgeWeights) ->
+    (msg_sum, coord_sum); with ``store`` the forward keeps the three SiLUs' values and derivatives [6, E, P, H] for
+    the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp). The C++ operators check the CSR."""
+
+    @staticmethod
+    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *weights):
+        named = EGNNEdgeWeights(*weights)._asdict()
+        msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(
+            a, b, x, edge_attr, **named, rowptr=rowptr, sender=sender, receiver=receiver,
+            sender_rowptr=sender_rowptr, sender_perm=sender_perm, store_activations=store)
+        ctx.save_for_backward(activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm,
+                              *weights)
+        return msg_sum, coord_sum
+
+    @staticmethod
+    def backward(ctx, g_msg, g_coord):
+        activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = \
+            ctx.saved_tensors
+        g_msg = torch.zeros_like(a) if g_msg is None else g_msg
+        g_coord = torch.zeros_like(x) if g_coord is None else g_coord
+        g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
+            g_msg, g_coord, activations, a, b, x, edge_attr, **EGNNEdgeWeights(*weights)._asdict(), rowptr=rowptr,
+            sender=sender, receiver=receiver, sender_rowptr=sender_rowptr, sender_perm=sender_perm)
+        return (g_a, g_b, g_x, g_edge_attr, None, None, None, None, None, None, *g_weights)
 
 
 _last_store_mode = {"store": True}
@@ -170,10 +169,8 @@ def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
     a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
     weights = EGNNEdgeWeights(*(w.to(a.dtype).contiguous() for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
-    msg_sum, coord_sum, _ = torch.ops.egno_fast.egnn_edge_forward(
-        a, b, x, edge_attr, **weights._asdict(), **{name: getattr(graph, name) for name in _GRAPH_INPUTS},
-        store_activations=store)
-    return EdgeSums(msg_sum, coord_sum)
+    return EdgeSums(*EGNNEdgeCppFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
+                                               graph.sender_rowptr, graph.sender_perm, store, *weights))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -71,32 +71,27 @@ def _backward_fake(grad_out, x, pre, weight, leaky):
     return torch.empty_like(x), torch.empty_like(weight)
 
 
-def _setup_context(ctx, inputs, output):
-    x, weight, leaky = inputs
-    ctx.save_for_backward(x, output[1], weight)
-    ctx.mark_non_differentiable(output[1])  # pre: kept for the backward, no gradient flows into it
-    ctx.set_materialize_grads(False)  # no zeros tensor for pre's (absent) gradient
-    ctx.leaky = leaky
-
-
-def _backward(ctx, grad_out, _grad_pre):
-    if grad_out is None:
-        return None, None, None
-    x, pre, weight = ctx.saved_tensors
-    grad_x, grad_w = torch.ops.egno_fast.temporal_residual_backward(grad_out, x, pre, weight, ctx.leaky)
-    return grad_x, grad_w, None
-
-
-# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
-# under torch.compile, and the forward operator's autograd, (backward, setup_context) for
-# ``torch.library.register_autograd`` (the forward returns (out, pre): pre is the stored pre-activation).
+# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
+# exist, so the ops trace under torch.compile.
 FAKE_KERNELS = {"egno_fast::temporal_residual_forward": _forward_fake,
                 "egno_fast::temporal_residual_backward": _backward_fake}
-AUTOGRAD = {"egno_fast::temporal_residual_forward": (_backward, _setup_context)}
 
 
-def _residual_cpp(x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
-    return torch.ops.egno_fast.temporal_residual_forward(x, weight, leaky)[0]
+class TemporalResidualCppFunction(torch.autograd.Function):
+    """``x + act(K_w x)``; x [N, P, C] or [N, P, 3, C], weight [C, C, I, 2]."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
+        out, pre = torch.ops.egno_fast.temporal_residual_forward(x, weight, leaky)
+        ctx.save_for_backward(x, pre, weight)
+        ctx.leaky = leaky
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, pre, weight = ctx.saved_tensors
+        grad_x, grad_w = torch.ops.egno_fast.temporal_residual_backward(grad_out, x, pre, weight, ctx.leaky)
+        return grad_x, grad_w, None
 
 
 # Vector inputs [N, P, 3, C] with at most this many channels run as scalar inputs [N, P, 3C] with the block-diagonal
@@ -127,9 +122,9 @@ def temporal_residual_cpp(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor
     if x.dim() == 4 and x.shape[-1] <= VECTOR_AS_SCALAR_MAX_CHANNELS:
         n, p, s, c = x.shape
         wide = x.contiguous().view(n, p, s * c)
-        out = _residual_cpp(wide, _block_diagonal(weight, s).contiguous(), leaky_relu)
+        out = TemporalResidualCppFunction.apply(wide, _block_diagonal(weight, s).contiguous(), leaky_relu)
         return out.view(n, p, s, c)
-    return _residual_cpp(x.contiguous(), weight.contiguous(), leaky_relu)
+    return TemporalResidualCppFunction.apply(x.contiguous(), weight.contiguous(), leaky_relu)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
