@@ -220,13 +220,20 @@ def _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, 
     return EGNNLayerOutput(x_new, v, h_new)
 
 
+def _cpp_dtype_problem(h: Tensor) -> Optional[str]:
+    if h.dtype in (torch.float32, torch.float64):
+        return None
+    return f"the cpp EGNN layer runs float32 or float64, got {h.dtype}"
+
+
 def egnn_layer_cpp(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EGNNLayerWeights,
                    options: EGNNOptions = EGNO_OPTIONS, edge_shift: Optional[Tensor] = None,
                    frame_edge_attr: Optional[Tensor] = None) -> EGNNLayerOutput:
     """The fused layer on CPU tensors (float32 or float64): csrc/cpu/egnn_edge_cpu.cpp and egnn_node_cpu.cpp;
     contract of :func:`egnn_layer_reference` (EGNO's variant)."""
-    if h.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"the cpp EGNN layer runs float32 or float64, got {h.dtype}")
+    problem = _cpp_dtype_problem(h)
+    if problem is not None:
+        raise TypeError(problem)
     if x.dtype != h.dtype:
         raise TypeError(f"x ({x.dtype}) and h ({h.dtype}) must share a dtype")
     return _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, egnn_edge_cpp,
@@ -247,9 +254,7 @@ def egnn_layer_triton(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EG
 def _cpp_unsupported(options: EGNNOptions, edge_shift=None, frame_edge_attr=None, weights=None,
                      h: Optional[Tensor] = None) -> Optional[str]:
     reason = fused_unsupported(options, edge_shift, frame_edge_attr, weights)
-    if reason is None and h is not None and h.dtype not in (torch.float32, torch.float64):
-        reason = f"the cpp EGNN layer runs float32 or float64, got {h.dtype}"
-    return reason
+    return reason if reason is not None or h is None else _cpp_dtype_problem(h)
 
 
 def _triton_unsupported(options: EGNNOptions, edge_shift=None, frame_edge_attr=None, weights=None,
