@@ -23,7 +23,10 @@ from .cases import Case
 
 OPS = ("temporal_conv", "vector_temporal_conv", "egnn_layer", "model")
 MODES = ("forward", "backward", "forward+backward")
-BACKENDS = ("reference", "compile", "triton", "cpp", "auto")
+BACKENDS = ("reference", "compile_reference", "triton", "cpp", "compile", "auto")
+# torch.compile(fullgraph=True) of the module on a backend: the reference in plain PyTorch, or "auto", whose fused ops
+# are registered PyTorch operators (cpp on the CPU, Triton on a GPU) that the compiled graph calls
+COMPILED = {"compile_reference": "reference", "compile": "auto"}
 _OP_NAME = {"temporal_conv": "temporal_residual", "vector_temporal_conv": "temporal_residual",
             "egnn_layer": "egnn_layer"}
 
@@ -103,9 +106,10 @@ class Workload:
 
     def set_backend(self, backend: str) -> None:
         self.call = self.module
-        self.module.backend = "reference" if backend == "compile" else backend
-        if backend == "compile":
-            self.call = torch.compile(self.module)
+        self.module.backend = COMPILED.get(backend, backend)
+        if backend in COMPILED:
+            torch._dynamo.reset()  # a fresh compilation per workload: no recompile limit reached across the sweep
+            self.call = torch.compile(self.module, fullgraph=True)
 
     def forward(self):
         out = self.call(*self.inputs)
@@ -146,7 +150,7 @@ def run_point(workload: Workload, reference_out, op: str, case: Case, backend: s
     try:
         if backend == "triton" and device.type != "cuda":
             raise BackendUnavailableError("Triton on CPU runs only in its interpreter: not a speed measurement")
-        if backend not in ("compile", "auto") and op != "model":
+        if backend not in (*COMPILED, "auto") and op != "model":
             resolve_backend(backend, device, _OP_NAME[op])
         workload.set_backend(backend)
         out = workload.forward()
@@ -158,7 +162,8 @@ def run_point(workload: Workload, reference_out, op: str, case: Case, backend: s
     except Exception as error:  # a backend that fails or disagrees is a result, not a crash of the sweep
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
         return [dict(base, mode=m, status="failed", reason=reason) for m in MODES]
-    ran = getattr(workload.module, "active_backend", None) or backend
+    ran = (workload.module.active_backend if op == "model"
+           else resolve_backend(COMPILED.get(backend, backend), device, _OP_NAME[op]))
     records = []
     holder = {}
 

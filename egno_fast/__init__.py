@@ -3,7 +3,7 @@
 Main entry points: :class:`EGNO` (the model), :func:`build_graph` (a batch of graphs as a receiver-sorted CSR),
 :mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.ops` (the ops: reference and fused, functional),
 :mod:`egno_fast.backends` (explicit backend choice), :func:`patch` / :func:`unpatch` (swap an existing model's
-layers to fused kernels in place).
+layers to fused kernels in place), :func:`export_for_inference` (torch.export on a prebuilt graph).
 
 The names above are imported on first access (PEP 562): ``import egno_fast`` alone does not import torch, so the
 command line (``egno-fast --help``) answers at once.
@@ -21,13 +21,15 @@ _LAZY = {
     "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".ops",
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
     "patch": ".patching", "unpatch": ".patching",
+    "export_for_inference": ".export", "load_exported_program": ".export",
 }
 
 __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "BackendUnavailableError",
-           "backend_status", "patch", "unpatch", "__version__"]
+           "backend_status", "export_for_inference", "load_exported_program", "patch", "unpatch", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .backends import BackendUnavailableError, backend_status
+    from .export import export_for_inference, load_exported_program
     from .graph import Graph, GraphInputError
     from .ops import build_graph
     from .models import EGNO, EGNOOutput

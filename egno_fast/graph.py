@@ -7,17 +7,18 @@ replicated P times.
 
 A graph is validated where it is built, never on the hot path. What keeps a graph changed afterwards (by
 ``dataclasses.replace``, by hand, or by editing its tensors in place) from crashing a kernel: the C++ kernels check
-the CSR invariants they rely on themselves, CPU calls of the Triton kernels check them in Python
-(:func:`assert_csr_invariants`, no host synchronisation), and on CUDA a graph must carry the stamp that
+the CSR invariants they rely on themselves, CPU calls of the Triton kernels check them in Python inside their
+operators (:func:`check_kernel_csr`), and on CUDA a graph must carry the stamp that
 :func:`egno_fast.ops.build_graph` or :meth:`Graph.validated` gives it, with none of its index tensors modified since
 (their version counters; :meth:`Graph.require_unchanged`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
 
 # the index tensors whose invariants the kernels rely on (stamped at build time)
@@ -97,39 +98,137 @@ class Graph:
         Raises:
             GraphInputError: naming the first broken invariant.
         """
-        checks = csr_invariants(self)
-        results = torch.stack([condition for condition, _ in checks]).tolist()  # the one synchronisation
-        for ok, (_, message) in zip(results, checks):
-            if not ok:
-                raise GraphInputError(f"invalid graph: {message}")
+        _raise_first_broken(csr_invariants(self))
         self._set_stamp()
         return self
 
     def require_unchanged(self) -> None:
-        """Raise GraphInputError unless :meth:`is_unchanged` (what CUDA calls of the kernels require)."""
+        """Raise GraphInputError unless :meth:`is_unchanged` (what eager CUDA calls of the kernels require). A
+        program traced by torch.compile or torch.export cannot read version counters: it runs on the graphs it is
+        given, which should come from :func:`egno_fast.ops.build_graph` or :meth:`validated`."""
+        if torch.compiler.is_compiling():
+            return
         if not self.is_unchanged():
             raise GraphInputError("the graph was not built by build_graph or was changed since (its index tensors "
                                   "replaced or edited in place); call graph.validated() to check and use it")
 
 
-def _shape_problem(graph: Graph) -> Optional[str]:
-    n, e = graph.num_nodes, graph.sender.shape[0] if graph.sender.dim() == 1 else -1
-    expected = {"rowptr": (n + 1,), "sender_rowptr": (n + 1,), "sender": (e,), "receiver": (e,),
-                "edge_perm": (e,), "sender_perm": (e,), "batch": (n,), "nodes_per_graph": (graph.num_graphs,)}
-    for name, shape in expected.items():
-        value = getattr(graph, name)
+# The Graph is a pytree node (torch.utils._pytree): torch.export takes it as an input, its tensors as the leaves.
+# The counts are read back from the tensors' shapes (N = len(rowptr) - 1, B = len(nodes_per_graph)), so an exported
+# program keeps them symbolic; a rebuilt Graph is unstamped.
+TENSOR_FIELDS = ("rowptr", "sender", "receiver", "edge_perm", "edge_attr", "batch", "sender_perm", "sender_rowptr",
+                 "nodes_per_graph")
+
+
+def _graph_leaves(graph: Graph):
+    return [getattr(graph, name) for name in TENSOR_FIELDS], None
+
+
+def _graph_leaves_with_keys(graph: Graph):
+    # keys print as graph['sender']: with attribute keys (graph.sender) torch.export's input checks of fixed shapes
+    # confuse a field with another that it prefixes (sender, sender_perm)
+    return [(pytree.MappingKey(name), getattr(graph, name)) for name in TENSOR_FIELDS], None
+
+
+def _graph_from_leaves(leaves, _context) -> Graph:
+    tensors = dict(zip(TENSOR_FIELDS, leaves))
+    return Graph(num_nodes=tensors["rowptr"].shape[0] - 1, num_graphs=tensors["nodes_per_graph"].shape[0], **tensors)
+
+
+pytree.register_pytree_node(Graph, _graph_leaves, _graph_from_leaves, serialized_type_name="egno_fast.graph.Graph",
+                            flatten_with_keys_fn=_graph_leaves_with_keys)
+# torch.export.save keeps the example inputs, a Graph among them; torch.export.load reads them with weights_only
+torch.serialization.add_safe_globals([Graph])
+
+
+def _layout_problem(expected: Dict[str, Tuple[Tensor, Tuple[int, ...]]]) -> Optional[str]:
+    """name -> (tensor, shape): what is wrong with the first that is not a contiguous int64 tensor of its shape."""
+    for name, (value, shape) in expected.items():
         if not isinstance(value, Tensor) or value.dtype != torch.int64 or tuple(value.shape) != shape \
                 or not value.is_contiguous():
             got = f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
             return f"{name} must be a contiguous int64 tensor of shape {list(shape)}, got {got}"
-    if graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e:
-        return f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"
     return None
 
 
+def _kernel_layout_problem(num_nodes: int, rowptr, sender, receiver, sender_rowptr, sender_perm) -> Optional[str]:
+    e = sender.shape[0] if isinstance(sender, Tensor) and sender.dim() == 1 else -1
+    return _layout_problem({"rowptr": (rowptr, (num_nodes + 1,)), "sender_rowptr": (sender_rowptr, (num_nodes + 1,)),
+                            "sender": (sender, (e,)), "receiver": (receiver, (e,)), "sender_perm": (sender_perm, (e,))})
+
+
+def _shape_problem(graph: Graph) -> Optional[str]:
+    problem = _kernel_layout_problem(graph.num_nodes, graph.rowptr, graph.sender, graph.receiver,
+                                     graph.sender_rowptr, graph.sender_perm)
+    e = graph.num_edges
+    problem = problem or _layout_problem({"edge_perm": (graph.edge_perm, (e,)), "batch": (graph.batch, (graph.num_nodes,)),
+                                          "nodes_per_graph": (graph.nodes_per_graph, (graph.num_graphs,))})
+    if problem is None and (graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e):
+        problem = f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"
+    return problem
+
+
+def _is_permutation(perm: Tensor, count: int) -> Tensor:
+    in_range = ((perm >= 0) & (perm < count)).all()
+    seen = torch.zeros(count, dtype=torch.bool, device=perm.device).index_fill_(0, perm.clamp(0, max(count - 1, 0)),
+                                                                                 True)
+    return in_range & seen.all()
+
+
+def kernel_csr_invariants(num_nodes: int, rowptr: Tensor, sender: Tensor, receiver: Tensor, sender_rowptr: Tensor,
+                          sender_perm: Tensor) -> List[Tuple[Tensor, str]]:
+    """The invariants the fused EGNN kernels rely on, as (0-dim bool tensor, what it says) pairs, computed without a
+    host synchronisation: both CSR offsets run from 0 to E without decreasing, indices lie in [0, N), sender_perm is
+    a permutation, and every CSR row holds its own edges. Layouts must be checked first (:func:`check_kernel_csr`).
+
+    Args:
+        rowptr, sender_rowptr: [N + 1] int64; sender, receiver, sender_perm: [E] int64 (see :class:`Graph`).
+    """
+    e = sender.shape[0]
+    checks = []
+    for name, offsets in (("rowptr", rowptr), ("sender_rowptr", sender_rowptr)):
+        checks += [(offsets[0] == 0, f"{name}[0] must be 0"), (offsets[-1] == e, f"{name}[N] must be E = {e}"),
+                   ((offsets[1:] >= offsets[:-1]).all(), f"{name} must be non-decreasing")]
+    for name, index in (("sender", sender), ("receiver", receiver)):
+        checks.append((((index >= 0) & (index < num_nodes)).all(), f"{name} indices must lie in [0, {num_nodes})"))
+    checks.append((_is_permutation(sender_perm, e), "sender_perm must be a permutation of 0..E-1"))
+    edges = torch.arange(e, device=rowptr.device)
+    # the node whose CSR range holds each position, for the CSR and its transpose
+    owner = torch.searchsorted(rowptr, edges, right=True) - 1
+    checks.append(((owner == receiver).all(), "receiver must match rowptr (edges sorted by receiver)"))
+    sender_owner = torch.searchsorted(sender_rowptr, edges, right=True) - 1
+    sent = sender[sender_perm.clamp(0, max(e - 1, 0))] if e > 0 else sender
+    checks.append(((sender_owner == sent).all(), "sender[sender_perm] must match sender_rowptr (the transposed CSR)"))
+    return checks
+
+
+def _raise_first_broken(checks: List[Tuple[Tensor, str]]) -> None:
+    results = torch.stack([condition for condition, _ in checks]).tolist()  # one host synchronisation
+    for ok, (_, message) in zip(results, checks):
+        if not ok:
+            raise GraphInputError(f"invalid graph: {message}")
+
+
+def check_kernel_csr(num_nodes: int, rowptr: Tensor, sender: Tensor, receiver: Tensor, sender_rowptr: Tensor,
+                     sender_perm: Tensor) -> None:
+    """Check the layouts and :func:`kernel_csr_invariants` with ``torch._assert_async`` (on CPU tensors it raises at
+    once, without a Python-side synchronisation); what the Triton operators run on CPU tensors (the interpreter),
+    where an index out of range would read outside a tensor.
+
+    Raises:
+        GraphInputError: a layout is wrong. RuntimeError "invalid graph: ...": an invariant is broken.
+    """
+    problem = _kernel_layout_problem(num_nodes, rowptr, sender, receiver, sender_rowptr, sender_perm)
+    if problem is not None:
+        raise GraphInputError(f"invalid graph: {problem}")
+    for condition, message in kernel_csr_invariants(num_nodes, rowptr, sender, receiver, sender_rowptr, sender_perm):
+        torch._assert_async(condition, f"invalid graph: {message}")
+
+
 def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
-    """The invariants the kernels rely on, as (0-dim bool tensor, what it says) pairs, computed without a host
-    synchronisation (the caller decides how to check them). Shapes and dtypes are checked first (metadata only).
+    """Every invariant of ``graph``: :func:`kernel_csr_invariants`, edge_perm a permutation, batch ids in range and
+    ``nodes_per_graph`` their counts, as (0-dim bool tensor, what it says) pairs computed without a host
+    synchronisation. Shapes and dtypes are checked first (metadata only).
 
     Raises:
         GraphInputError: if a tensor has the wrong shape or dtype.
@@ -137,27 +236,9 @@ def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
     problem = _shape_problem(graph)
     if problem is not None:
         raise GraphInputError(f"invalid graph: {problem}")
-    n, e = graph.num_nodes, graph.num_edges
-    checks = []
-    for name in ("rowptr", "sender_rowptr"):
-        offsets = getattr(graph, name)
-        checks += [(offsets[0] == 0, f"{name}[0] must be 0"), (offsets[-1] == e, f"{name}[N] must be E = {e}"),
-                   ((offsets[1:] >= offsets[:-1]).all(), f"{name} must be non-decreasing")]
-    for name in ("sender", "receiver"):
-        index = getattr(graph, name)
-        checks.append((((index >= 0) & (index < n)).all(), f"{name} indices must lie in [0, {n})"))
-    for name in ("edge_perm", "sender_perm"):
-        perm = getattr(graph, name)
-        in_range = ((perm >= 0) & (perm < e)).all()
-        seen = torch.zeros(e, dtype=torch.bool, device=perm.device).index_fill_(0, perm.clamp(0, max(e - 1, 0)), True)
-        checks.append((in_range & seen.all(), f"{name} must be a permutation of 0..E-1"))
-    edges = torch.arange(e, device=graph.rowptr.device)
-    # the node whose CSR range holds each position, for the CSR and its transpose
-    owner = torch.searchsorted(graph.rowptr, edges, right=True) - 1
-    checks.append(((owner == graph.receiver).all(), "receiver must match rowptr (edges sorted by receiver)"))
-    sender_owner = torch.searchsorted(graph.sender_rowptr, edges, right=True) - 1
-    sent = graph.sender[graph.sender_perm.clamp(0, max(e - 1, 0))] if e > 0 else graph.sender
-    checks.append(((sender_owner == sent).all(), "sender[sender_perm] must match sender_rowptr (the transposed CSR)"))
+    checks = kernel_csr_invariants(graph.num_nodes, graph.rowptr, graph.sender, graph.receiver, graph.sender_rowptr,
+                                   graph.sender_perm)
+    checks.append((_is_permutation(graph.edge_perm, graph.num_edges), "edge_perm must be a permutation of 0..E-1"))
     b = graph.num_graphs
     batch_ok = ((graph.batch >= 0) & (graph.batch < b)).all()
     counts = torch.zeros(b, dtype=torch.int64, device=graph.batch.device).index_add_(
@@ -165,13 +246,6 @@ def csr_invariants(graph: Graph) -> List[Tuple[Tensor, str]]:
     checks += [(batch_ok, f"batch ids must lie in [0, {b})"),
                ((counts == graph.nodes_per_graph).all(), "nodes_per_graph must count the nodes of each graph")]
     return checks
-
-
-def assert_csr_invariants(graph: Graph) -> None:
-    """Check :func:`csr_invariants` with ``torch._assert_async``: on CPU tensors it raises at once (RuntimeError)
-    without a Python-side synchronisation; what CPU calls of the Triton kernels (the interpreter) use."""
-    for condition, message in csr_invariants(graph):
-        torch._assert_async(condition, f"invalid graph: {message}")
 
 
 def _fail(message: str) -> None:

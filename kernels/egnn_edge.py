@@ -1,5 +1,6 @@
 """Fused Triton kernel of the EGNN layer's edge half (egno_fast/ops/egnn_edge.py) on the receiver-sorted CSR, all P
-frames of an edge at once, with its autograd Function.
+frames of an edge at once, registered as PyTorch operators: ``torch.ops.egno_fast.triton_egnn_edge_forward``
+(fake kernel and autograd registered with torch.library) and ``..._backward``.
 
 The layer (egno_fast/ops/egnn.py) is split into node-level work, left to PyTorch ([N, P, H] tensors: the two
 halves of the first edge layer applied once per node, the velocity and node MLPs) and the edge-level work, fused
@@ -23,14 +24,15 @@ everything and scatters the sender-side gradients with atomics.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from egno_fast.ops.egnn_edge import TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights
+from egno_fast.graph import check_kernel_csr
+from egno_fast.ops.egnn_edge import GRAPH_INPUTS, TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights
 
 MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
 MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, weight partial sums (with ATOMIC: everything)
@@ -457,70 +459,123 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
         num_warps=num_warps(mode, cfg["BLOCK_H"]))
 
 
-class EGNNEdgeFunction(torch.autograd.Function):
-    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic, check_graph,
-    *EGNNEdgeWeights) -> (msg_sum [N,P,H], coord_sum [N,P,3]) over the graph's edges (module docstring), fused
-    forward and backward. ``check_graph`` (or None) is called again before the backward's kernels: the graph's
-    tensors may have been changed since the forward (the interpreter checks them in Python)."""
+# ---------------------------------------------------------------------------------------------------------------------
+# The registered operators: torch.ops.egno_fast.triton_egnn_edge_forward / _backward
+# ---------------------------------------------------------------------------------------------------------------------
+_WEIGHT_ARGS = ", ".join(f"Tensor {name}" for name in EGNNEdgeWeights._fields)
+_GRAPH_ARGS = ", ".join(f"Tensor {name}" for name in GRAPH_INPUTS)
+# The argument order of the C++ operators (egno_fast::egnn_edge_forward): node tensors, weights, graph, flags.
+# ``atomic_backward`` is the forward's argument so that the registered backward receives it.
+_FORWARD_SCHEMA = (f"(Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, {_GRAPH_ARGS}, "
+                   "bool atomic_backward) -> (Tensor msg_sum, Tensor coord_sum)")
+_BACKWARD_SCHEMA = (f"(Tensor g_msg, Tensor g_coord, Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, "
+                    f"{_GRAPH_ARGS}, bool atomic_backward) -> Tensor[]")
 
-    @staticmethod
-    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic: bool,
-                check_graph: Optional[Callable[[], None]], *weights):
-        w = EGNNEdgeWeights(*weights)
-        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=w.w_dist, we=w.w_edge, w2=w.w_msg, b2=w.b_msg,
-                       wc1=w.w_coord_hidden, bc1=w.b_coord_hidden, wc2=w.w_coord_out, bc2=w.b_coord_out)
-        msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
-        _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender),
-                dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(a, 16))
-        ctx.save_for_backward(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights)
-        ctx.atomic, ctx.check_graph = atomic, check_graph
-        return msg_sum, coord_sum
 
-    @staticmethod
-    def backward(ctx, g_msg: Optional[Tensor], g_coord: Optional[Tensor]):
-        a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = ctx.saved_tensors
-        wd, we, w2, b2, wc1, bc1, wc2, bc2 = weights
-        if ctx.check_graph is not None:
-            ctx.check_graph()
-        num_nodes, _, hidden = a.shape
-        g_msg = torch.zeros_like(a) if g_msg is None else g_msg.contiguous()
-        g_coord = torch.zeros_like(x) if g_coord is None else g_coord.contiguous()
-        tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=wd, we=we, w2=w2, b2=b2, wc1=wc1, bc1=bc1, wc2=wc2,
-                       bc2=bc2, gm=g_msg, gc=g_coord)
-        block_h, num_features = _launch_config(a)["BLOCK_H"], edge_attr.shape[1]
-        programs = _num_programs(a, 2)
-        acc = torch.float64 if a.dtype == torch.float64 else torch.float32
-        f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
+def _check_graph_on_cpu(num_nodes: int, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
+    """Under the interpreter (CPU tensors) the kernels' CSR invariants are checked before they run: the graph may
+    have been changed by hand since it was built, and an index out of range would read outside a tensor."""
+    if rowptr.device.type != "cuda":
+        check_kernel_csr(num_nodes, rowptr, sender, receiver, sender_rowptr, sender_perm)
 
-        def pass_outputs(num_mats: int, edge_grads: bool) -> Dict[str, Tensor]:
-            """A backward pass's node outputs and per-program partial weight gradients (kernel docstring)."""
-            out = dict(node_out=torch.empty_like(a), coord_out=torch.empty_like(x),
-                       part_mat=torch.zeros(programs, num_mats, block_h, block_h, dtype=acc, device=a.device),
-                       part_vec=torch.zeros(programs, 5, block_h, dtype=acc, device=a.device))
-            if edge_grads:
-                out.update(g_ea=torch.empty_like(edge_attr),
-                           part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device))
-            return out
 
-        receiver_pass = pass_outputs(2 if ctx.atomic else 1, edge_grads=ctx.atomic)
-        if ctx.atomic:
-            receiver_pass.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
-        _launch(MODE_RECEIVER_GRAD, ctx.atomic, tensors, (rowptr, sender, sender), receiver_pass,
-                programs)
-        if ctx.atomic:  # the receiver pass did everything
-            first_layer, g_b, g_x_sender = receiver_pass, receiver_pass["scatter_node"], receiver_pass["scatter_coord"]
-            vecs = receiver_pass["part_vec"].sum(0)
-        else:
-            first_layer = pass_outputs(1, edge_grads=True)
-            _launch(MODE_SENDER_GRAD, False, tensors, (sender_rowptr, receiver, sender_perm),
-                    first_layer, programs)
-            g_b, g_x_sender = first_layer["node_out"], first_layer["coord_out"]
-            vecs = receiver_pass["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
-        vecs = vecs[:, :hidden]
-        g_w2 = first_layer["part_mat"][:, 0].sum(0)[:hidden, :hidden]
-        g_wc1 = receiver_pass["part_mat"][:, -1].sum(0)[:hidden, :hidden]
-        g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
-        return (receiver_pass["node_out"], g_b, receiver_pass["coord_out"] + g_x_sender, first_layer["g_ea"],
-                None, None, None, None, None, None, None,
-                vecs[3].to(wd.dtype), g_we.to(we.dtype), g_w2.to(w2.dtype), vecs[0].to(b2.dtype),
-                g_wc1.to(wc1.dtype), vecs[1].to(bc1.dtype), vecs[2].to(wc2.dtype), vecs[4, :1].to(bc2.dtype))
+def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
+             b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
+    """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
+    a, b, x, edge_attr, rowptr, sender = (t.contiguous() for t in (a, b, x, edge_attr, rowptr, sender))
+    _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
+    tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=w_dist.contiguous(), we=w_edge.contiguous(),
+                   w2=w_msg.contiguous(), b2=b_msg.contiguous(), wc1=w_coord_hidden.contiguous(),
+                   bc1=b_coord_hidden.contiguous(), wc2=w_coord_out.contiguous(), bc2=b_coord_out.contiguous())
+    msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
+    _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender), dict(node_out=msg_sum, coord_out=coord_sum),
+            _num_programs(a, 16))
+    return msg_sum, coord_sum
+
+
+def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden,
+                      b_coord_hidden, w_coord_out, b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm,
+                      atomic_backward) -> List[Tensor]:
+    """The gradients of the forward's differentiable inputs, in its order: a, b, x, edge_attr, then the weights."""
+    a, b, x, edge_attr, g_msg, g_coord, rowptr, sender, receiver, sender_rowptr, sender_perm = (
+        t.contiguous() for t in (a, b, x, edge_attr, g_msg, g_coord, rowptr, sender, receiver, sender_rowptr,
+                                 sender_perm))
+    _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
+    weights = EGNNEdgeWeights(*(w.contiguous() for w in (w_dist, w_edge, w_msg, b_msg, w_coord_hidden,
+                                                         b_coord_hidden, w_coord_out, b_coord_out)))
+    atomic = atomic_backward
+    hidden = a.shape[2]
+    tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=weights.w_dist, we=weights.w_edge, w2=weights.w_msg,
+                   b2=weights.b_msg, wc1=weights.w_coord_hidden, bc1=weights.b_coord_hidden,
+                   wc2=weights.w_coord_out, bc2=weights.b_coord_out, gm=g_msg.to(a.dtype), gc=g_coord.to(a.dtype))
+    block_h, num_features = _launch_config(a)["BLOCK_H"], edge_attr.shape[1]
+    programs = _num_programs(a, 2)
+    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
+
+    def pass_outputs(num_mats: int, edge_grads: bool) -> Dict[str, Tensor]:
+        """A backward pass's node outputs and per-program partial weight gradients (kernel docstring)."""
+        out = dict(node_out=torch.empty_like(a), coord_out=torch.empty_like(x),
+                   part_mat=torch.zeros(programs, num_mats, block_h, block_h, dtype=acc, device=a.device),
+                   part_vec=torch.zeros(programs, 5, block_h, dtype=acc, device=a.device))
+        if edge_grads:
+            out.update(g_ea=torch.empty_like(edge_attr),
+                       part_we=torch.zeros(programs, block_h, max(f_pad, 1), dtype=acc, device=a.device))
+        return out
+
+    receiver_pass = pass_outputs(2 if atomic else 1, edge_grads=atomic)
+    if atomic:
+        receiver_pass.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
+    _launch(MODE_RECEIVER_GRAD, atomic, tensors, (rowptr, sender, sender), receiver_pass, programs)
+    if atomic:  # the receiver pass did everything
+        first_layer, g_b, g_x_sender = receiver_pass, receiver_pass["scatter_node"], receiver_pass["scatter_coord"]
+        vecs = receiver_pass["part_vec"].sum(0)
+    else:
+        first_layer = pass_outputs(1, edge_grads=True)
+        _launch(MODE_SENDER_GRAD, False, tensors, (sender_rowptr, receiver, sender_perm), first_layer, programs)
+        g_b, g_x_sender = first_layer["node_out"], first_layer["coord_out"]
+        vecs = receiver_pass["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
+    vecs = vecs[:, :hidden]
+    g_w2 = first_layer["part_mat"][:, 0].sum(0)[:hidden, :hidden]
+    g_wc1 = receiver_pass["part_mat"][:, -1].sum(0)[:hidden, :hidden]
+    g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
+    w = weights
+    # fresh tensors (an operator's outputs may not alias each other): copies of the reduced partial sums
+    return [receiver_pass["node_out"], g_b, receiver_pass["coord_out"] + g_x_sender, first_layer["g_ea"],
+            *(value.to(weight.dtype, copy=True) for value, weight in zip(
+                (vecs[3], g_we, g_w2, vecs[0], g_wc1, vecs[1], vecs[2], vecs[4, :1]), w))]
+
+
+forward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_forward", _forward, mutates_args=(),
+                                     schema=_FORWARD_SCHEMA)
+backward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_backward", _backward_kernels, mutates_args=(),
+                                      schema=_BACKWARD_SCHEMA)
+
+
+@forward_op.register_fake
+def _forward_fake(a, b, x, *args):
+    return a.new_empty(a.shape), x.new_empty(x.shape)
+
+
+@backward_op.register_fake
+def _backward_fake(g_msg, g_coord, a, b, x, edge_attr, *args):
+    weights = args[:len(EGNNEdgeWeights._fields)]
+    return [a.new_empty(a.shape), a.new_empty(a.shape), x.new_empty(x.shape), edge_attr.new_empty(edge_attr.shape),
+            *(w.new_empty(w.shape) for w in weights)]
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:-1])
+    ctx.atomic_backward = inputs[-1]
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, g_msg, g_coord):
+    a, b, x, edge_attr, *rest = ctx.saved_tensors
+    g_msg = torch.zeros_like(a) if g_msg is None else g_msg
+    g_coord = torch.zeros_like(x) if g_coord is None else g_coord
+    grads = backward_op(g_msg, g_coord, a, b, x, edge_attr, *rest, ctx.atomic_backward)
+    return (*grads, *([None] * len(GRAPH_INPUTS)), None)
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,4 +1,6 @@
-"""Fused Triton temporal Fourier convolution: ``x + act(K x)`` along the frame axis, forward and backward.
+"""Fused Triton temporal Fourier convolution: ``x + act(K x)`` along the frame axis, forward and backward, as
+registered PyTorch operators: ``torch.ops.egno_fast.triton_temporal_residual_forward`` (fake kernel and autograd
+registered with torch.library) and ``..._backward``.
 
 K keeps I Fourier modes of the P frames and mixes channels per mode (docs/design.md §1.3, §4.5). No FFT and no
 complex tensors: each program owns a block of rows (a node, or one spatial component of a node's vector channels)
@@ -254,36 +256,66 @@ def spectral_spectra(x: Tensor, num_modes: int) -> Tuple[Tensor, Tensor]:
     return re, im
 
 
-class TemporalResidualFunction(torch.autograd.Function):
-    """``x + act(K_w x)`` with a fused Triton forward and backward. x: [N, P, C] or [N, P, 3, C]."""
+# ---------------------------------------------------------------------------------------------------------------------
+# The registered operators: torch.ops.egno_fast.triton_temporal_residual_forward / _backward
+# ---------------------------------------------------------------------------------------------------------------------
+_FORWARD_SCHEMA = "(Tensor x, Tensor weight, bool leaky) -> Tensor"
+_BACKWARD_SCHEMA = ("(Tensor grad_out, Tensor x, Tensor weight, bool leaky, bool x_grad, bool weight_grad) "
+                    "-> (Tensor grad_x, Tensor grad_weight)")
 
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
-        x = x.contiguous()
-        weight = weight.contiguous()
-        out = torch.empty_like(x)
-        _launch(x, x, weight, out, leaky, MODE_FORWARD, adjoint=False)
-        ctx.save_for_backward(x, weight)
-        ctx.leaky = leaky
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        x, weight = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        if ctx.leaky:
-            grad_pre = torch.empty_like(x)
-            _launch(x, grad_out, weight, grad_pre, True, MODE_ACT_GRAD, adjoint=False)
-        else:
-            grad_pre = grad_out
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.empty_like(x)
-            _launch(grad_pre, grad_out, weight, grad_x, False, MODE_FORWARD, adjoint=True)
-        grad_w = None
-        if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(x, grad_pre, weight)
-        return grad_x, grad_w, None
+def _forward(x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
+    """``x + act(K_w x)``: x [N, P, C] or [N, P, 3, C] (any strides), weight [C, C, I, 2] -> contiguous, x's
+    shape."""
+    x, weight = x.contiguous(), weight.contiguous()
+    out = torch.empty_like(x)
+    return _launch(x, x, weight, out, leaky, MODE_FORWARD, adjoint=False)
+
+
+def _backward_kernels(grad_out: Tensor, x: Tensor, weight: Tensor, leaky: bool, x_grad: bool,
+                      weight_grad: bool) -> Tuple[Tensor, Tensor]:
+    """(dL/dx, dL/dweight); one that is not asked for is an empty [0] tensor."""
+    x, weight, grad_out = x.contiguous(), weight.contiguous(), grad_out.contiguous()
+    if leaky:
+        grad_pre = _launch(x, grad_out, weight, torch.empty_like(x), True, MODE_ACT_GRAD, adjoint=False)
+    else:
+        grad_pre = grad_out
+    grad_x = (_launch(grad_pre, grad_out, weight, torch.empty_like(x), False, MODE_FORWARD, adjoint=True)
+              if x_grad else x.new_empty(0))
+    grad_w = _weight_grad(x, grad_pre, weight) if weight_grad else weight.new_empty(0)
+    return grad_x, grad_w
+
+
+forward_op = torch.library.custom_op("egno_fast::triton_temporal_residual_forward", _forward, mutates_args=(),
+                                     schema=_FORWARD_SCHEMA)
+backward_op = torch.library.custom_op("egno_fast::triton_temporal_residual_backward", _backward_kernels,
+                                      mutates_args=(), schema=_BACKWARD_SCHEMA)
+
+
+@forward_op.register_fake
+def _forward_fake(x, weight, leaky):
+    return x.new_empty(x.shape)
+
+
+@backward_op.register_fake
+def _backward_fake(grad_out, x, weight, leaky, x_grad, weight_grad):
+    return (x.new_empty(x.shape if x_grad else (0,)), weight.new_empty(weight.shape if weight_grad else (0,)))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, leaky = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.leaky = leaky
+
+
+def _backward(ctx, grad_out):
+    x, weight = ctx.saved_tensors
+    x_grad, weight_grad = ctx.needs_input_grad[:2]
+    grad_x, grad_w = backward_op(grad_out, x, weight, ctx.leaky, x_grad, weight_grad)
+    return (grad_x if x_grad else None), (grad_w if weight_grad else None), None
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _weight_grad(x: Tensor, grad_pre: Tensor, weight: Tensor) -> Tensor:

@@ -3,6 +3,7 @@ backend that cannot run is skipped with its reason rather than timed or dropped.
 import csv
 import json
 
+import pytest
 import torch
 
 from benchmarks.cases import lattice_graph, make_cases
@@ -29,6 +30,23 @@ def test_smoke_sweep_records_every_point(tmp_path):
     assert json.loads(paths["json"].read_text())["meta"]["command"] == "pytest smoke"
     assert "| nbody | 5 | 64 | temporal_conv | reference |" in paths["summary"].read_text()
     assert paths["time"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_compile_column_compiles_the_registered_fused_operators():
+    """"compile" is torch.compile(fullgraph=True) of the module on "auto": on the CPU the cpp backend's registered
+    operators inside one compiled graph; "compile_reference" compiles the plain-PyTorch reference."""
+    if unavailable_reason("cpp", "egnn_layer", "cpu") is not None:
+        pytest.skip("the cpp backend is unavailable here")
+    cases = make_cases("smoke")[:1]
+    result = run_sweep(cases, torch.device("cpu"), backends=("compile", "compile_reference"),
+                       ops=("vector_temporal_conv", "model"), warmup=0, repeats=1, log=lambda _: None)
+    records = result["records"]
+    assert all(r["status"] == "measured" for r in records), [r.get("reason") for r in records]
+    ran = {(r["backend"], r["op"]): r["ran"] for r in records}
+    assert ran[("compile", "vector_temporal_conv")] == "cpp"
+    assert json.loads(ran[("compile", "model")]) == {"temporal_residual": "cpp", "egnn_layer": "cpp"}
+    assert json.loads(ran[("compile_reference", "model")]) == {"temporal_residual": "reference",
+                                                                "egnn_layer": "reference"}
 
 
 def test_lattice_graph_has_32_neighbours_inside():

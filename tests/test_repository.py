@@ -85,6 +85,27 @@ def test_readme_snippet_runs_verbatim(tmp_path):
     assert "temporal_residual" in result.stdout and "egnn_layer" in result.stdout  # the printed active backends
 
 
+def test_readme_compile_and_export_snippet_runs_verbatim(tmp_path):
+    """The torch.compile / torch.export / AOTInductor snippet, as written, in an empty folder (it writes its
+    files there); then the saved program loads (load_exported_program) and runs in a fresh process."""
+    snippet = fenced_blocks("python")[1]
+    assert "torch.compile(model, fullgraph=True)" in snippet and "export_for_inference" in snippet
+    (tmp_path / "snippet.py").write_text(snippet)
+    result = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "egno_program.pt2").is_file() and (tmp_path / "egno_aoti.pt2").is_file()
+    reload = ("import torch\n"
+              "from egno_fast import build_graph, load_exported_program\n"
+              "program = load_exported_program('egno_program.pt2')\n"
+              "edge_index = torch.tensor([[0, 1, 2, 3, 4], [1, 2, 0, 4, 3]])\n"
+              "graph = build_graph(edge_index, 5, torch.randn(5, 2), torch.tensor([0, 0, 0, 1, 1]))\n"
+              "out = program.module()(torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 1), graph)\n"
+              "print(type(out).__name__, tuple(out.x.shape))\n")
+    result = subprocess.run([sys.executable, "-c", reload], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["EGNOOutput", "(5,", "5,", "3)"]
+
+
 def test_readme_times_come_from_the_fresh_machine_record():
     """The install, main-job and test-suite times the README states are those of the committed fresh-machine run
     (benchmarks/fresh_machine.sh), and that run used the README's commands."""

@@ -263,11 +263,12 @@ void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, at::Tensor&
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
-    const at::Tensor& a, const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd,
-    const at::Tensor& we, const at::Tensor& w2, const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1,
-    const at::Tensor& wc2, const at::Tensor& bc2, const at::Tensor& rowptr, const at::Tensor& sender,
-    const at::Tensor& receiver, const at::Tensor& /*sender_rowptr*/, const at::Tensor& /*sender_perm*/,
+    at::Tensor a, at::Tensor b, at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2,
+    at::Tensor b2, at::Tensor wc1, at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr,
+    at::Tensor sender, at::Tensor receiver, const at::Tensor& /*sender_rowptr*/, const at::Tensor& /*sender_perm*/,
     bool store_activations) {
+  // the transposed CSR is an input so that the registered backward receives it; the backward checks it
+  make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver});
   // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
@@ -465,11 +466,12 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
 }
 
 std::vector<at::Tensor> egnn_edge_backward_cpu(
-    const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, const at::Tensor& a,
-    const at::Tensor& b, const at::Tensor& x, const at::Tensor& edge_attr, const at::Tensor& wd, const at::Tensor& we, const at::Tensor& w2,
-    const at::Tensor& b2, const at::Tensor& wc1, const at::Tensor& bc1, const at::Tensor& wc2, const at::Tensor& bc2,
-    const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver, const at::Tensor& sender_rowptr,
-    const at::Tensor& sender_perm) {
+    const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, at::Tensor a, at::Tensor b,
+    at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2, at::Tensor b2, at::Tensor wc1,
+    at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr, at::Tensor sender, at::Tensor receiver,
+    at::Tensor sender_rowptr, at::Tensor sender_perm) {
+  make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver,
+                   &sender_rowptr, &sender_perm});
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   TORCH_CHECK(acts.dim() == 4 && (acts.size(0) == 6 || acts.size(0) == 0) && acts.size(1) == sender.size(0) &&
                   acts.size(2) == x.size(1) && acts.is_contiguous(),
@@ -495,9 +497,9 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
                             EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), x, edge_attr, w, rowptr,
                             sender, receiver, sender_rowptr, sender_perm, g_a, g_b, g_x, g_edge_attr, part);
   });
-  const at::Tensor vec = ordered_sum(part.vec);
-  return {g_a, g_b, g_x, g_edge_attr, vec[3], ordered_sum(part.we), ordered_sum(part.w2), vec[0],
-          ordered_sum(part.wc1), vec[1], vec[2], vec[4].narrow(0, 0, 1).clone()};
+  const at::Tensor vec = ordered_sum(part.vec);  // rows copied out: an operator's outputs may not alias each other
+  return {g_a, g_b, g_x, g_edge_attr, vec[3].clone(), ordered_sum(part.we), ordered_sum(part.w2), vec[0].clone(),
+          ordered_sum(part.wc1), vec[1].clone(), vec[2].clone(), vec[4].narrow(0, 0, 1).clone()};
 }
 
 }  // namespace

@@ -150,10 +150,10 @@ void forward_impl(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tens
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_node_forward_cpu(
-    const at::Tensor& h, const at::Tensor& msg_sum, const at::Tensor& coord_sum, const at::Tensor& x,
-    const at::Tensor& v, const at::Tensor& degree, const at::Tensor& wv1, const at::Tensor& bv1, const at::Tensor& wv2,
-    const at::Tensor& bv2, const at::Tensor& wn1, const at::Tensor& bn1, const at::Tensor& wn2,
-    const at::Tensor& bn2) {
+    at::Tensor h, at::Tensor msg_sum, at::Tensor coord_sum, at::Tensor x, at::Tensor v, at::Tensor degree,
+    at::Tensor wv1, at::Tensor bv1, at::Tensor wv2, at::Tensor bv2, at::Tensor wn1, at::Tensor bn1, at::Tensor wn2,
+    at::Tensor bn2) {
+  make_contiguous({&h, &msg_sum, &coord_sum, &x, &v, &degree, &wv1, &bv1, &wv2, &bv2, &wn1, &bn1, &wn2, &bn2});
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_rows(h, msg_sum, coord_sum, x, v, degree);
   at::Tensor x_new = at::empty_like(x), h_new = at::empty_like(h);
@@ -254,10 +254,10 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
 }
 
 std::vector<at::Tensor> egnn_node_backward_cpu(
-    const at::Tensor& g_x_new, const at::Tensor& g_h_new, const at::Tensor& acts, const at::Tensor& h,
-    const at::Tensor& msg_sum, const at::Tensor& coord_sum, const at::Tensor& v, const at::Tensor& degree,
-    const at::Tensor& wv1, const at::Tensor& bv1, const at::Tensor& wv2, const at::Tensor& bv2, const at::Tensor& wn1,
-    const at::Tensor& bn1, const at::Tensor& wn2, const at::Tensor& bn2) {
+    const at::Tensor& g_x_new, const at::Tensor& g_h_new, const at::Tensor& acts, at::Tensor h, at::Tensor msg_sum,
+    at::Tensor coord_sum, at::Tensor v, at::Tensor degree, at::Tensor wv1, at::Tensor bv1, at::Tensor wv2,
+    at::Tensor bv2, at::Tensor wn1, at::Tensor bn1, at::Tensor wn2, at::Tensor bn2) {
+  make_contiguous({&h, &msg_sum, &coord_sum, &v, &degree, &wv1, &bv1, &wv2, &bv2, &wn1, &bn1, &wn2, &bn2});
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_rows(h, msg_sum, coord_sum, v, v, degree);
   TORCH_CHECK(acts.dim() == 3 && acts.size(0) == 4 && acts.size(1) == h.size(0) * h.size(1) &&
@@ -272,9 +272,10 @@ std::vector<at::Tensor> egnn_node_backward_cpu(
     const auto w = node_weights<scalar_t>(wv1, bv1, wv2, bv2, wn1, bn1, wn2, bn2, h.size(2));
     backward_impl<scalar_t>(gx, gh, acts, h, msg_sum, coord_sum, v, degree, w, g_h, g_msg, g_coord, g_v, part);
   });
-  const at::Tensor vec = ordered_sum(part.vec);
-  return {g_h, g_msg, g_coord, g_v, ordered_sum(part.wv1), vec[0], vec[1], vec[4].narrow(0, 0, 1).clone(),
-          ordered_sum(part.wn1), vec[2], ordered_sum(part.wn2), vec[3]};
+  const at::Tensor vec = ordered_sum(part.vec);  // rows copied out: an operator's outputs may not alias each other
+  return {g_h, g_msg, g_coord, g_v, ordered_sum(part.wv1), vec[0].clone(), vec[1].clone(),
+          vec[4].narrow(0, 0, 1).clone(), ordered_sum(part.wn1), vec[2].clone(), ordered_sum(part.wn2),
+          vec[3].clone()};
 }
 
 }  // namespace

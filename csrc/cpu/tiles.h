@@ -4,8 +4,15 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 namespace egno_fast {
+
+// The registered operators take tensors of any strides: their entry points make each input contiguous (free for a
+// contiguous one) before the kernels read it densely.
+inline void make_contiguous(std::initializer_list<at::Tensor*> tensors) {
+  for (at::Tensor* t : tensors) *t = t->contiguous();
+}
 
 // A [rows, cols] row-major view of raw memory for the tile GEMMs (cheaper than narrowing and selecting tensors).
 template <typename T>

@@ -1,6 +1,6 @@
 """The "cpp" backend: the C++/CUDA extension (sources in csrc/), whose operators live under ``torch.ops.egno_fast``.
 Their Python entry points, autograd and fake (meta) kernels live with each op in :mod:`egno_fast.ops`; importing
-this package loads the operators and registers the fake kernels.
+this package loads the operators and registers their fake kernels and autograd with torch.library.
 
 Importing it builds the extension on first use on a machine (:mod:`egno_fast.cpp.build`: a few minutes, with a
 progress line; cached afterwards) and raises :class:`~egno_fast.cpp.build.ExtensionBuildError` (an ImportError) with
@@ -17,11 +17,14 @@ from .build import load_extension
 
 _C = load_extension()
 
-from ..ops import egnn_edge, egnn_node, temporal_conv  # noqa: E402
+from ..ops import egnn_edge, egnn_node, neighbor_graph, receiver_csr, temporal_conv  # noqa: E402
 
-for _op in (egnn_edge, egnn_node, temporal_conv):
+for _op in (egnn_edge, egnn_node, temporal_conv, receiver_csr, neighbor_graph):  # see each op's module
     for _name, _fake in _op.FAKE_KERNELS.items():
         torch.library.register_fake(_name, _fake)
+for _op in (egnn_edge, egnn_node, temporal_conv):  # the differentiable ones
+    for _name, (_backward, _setup_context) in _op.AUTOGRAD.items():
+        torch.library.register_autograd(_name, _backward, setup_context=_setup_context)
 
 
 def build_info() -> Dict[str, bool]:

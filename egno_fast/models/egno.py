@@ -6,6 +6,7 @@ import re
 from typing import Dict, Iterable, NamedTuple, Optional, Union
 
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from ..backends import OPS, check_backend_name, resolve_backend
@@ -24,6 +25,12 @@ class EGNOOutput(NamedTuple):
     x: Tensor
     v: Tensor
     h: Tensor
+
+
+# torch.export.save and AOTInductor packages record the output type by name (the plain namedtuple support of
+# torch.utils._pytree has no name to record)
+if hasattr(pytree, "_register_namedtuple"):
+    pytree._register_namedtuple(EGNOOutput, serialized_type_name="egno_fast.EGNOOutput")
 
 
 class EGNO(nn.Module):

@@ -9,13 +9,13 @@ With the first edge layer split into node projections (docs/design.md §4.3: ``A
     msg_sum_i = sum_j m,    coord_sum_i = sum_j r phi
 
 Entry points per backend, all ``(a, b, x, edge_attr, graph, weights) -> EdgeSums``: "reference" (plain PyTorch,
-below), "cpp" (csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake kernels below), "triton" (kernels/egnn_edge.py:
-the kernel and its autograd). :func:`egnn_edge_sums` dispatches. The weights' field names are the C++ schema's argument
+below), "cpp" (the operator ``egno_fast::egnn_edge_forward`` of csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake
+kernels below), "triton" (the operator ``egno_fast::triton_egnn_edge_forward``, registered with its kernel, fake
+kernel and autograd in kernels/egnn_edge.py). :func:`egnn_edge_sums` dispatches. The weights' field names are the C++ schema's argument
 names (a test checks).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from typing import NamedTuple
@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backends import check_backend_name, get_op, register, resolve_backend
-from ..graph import Graph, assert_csr_invariants
+from ..graph import Graph
 
 logger = logging.getLogger("egno_fast")
 TRITON_MAX_FRAMES = 64  # what the Triton kernel's block table covers (kernels/egnn_edge.py)
@@ -100,49 +100,47 @@ def store_budget_bytes() -> int:
     return int(megabytes * 2**20)
 
 
+GRAPH_INPUTS = ("rowptr", "sender", "receiver", "sender_rowptr", "sender_perm")  # the graph's tensors the ops take
+_NUM_WEIGHTS = len(EGNNEdgeWeights._fields)
+
+
 def _forward_fake(a, b, x, edge_attr, *args):
     *_, sender, _receiver, _sender_rowptr, _sender_perm, store_activations = args
     stored = 6 if store_activations else 0
-    return (torch.empty_like(a), torch.empty_like(x),
-            a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2])))
+    return a.new_empty(a.shape), x.new_empty(x.shape), a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2]))
 
 
 def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
-    weights = args[:len(EGNNEdgeWeights._fields)]
-    return [torch.empty_like(g_msg), torch.empty_like(g_msg), torch.empty_like(x), torch.empty_like(edge_attr),
-            *(torch.empty_like(w) for w in weights)]
+    weights = args[:_NUM_WEIGHTS]
+    return [a.new_empty(a.shape), a.new_empty(a.shape), x.new_empty(x.shape), edge_attr.new_empty(edge_attr.shape),
+            *(w.new_empty(w.shape) for w in weights)]
 
 
-# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
-# exist, so the ops trace under torch.compile.
+def _setup_context(ctx, inputs, output):
+    a, b, x, edge_attr, *rest = inputs
+    weights, graph = rest[:_NUM_WEIGHTS], rest[_NUM_WEIGHTS:_NUM_WEIGHTS + len(GRAPH_INPUTS)]
+    ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph)
+    ctx.mark_non_differentiable(output[2])  # the stored activations [6, E, P, H]: no gradient flows into them
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
+
+
+def _backward(ctx, g_msg, g_coord, _g_activations):
+    activations, a, b, x, edge_attr, *rest = ctx.saved_tensors
+    weights, graph = EGNNEdgeWeights(*rest[:_NUM_WEIGHTS]), dict(zip(GRAPH_INPUTS, rest[_NUM_WEIGHTS:]))
+    g_msg = torch.zeros_like(a) if g_msg is None else g_msg
+    g_coord = torch.zeros_like(x) if g_coord is None else g_coord
+    g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
+        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph)
+    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(GRAPH_INPUTS)), None)
+
+
+# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
+# under torch.compile and export, and the forward operator's autograd, (backward, setup_context) for
+# ``torch.library.register_autograd``. With ``store_activations`` the forward keeps the three SiLUs' values and
+# derivatives [6, E, P, H] for the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp); the C++
+# operators check the CSR.
 FAKE_KERNELS = {"egno_fast::egnn_edge_forward": _forward_fake, "egno_fast::egnn_edge_backward": _backward_fake}
-
-
-class EGNNEdgeCppFunction(torch.autograd.Function):
-    """(a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *EGNNEdgeWeights) ->
-    (msg_sum, coord_sum); with ``store`` the forward keeps the three SiLUs' values and derivatives [6, E, P, H] for
-    the backward, otherwise the backward recomputes them (egnn_edge_cpu.cpp). The C++ operators check the CSR."""
-
-    @staticmethod
-    def forward(ctx, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, store, *weights):
-        named = EGNNEdgeWeights(*weights)._asdict()
-        msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(
-            a, b, x, edge_attr, **named, rowptr=rowptr, sender=sender, receiver=receiver,
-            sender_rowptr=sender_rowptr, sender_perm=sender_perm, store_activations=store)
-        ctx.save_for_backward(activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm,
-                              *weights)
-        return msg_sum, coord_sum
-
-    @staticmethod
-    def backward(ctx, g_msg, g_coord):
-        activations, a, b, x, edge_attr, rowptr, sender, receiver, sender_rowptr, sender_perm, *weights = \
-            ctx.saved_tensors
-        g_msg = torch.zeros_like(a) if g_msg is None else g_msg
-        g_coord = torch.zeros_like(x) if g_coord is None else g_coord
-        g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
-            g_msg, g_coord, activations, a, b, x, edge_attr, **EGNNEdgeWeights(*weights)._asdict(), rowptr=rowptr,
-            sender=sender, receiver=receiver, sender_rowptr=sender_rowptr, sender_perm=sender_perm)
-        return (g_a, g_b, g_x, g_edge_attr, None, None, None, None, None, None, *g_weights)
+AUTOGRAD = {"egno_fast::egnn_edge_forward": (_backward, _setup_context)}
 
 
 _last_store_mode = {"store": True}
@@ -163,14 +161,19 @@ def _store_activations(a: Tensor, graph: Graph, inputs) -> bool:
     return store
 
 
+def _graph_inputs(graph: Graph) -> dict:
+    return {name: getattr(graph, name) for name in GRAPH_INPUTS}
+
+
 def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                   weights: EGNNEdgeWeights) -> EdgeSums:
-    """The edge half on CPU tensors (float32 or float64); contract of :func:`egnn_edge_reference`."""
-    a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
-    weights = EGNNEdgeWeights(*(w.to(a.dtype).contiguous() for w in weights))
+    """The edge half on CPU tensors (float32 or float64), the registered operator ``egno_fast::egnn_edge_forward``;
+    contract of :func:`egnn_edge_reference`."""
+    weights = EGNNEdgeWeights(*(w.to(a.dtype) for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
-    return EdgeSums(*EGNNEdgeCppFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
-                                               graph.sender_rowptr, graph.sender_perm, store, *weights))
+    msg_sum, coord_sum, _ = torch.ops.egno_fast.egnn_edge_forward(
+        a, b, x, edge_attr, **weights._asdict(), **_graph_inputs(graph), store_activations=store)
+    return EdgeSums(msg_sum, coord_sum)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -195,23 +198,18 @@ def _check_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
 
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                      weights: EGNNEdgeWeights) -> EdgeSums:
-    """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128); contract of
-    :func:`egnn_edge_reference`. On CPU tensors (the interpreter) the graph's CSR invariants are checked in Python
-    before the forward's and the backward's kernels."""
-    from ..kernels.egnn_edge import EGNNEdgeFunction, atomic_backward_enabled
+    """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128), the registered
+    operator ``egno_fast::triton_egnn_edge_forward``; contract of :func:`egnn_edge_reference`. On CPU tensors (the
+    interpreter) the operators check the graph's CSR invariants before their kernels run."""
+    from ..kernels.egnn_edge import atomic_backward_enabled, forward_op
 
     _check_shapes(a, b, x, edge_attr, graph, weights)
-    a, b, x, edge_attr = (t.contiguous() for t in (a, b, x, edge_attr))
-    weights = EGNNEdgeWeights(*(w.contiguous() for w in weights))
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
-    check_graph = None if a.device.type == "cuda" else functools.partial(assert_csr_invariants, graph)
-    if check_graph is not None:
-        check_graph()
-    return EdgeSums(*EGNNEdgeFunction.apply(a, b, x, edge_attr, graph.rowptr, graph.sender, graph.receiver,
-                                            graph.sender_rowptr, graph.sender_perm, atomic_backward_enabled(),
-                                            check_graph, *weights))
+    msg_sum, coord_sum = forward_op(a, b, x, edge_attr, *weights, **_graph_inputs(graph),
+                                    atomic_backward=atomic_backward_enabled())
+    return EdgeSums(msg_sum, coord_sum)
 
 
 register("egnn_edge", "reference", egnn_edge_reference)

@@ -5,8 +5,8 @@
 
 with ``velocity_mlp = Linear(H, H), SiLU, Linear(H, 1)`` and ``node_mlp = Linear(2H, H), SiLU, Linear(H, H)``.
 Entry points per backend, all ``(x, v, h, sums, degree, weights) -> NodeUpdate``: "reference" (plain PyTorch,
-below; the Triton layer runs it on the GPU), "cpp" (csrc/cpu/egnn_node_cpu.cpp; its autograd and fake kernels
-below). :func:`egnn_node_update` dispatches. The weights' field names are the C++ schema's argument names.
+below; the Triton layer runs it on the GPU), "cpp" (the operator ``egno_fast::egnn_node_forward`` of csrc/cpu/egnn_node_cpu.cpp; its
+autograd and fake kernels below). :func:`egnn_node_update` dispatches. The weights' field names are the C++ schema's argument names.
 """
 from __future__ import annotations
 
@@ -65,46 +65,46 @@ def egnn_node_reference(x: Tensor, v: Tensor, h: Tensor, sums: EdgeSums, degree:
 # "cpp": the extension's egnn_node_forward / _backward
 # ---------------------------------------------------------------------------------------------------------------------
 def _forward_fake(h, msg_sum, coord_sum, x, v, degree, *weights):
-    return torch.empty_like(x), torch.empty_like(h), h.new_empty((4, h.shape[0] * h.shape[1], h.shape[2]))
+    return x.new_empty(x.shape), h.new_empty(h.shape), h.new_empty((4, h.shape[0] * h.shape[1], h.shape[2]))
 
 
 def _backward_fake(g_x_new, g_h_new, activations, h, msg_sum, coord_sum, v, degree, *weights):
-    return [torch.empty_like(h), torch.empty_like(h), torch.empty_like(v), torch.empty_like(v),
-            *(torch.empty_like(w) for w in weights)]
+    return [h.new_empty(h.shape), h.new_empty(h.shape), v.new_empty(v.shape), v.new_empty(v.shape),
+            *(w.new_empty(w.shape) for w in weights)]
 
 
-# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
-# exist, so the ops trace under torch.compile.
+def _setup_context(ctx, inputs, output):
+    h, msg_sum, coord_sum, _x, v, degree, *weights = inputs
+    ctx.save_for_backward(output[2], h, msg_sum, coord_sum, v, degree, *weights)
+    ctx.mark_non_differentiable(output[2])  # the stored activations: no gradient flows into them
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
+
+
+def _backward(ctx, g_x, g_h, _g_activations):
+    activations, h, msg_sum, coord_sum, v, degree, *weights = ctx.saved_tensors
+    g_x = torch.zeros_like(v) if g_x is None else g_x
+    g_h = torch.zeros_like(h) if g_h is None else g_h
+    g_h_in, g_msg, g_coord, g_v, *g_weights = torch.ops.egno_fast.egnn_node_backward(
+        g_x, g_h, activations, h, msg_sum, coord_sum, v, degree, **EGNNNodeWeights(*weights)._asdict())
+    return (g_h_in, g_msg, g_coord, g_x, g_v, None, *g_weights)  # x_new = x + ...: dL/dx = dL/dx_new
+
+
+# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
+# under torch.compile and export, and the forward operator's autograd, (backward, setup_context) for
+# ``torch.library.register_autograd``. The forward stores the two SiLUs' values and derivatives [4, N P, H]
+# (egnn_node_cpu.cpp).
 FAKE_KERNELS = {"egno_fast::egnn_node_forward": _forward_fake, "egno_fast::egnn_node_backward": _backward_fake}
-
-
-class EGNNNodeCppFunction(torch.autograd.Function):
-    """(h, msg_sum, coord_sum, x, v, degree, *EGNNNodeWeights) -> (x_new [N,P,3], h_new [N,P,H]); the forward
-    stores the two SiLUs' values and derivatives [4, N P, H] (egnn_node_cpu.cpp)."""
-
-    @staticmethod
-    def forward(ctx, h, msg_sum, coord_sum, x, v, degree, *weights):
-        x_new, h_new, activations = torch.ops.egno_fast.egnn_node_forward(
-            h, msg_sum, coord_sum, x, v, degree, **EGNNNodeWeights(*weights)._asdict())
-        ctx.save_for_backward(activations, h, msg_sum, coord_sum, v, degree, *weights)
-        return x_new, h_new
-
-    @staticmethod
-    def backward(ctx, g_x, g_h):
-        activations, h, msg_sum, coord_sum, v, degree, *weights = ctx.saved_tensors
-        g_x = torch.zeros_like(v) if g_x is None else g_x
-        g_h = torch.zeros_like(h) if g_h is None else g_h
-        g_h_in, g_msg, g_coord, g_v, *g_weights = torch.ops.egno_fast.egnn_node_backward(
-            g_x, g_h, activations, h, msg_sum, coord_sum, v, degree, **EGNNNodeWeights(*weights)._asdict())
-        return (g_h_in, g_msg, g_coord, g_x, g_v, None, *g_weights)
+AUTOGRAD = {"egno_fast::egnn_node_forward": (_backward, _setup_context)}
 
 
 def egnn_node_cpp(x: Tensor, v: Tensor, h: Tensor, sums: EdgeSums, degree: Tensor,
                   weights: EGNNNodeWeights) -> NodeUpdate:
-    """The node half in one fused op on CPU tensors (float32 or float64); contract of :func:`egnn_node_reference`."""
-    weights = [w.to(h.dtype).contiguous() for w in weights]
-    return NodeUpdate(*EGNNNodeCppFunction.apply(h.contiguous(), sums.msg_sum, sums.coord_sum, x.contiguous(),
-                                                 v.contiguous(), degree, *weights))
+    """The node half in one fused op on CPU tensors (float32 or float64), the registered operator
+    ``egno_fast::egnn_node_forward``; contract of :func:`egnn_node_reference`."""
+    weights = EGNNNodeWeights(*(w.to(h.dtype) for w in weights))
+    x_new, h_new, _ = torch.ops.egno_fast.egnn_node_forward(h, sums.msg_sum, sums.coord_sum, x, v, degree,
+                                                            **weights._asdict())
+    return NodeUpdate(x_new, h_new)
 
 
 register("egnn_node", "reference", egnn_node_reference)

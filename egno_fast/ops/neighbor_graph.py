@@ -82,6 +82,15 @@ def _edge_index(senders, receivers, device) -> Tensor:
     return torch.stack([torch.cat(senders), torch.cat(receivers)]).long()
 
 
+def _edge_index_fake(pos, *args):
+    num_edges = torch.library.get_ctx().new_dynamic_size()  # known only once the graph is built
+    return pos.new_empty((2, num_edges), dtype=torch.int64)
+
+
+# The fake (meta) kernels of the extension's operators, registered by :mod:`egno_fast.cpp` once they exist.
+FAKE_KERNELS = {"egno_fast::radius_graph": _edge_index_fake, "egno_fast::knn_graph": _edge_index_fake}
+
+
 def radius_graph_cpp(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
                      box: Optional[Tensor] = None) -> Tensor:
     """Cell-list radius graph (the extension's ``radius_graph``), as :func:`radius_graph_reference`."""

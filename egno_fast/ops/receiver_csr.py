@@ -42,6 +42,15 @@ def receiver_csr_reference(receiver: Tensor, num_nodes: int) -> ReceiverCSR:
     return ReceiverCSR(rowptr, perm)
 
 
+def _receiver_csr_fake(receiver, num_nodes):
+    return (receiver.new_empty((num_nodes + 1,), dtype=torch.int64),
+            receiver.new_empty(receiver.shape, dtype=torch.int64))
+
+
+# The fake (meta) kernel of the extension's operator, registered by :mod:`egno_fast.cpp` once it exists.
+FAKE_KERNELS = {"egno_fast::receiver_csr": _receiver_csr_fake}
+
+
 def receiver_csr_cpp(receiver: Tensor, num_nodes: int) -> ReceiverCSR:
     """Stable counting sort by receiver (the extension's ``receiver_csr``); as :func:`receiver_csr_reference`."""
     return ReceiverCSR(*torch.ops.egno_fast.receiver_csr(receiver, num_nodes))

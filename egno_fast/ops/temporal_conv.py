@@ -2,8 +2,9 @@
 
 K keeps I Fourier modes of the P frames and mixes channels per mode (rfft -> keep I modes -> mix -> irfft).
 Entry points per backend, all with the contract of :func:`temporal_residual_reference`:
-"reference" (plain PyTorch, below), "cpp" (csrc/cpu/temporal_conv_cpu.cpp; its autograd and fake kernels below),
-"triton" (kernels/temporal_conv.py: the kernel and its autograd). :func:`temporal_residual` dispatches.
+"reference" (plain PyTorch, below), "cpp" (the operator ``egno_fast::temporal_residual_forward`` of csrc/cpu/temporal_conv_cpu.cpp; its autograd and
+fake kernels below), "triton" (the operator ``egno_fast::triton_temporal_residual_forward``, registered with its
+kernel, fake kernel and autograd in kernels/temporal_conv.py). :func:`temporal_residual` dispatches.
 """
 from __future__ import annotations
 
@@ -64,34 +65,39 @@ def _check_channels(x: Tensor, weight: Tensor) -> None:
 # "cpp": the extension's temporal_residual_forward / _backward
 # ---------------------------------------------------------------------------------------------------------------------
 def _forward_fake(x, weight, leaky):
-    return torch.empty_like(x), (torch.empty_like(x) if leaky else x.new_empty((0,)))
+    return x.new_empty(x.shape), x.new_empty(x.shape if leaky else (0,))
 
 
 def _backward_fake(grad_out, x, pre, weight, leaky):
-    return torch.empty_like(x), torch.empty_like(weight)
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
-# The fake (meta) kernels of this op's extension operators, registered by :mod:`egno_fast.cpp` once the operators
-# exist, so the ops trace under torch.compile.
+def _setup_context(ctx, inputs, output):
+    x, weight, leaky = inputs
+    ctx.save_for_backward(x, output[1], weight)
+    ctx.mark_non_differentiable(output[1])  # pre: kept for the backward, no gradient flows into it
+    ctx.set_materialize_grads(False)  # no zeros tensor for pre's (absent) gradient
+    ctx.leaky = leaky
+
+
+def _backward(ctx, grad_out, _grad_pre):
+    if grad_out is None:
+        return None, None, None
+    x, pre, weight = ctx.saved_tensors
+    grad_x, grad_w = torch.ops.egno_fast.temporal_residual_backward(grad_out, x, pre, weight, ctx.leaky)
+    return grad_x, grad_w, None
+
+
+# Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
+# under torch.compile and export, and the forward operator's autograd, (backward, setup_context) for
+# ``torch.library.register_autograd`` (the forward returns (out, pre): pre is the stored pre-activation).
 FAKE_KERNELS = {"egno_fast::temporal_residual_forward": _forward_fake,
                 "egno_fast::temporal_residual_backward": _backward_fake}
+AUTOGRAD = {"egno_fast::temporal_residual_forward": (_backward, _setup_context)}
 
 
-class TemporalResidualCppFunction(torch.autograd.Function):
-    """``x + act(K_w x)``; x [N, P, C] or [N, P, 3, C], weight [C, C, I, 2]."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
-        out, pre = torch.ops.egno_fast.temporal_residual_forward(x, weight, leaky)
-        ctx.save_for_backward(x, pre, weight)
-        ctx.leaky = leaky
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        x, pre, weight = ctx.saved_tensors
-        grad_x, grad_w = torch.ops.egno_fast.temporal_residual_backward(grad_out, x, pre, weight, ctx.leaky)
-        return grad_x, grad_w, None
+def _residual_cpp(x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
+    return torch.ops.egno_fast.temporal_residual_forward(x, weight, leaky)[0]
 
 
 # Vector inputs [N, P, 3, C] with at most this many channels run as scalar inputs [N, P, 3C] with the block-diagonal
@@ -121,27 +127,27 @@ def temporal_residual_cpp(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor
     weight = weight.to(x.dtype)
     if x.dim() == 4 and x.shape[-1] <= VECTOR_AS_SCALAR_MAX_CHANNELS:
         n, p, s, c = x.shape
-        wide = x.contiguous().view(n, p, s * c)
-        out = TemporalResidualCppFunction.apply(wide, _block_diagonal(weight, s).contiguous(), leaky_relu)
-        return out.view(n, p, s, c)
-    return TemporalResidualCppFunction.apply(x.contiguous(), weight.contiguous(), leaky_relu)
+        wide = x.reshape(n, p, s * c)
+        return _residual_cpp(wide, _block_diagonal(weight, s), leaky_relu).view(n, p, s, c)
+    return _residual_cpp(x, weight, leaky_relu)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # "triton": kernels/temporal_conv.py
 # ---------------------------------------------------------------------------------------------------------------------
 def temporal_residual_triton(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor:
-    """Fused ``x + LeakyReLU_0.01(K x)`` (leaky_relu) or ``x + K x`` with the Triton kernel; same contract as
+    """Fused ``x + LeakyReLU_0.01(K x)`` (leaky_relu) or ``x + K x`` with the Triton kernel (the registered operator
+    ``egno_fast::triton_temporal_residual_forward``); same contract as
     :func:`temporal_residual_reference`.
 
     Args:
         x:      [N, P, C] or [N, P, 3, C] (fp32, fp64; bf16/fp16 on GPU), 1 <= P <= 64.
         weight: [C, C, I, 2], 1 <= I <= P // 2 + 1.
     """
-    from ..kernels.temporal_conv import TemporalResidualFunction
+    from ..kernels.temporal_conv import forward_op
 
     _check_channels(x, weight)
-    return TemporalResidualFunction.apply(x, weight.to(x.dtype), leaky_relu)
+    return forward_op(x, weight.to(x.dtype), leaky_relu)
 
 
 register("temporal_residual", "reference", temporal_residual_reference)
