@@ -371,7 +371,7 @@ KERNEL_SIGNATURE.update({name: "*i64" for name in ("rowptr_ptr", "other_ptr", "p
 KERNEL_SIGNATURE.update({name: "i32" for name in ("N", "P", "H", "F", "num_programs")})
 _NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
                   "g_ea_ptr")
-# The variants the autograd Function launches: (name, MODE, ATOMIC)
+# The variants the registered operators launch: (name, MODE, ATOMIC)
 VARIANTS = (("forward", MODE_FORWARD, False), ("receiver_grad", MODE_RECEIVER_GRAD, False),
             ("sender_grad", MODE_SENDER_GRAD, False), ("receiver_grad_atomic", MODE_RECEIVER_GRAD, True))
 
@@ -479,17 +479,24 @@ def _check_graph_on_cpu(num_nodes: int, rowptr, sender, receiver, sender_rowptr,
         check_kernel_csr(num_nodes, rowptr, sender, receiver, sender_rowptr, sender_perm)
 
 
+def _kernel_tensors(a, b, x, edge_attr, weights) -> Dict[str, Tensor]:
+    """The kernel's node, edge and weight inputs by its argument names, contiguous."""
+    w = EGNNEdgeWeights(*(t.contiguous() for t in weights))
+    return dict(a=a.contiguous(), b=b.contiguous(), x=x.contiguous(), ea=edge_attr.contiguous(), wd=w.w_dist,
+                we=w.w_edge, w2=w.w_msg, b2=w.b_msg, wc1=w.w_coord_hidden, bc1=w.b_coord_hidden, wc2=w.w_coord_out,
+                bc2=w.b_coord_out)
+
+
 def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
              b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
     """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
-    a, b, x, edge_attr, rowptr, sender = (t.contiguous() for t in (a, b, x, edge_attr, rowptr, sender))
+    rowptr, sender = rowptr.contiguous(), sender.contiguous()
     _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
-    tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=w_dist.contiguous(), we=w_edge.contiguous(),
-                   w2=w_msg.contiguous(), b2=b_msg.contiguous(), wc1=w_coord_hidden.contiguous(),
-                   bc1=b_coord_hidden.contiguous(), wc2=w_coord_out.contiguous(), bc2=b_coord_out.contiguous())
-    msg_sum, coord_sum = torch.empty_like(a), torch.empty_like(x)
+    tensors = _kernel_tensors(a, b, x, edge_attr, (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden,
+                                                   w_coord_out, b_coord_out))
+    msg_sum, coord_sum = torch.empty_like(tensors["a"]), torch.empty_like(tensors["x"])
     _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender), dict(node_out=msg_sum, coord_out=coord_sum),
-            _num_programs(a, 16))
+            _num_programs(tensors["a"], 16))
     return msg_sum, coord_sum
 
 
@@ -497,17 +504,14 @@ def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg,
                       b_coord_hidden, w_coord_out, b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm,
                       atomic_backward) -> List[Tensor]:
     """The gradients of the forward's differentiable inputs, in its order: a, b, x, edge_attr, then the weights."""
-    a, b, x, edge_attr, g_msg, g_coord, rowptr, sender, receiver, sender_rowptr, sender_perm = (
-        t.contiguous() for t in (a, b, x, edge_attr, g_msg, g_coord, rowptr, sender, receiver, sender_rowptr,
-                                 sender_perm))
+    rowptr, sender, receiver, sender_rowptr, sender_perm = (
+        t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
     _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
-    weights = EGNNEdgeWeights(*(w.contiguous() for w in (w_dist, w_edge, w_msg, b_msg, w_coord_hidden,
-                                                         b_coord_hidden, w_coord_out, b_coord_out)))
-    atomic = atomic_backward
-    hidden = a.shape[2]
-    tensors = dict(a=a, b=b, x=x, ea=edge_attr, wd=weights.w_dist, we=weights.w_edge, w2=weights.w_msg,
-                   b2=weights.b_msg, wc1=weights.w_coord_hidden, bc1=weights.b_coord_hidden,
-                   wc2=weights.w_coord_out, bc2=weights.b_coord_out, gm=g_msg.to(a.dtype), gc=g_coord.to(a.dtype))
+    weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
+    tensors = _kernel_tensors(a, b, x, edge_attr, weights)
+    a, x, edge_attr = tensors["a"], tensors["x"], tensors["ea"]
+    tensors.update(gm=g_msg.to(a.dtype).contiguous(), gc=g_coord.to(a.dtype).contiguous())
+    atomic, hidden = atomic_backward, a.shape[2]
     block_h, num_features = _launch_config(a)["BLOCK_H"], edge_attr.shape[1]
     programs = _num_programs(a, 2)
     acc = torch.float64 if a.dtype == torch.float64 else torch.float32
@@ -539,11 +543,10 @@ def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg,
     g_w2 = first_layer["part_mat"][:, 0].sum(0)[:hidden, :hidden]
     g_wc1 = receiver_pass["part_mat"][:, -1].sum(0)[:hidden, :hidden]
     g_we = first_layer["part_we"].sum(0)[:hidden, :num_features]
-    w = weights
     # fresh tensors (an operator's outputs may not alias each other): copies of the reduced partial sums
     return [receiver_pass["node_out"], g_b, receiver_pass["coord_out"] + g_x_sender, first_layer["g_ea"],
             *(value.to(weight.dtype, copy=True) for value, weight in zip(
-                (vecs[3], g_we, g_w2, vecs[0], g_wc1, vecs[1], vecs[2], vecs[4, :1]), w))]
+                (vecs[3], g_we, g_w2, vecs[0], g_wc1, vecs[1], vecs[2], vecs[4, :1]), weights))]
 
 
 forward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_forward", _forward, mutates_args=(),

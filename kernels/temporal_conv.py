@@ -159,7 +159,7 @@ KERNEL_SIGNATURE.update({name: "i32" for name in ("num_rows", "rows_per_node", "
                                                   "stride_frame", "C_IN", "C_OUT", "NUM_MODES", "w_stride_in",
                                                   "w_stride_out", "P")})
 KERNEL_SIGNATURE["w_imag_sign"] = "fp32"
-# The kernel variants the autograd Function launches: (name, MODE, LEAKY)
+# The kernel variants the registered operators launch: (name, MODE, LEAKY)
 VARIANTS = (("forward_leaky", MODE_FORWARD, True), ("forward_linear", MODE_FORWARD, False),
             ("act_grad", MODE_ACT_GRAD, True))
 
