@@ -32,7 +32,8 @@ import triton.language as tl
 from torch import Tensor
 
 from egno_fast.graph import check_kernel_csr
-from egno_fast.ops.egnn_edge import GRAPH_INPUTS, TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights
+from egno_fast.ops.egnn_edge import (GRAPH_INPUTS, TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights,
+                                     check_edge_shapes)
 
 MODE_FORWARD = 0  # msg_sum, coord_sum of the receivers
 MODE_RECEIVER_GRAD = 1  # receiver-side node gradients, weight partial sums (with ATOMIC: everything)
@@ -472,11 +473,13 @@ _BACKWARD_SCHEMA = (f"(Tensor g_msg, Tensor g_coord, Tensor a, Tensor b, Tensor 
                     f"{_GRAPH_ARGS}, bool atomic_backward) -> Tensor[]")
 
 
-def _check_graph_on_cpu(num_nodes: int, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
-    """Under the interpreter (CPU tensors) the kernels' CSR invariants are checked before they run: the graph may
-    have been changed by hand since it was built, and an index out of range would read outside a tensor."""
+def _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
+    """The shapes the kernels assume, and under the interpreter (CPU tensors) the CSR invariants they rely on: the
+    graph may have been changed by hand since it was built, and an index out of range would read outside a tensor
+    (on CUDA the graph's stamp stands for these, egno_fast/graph.py)."""
+    check_edge_shapes(a, b, x, edge_attr, weights, rowptr.shape[0] - 1, sender.shape[0])
     if rowptr.device.type != "cuda":
-        check_kernel_csr(num_nodes, rowptr, sender, receiver, sender_rowptr, sender_perm)
+        check_kernel_csr(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
 
 
 def _kernel_tensors(a, b, x, edge_attr, weights) -> Dict[str, Tensor]:
@@ -491,9 +494,9 @@ def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b
              b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
     """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
     rowptr, sender = rowptr.contiguous(), sender.contiguous()
-    _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
-    tensors = _kernel_tensors(a, b, x, edge_attr, (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden,
-                                                   w_coord_out, b_coord_out))
+    weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
+    _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
+    tensors = _kernel_tensors(a, b, x, edge_attr, weights)
     msg_sum, coord_sum = torch.empty_like(tensors["a"]), torch.empty_like(tensors["x"])
     _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender), dict(node_out=msg_sum, coord_out=coord_sum),
             _num_programs(tensors["a"], 16))
@@ -506,8 +509,8 @@ def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg,
     """The gradients of the forward's differentiable inputs, in its order: a, b, x, edge_attr, then the weights."""
     rowptr, sender, receiver, sender_rowptr, sender_perm = (
         t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
-    _check_graph_on_cpu(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
     weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
+    _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
     tensors = _kernel_tensors(a, b, x, edge_attr, weights)
     a, x, edge_attr = tensors["a"], tensors["x"], tensors["ea"]
     tensors.update(gm=g_msg.to(a.dtype).contiguous(), gc=g_coord.to(a.dtype).contiguous())
@@ -556,7 +559,9 @@ backward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_backward", _b
 
 
 @forward_op.register_fake
-def _forward_fake(a, b, x, *args):
+def _forward_fake(a, b, x, edge_attr, *args):
+    weights, (rowptr, sender) = args[:len(EGNNEdgeWeights._fields)], args[len(EGNNEdgeWeights._fields):][:2]
+    check_edge_shapes(a, b, x, edge_attr, weights, rowptr.shape[0] - 1, sender.shape[0])
     return a.new_empty(a.shape), x.new_empty(x.shape)
 
 

@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from egno_fast.ops.temporal_conv import check_temporal_shapes
+
 TWO_PI = 2.0 * math.pi
 
 # Modes of the one kernel.
@@ -267,6 +269,7 @@ _BACKWARD_SCHEMA = ("(Tensor grad_out, Tensor x, Tensor weight, bool leaky, bool
 def _forward(x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
     """``x + act(K_w x)``: x [N, P, C] or [N, P, 3, C] (any strides), weight [C, C, I, 2] -> contiguous, x's
     shape."""
+    check_temporal_shapes(x, weight)
     x, weight = x.contiguous(), weight.contiguous()
     out = torch.empty_like(x)
     return _launch(x, x, weight, out, leaky, MODE_FORWARD, adjoint=False)
@@ -275,6 +278,7 @@ def _forward(x: Tensor, weight: Tensor, leaky: bool) -> Tensor:
 def _backward_kernels(grad_out: Tensor, x: Tensor, weight: Tensor, leaky: bool, x_grad: bool,
                       weight_grad: bool) -> Tuple[Tensor, Tensor]:
     """(dL/dx, dL/dweight); one that is not asked for is an empty [0] tensor."""
+    check_temporal_shapes(x, weight)
     x, weight, grad_out = x.contiguous(), weight.contiguous(), grad_out.contiguous()
     if leaky:
         grad_pre = _launch(x, grad_out, weight, torch.empty_like(x), True, MODE_ACT_GRAD, adjoint=False)
@@ -294,6 +298,7 @@ backward_op = torch.library.custom_op("egno_fast::triton_temporal_residual_backw
 
 @forward_op.register_fake
 def _forward_fake(x, weight, leaky):
+    check_temporal_shapes(x, weight)
     return x.new_empty(x.shape)
 
 

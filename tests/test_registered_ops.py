@@ -197,3 +197,19 @@ def test_operator_gradchecks_in_float64(name, index):
         return tuple(result[:outputs]) if isinstance(result, (tuple, list)) else result
 
     assert torch.autograd.gradcheck(run, [args[i] for i in positions], fast_mode=True)
+
+
+def test_the_triton_operators_check_shapes_before_a_kernel_reads_them():
+    """Called directly, with a weight of the wrong shape: a ValueError naming it, in the operator and in its fake
+    kernel (what torch.compile runs), never an out-of-bounds read."""
+    _skip_unless_available("triton")
+    x, weight, leaky = _detached(temporal_forward_args())
+    edge_args = _detached(edge_forward_args())
+    edge_args[6] = edge_args[6][:, :2]  # w_msg [H, 2] instead of [H, H]
+    calls = [(torch.ops.egno_fast.triton_temporal_residual_forward, (x, weight[:2], leaky), "weight must be"),
+             (torch.ops.egno_fast.triton_egnn_edge_forward, edge_args, r"w_msg must have shape \[5, 5\]")]
+    for op, args, message in calls:
+        with pytest.raises(ValueError, match=message):
+            op(*args)
+        with torch._subclasses.FakeTensorMode() as mode, pytest.raises(ValueError, match=message):
+            op(*(mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args))

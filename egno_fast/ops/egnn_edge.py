@@ -179,31 +179,34 @@ def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Gra
 # ---------------------------------------------------------------------------------------------------------------------
 # "triton": kernels/egnn_edge.py
 # ---------------------------------------------------------------------------------------------------------------------
-def _check_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights) -> None:
-    """The shapes the kernel assumes (metadata only); ValueError naming the first that differs."""
-    if a.dim() != 3:
-        raise ValueError(f"a must be [N, P, H], got {list(a.shape)}")
+def check_edge_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weights: EGNNEdgeWeights, num_nodes: int,
+                      num_edges: int) -> None:
+    """The shapes the Triton kernel assumes (metadata only), checked by its operators: ValueError naming the first
+    that differs."""
+    if a.dim() != 3 or edge_attr.dim() != 2:
+        raise ValueError(f"egnn_edge: a must be [N, P, H] and edge_attr [E, f], got {list(a.shape)} and "
+                         f"{list(edge_attr.shape)}")
     n, p, hidden = a.shape
     f = edge_attr.shape[-1]
-    expected = dict(b=(n, p, hidden), x=(n, p, 3), edge_attr=(graph.num_edges, f), w_dist=(hidden,),
+    expected = dict(b=(n, p, hidden), x=(n, p, 3), edge_attr=(num_edges, f), w_dist=(hidden,),
                     w_edge=(hidden, f), w_msg=(hidden, hidden), b_msg=(hidden,), w_coord_hidden=(hidden, hidden),
                     b_coord_hidden=(hidden,), w_coord_out=(hidden,), b_coord_out=(1,))
-    given = dict(b=b, x=x, edge_attr=edge_attr, **weights._asdict())
+    given = dict(b=b, x=x, edge_attr=edge_attr, **EGNNEdgeWeights(*weights)._asdict())
     for name, shape in expected.items():
         if tuple(given[name].shape) != shape:
             raise ValueError(f"egnn_edge: {name} must have shape {list(shape)}, got {list(given[name].shape)}")
-    if n != graph.num_nodes:
-        raise ValueError(f"egnn_edge: a has {n} rows but the graph {graph.num_nodes} nodes")
+    if n != num_nodes:
+        raise ValueError(f"egnn_edge: a has {n} rows but the graph {num_nodes} nodes")
 
 
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
                      weights: EGNNEdgeWeights) -> EdgeSums:
     """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128), the registered
-    operator ``egno_fast::triton_egnn_edge_forward``; contract of :func:`egnn_edge_reference`. On CPU tensors (the
-    interpreter) the operators check the graph's CSR invariants before their kernels run."""
+    operator ``egno_fast::triton_egnn_edge_forward``; contract of :func:`egnn_edge_reference`. The operators check
+    the shapes (:func:`check_edge_shapes`) and, on CPU tensors (the interpreter), the graph's CSR invariants before
+    their kernels run."""
     from ..kernels.egnn_edge import atomic_backward_enabled, forward_op
 
-    _check_shapes(a, b, x, edge_attr, graph, weights)
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")

@@ -16,6 +16,12 @@ from ..backends import check_backend_name, get_op, register, resolve_backend
 TEMPORAL_LEAKY_SLOPE = 0.01  # EGNO's LeakyReLU on the scalar channels (the kernels hard-code it as x / 100)
 
 
+def _check_modes(num_frames: int, num_modes: int) -> None:
+    if not 1 <= num_modes <= num_frames // 2 + 1:
+        raise ValueError(f"num_modes must be in [1, P//2+1] = [1, {num_frames // 2 + 1}] for P = {num_frames}, "
+                         f"got {num_modes}")
+
+
 def temporal_conv_reference(x: Tensor, weight: Tensor) -> Tensor:
     """The spectral kernel K of EGNO applied along axis 1 (frames), without residual or activation.
 
@@ -31,9 +37,7 @@ def temporal_conv_reference(x: Tensor, weight: Tensor) -> Tensor:
         [N, P, C_out] or [N, P, 3, C_out], dtype of ``x``.
     """
     num_frames, num_modes = x.shape[1], weight.shape[2]
-    if not 1 <= num_modes <= num_frames // 2 + 1:
-        raise ValueError(f"num_modes must be in [1, P//2+1] = [1, {num_frames // 2 + 1}] for P = {num_frames}, "
-                         f"got {num_modes}")
+    _check_modes(num_frames, num_modes)
     spectrum = torch.fft.rfft(x, dim=1)[:, :num_modes]  # [N, I, ..., C_in]
     mixing = torch.view_as_complex(weight.to(x.dtype).contiguous())  # [C_in, C_out, I]
     mixed = torch.einsum("nm...i,iom->nm...o", spectrum, mixing)
@@ -56,9 +60,16 @@ def temporal_residual_reference(x: Tensor, weight: Tensor, leaky_relu: bool) -> 
     return x + update
 
 
-def _check_channels(x: Tensor, weight: Tensor) -> None:
-    if x.shape[-1] != weight.shape[0] or weight.shape[0] != weight.shape[1]:
-        raise ValueError(f"channels of x ({x.shape[-1]}) and weight {list(weight.shape)} do not match")
+def check_temporal_shapes(x: Tensor, weight: Tensor) -> None:
+    """x [N, P, C] or [N, P, 3, C] and weight [C, C, I, 2] with 1 <= I <= P // 2 + 1 (metadata only): ValueError
+    naming what differs. What the fused entry points and the Triton operators check before a kernel reads them."""
+    if not (x.dim() == 3 or (x.dim() == 4 and x.shape[2] == 3)):
+        raise ValueError(f"temporal_residual: x must be [N, P, C] or [N, P, 3, C], got {list(x.shape)}")
+    if weight.dim() != 4 or weight.shape[-1] != 2 or x.shape[-1] != weight.shape[0] or weight.shape[0] != \
+            weight.shape[1]:
+        raise ValueError(f"temporal_residual: weight must be [C, C, I, 2] with C = {x.shape[-1]} (the channels of "
+                         f"x), got {list(weight.shape)}")
+    _check_modes(x.shape[1], weight.shape[2])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -123,7 +134,7 @@ def temporal_residual_cpp(x: Tensor, weight: Tensor, leaky_relu: bool) -> Tensor
     """
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"the cpp temporal convolution runs float32 or float64, got {x.dtype}")
-    _check_channels(x, weight)
+    check_temporal_shapes(x, weight)
     weight = weight.to(x.dtype)
     if x.dim() == 4 and x.shape[-1] <= VECTOR_AS_SCALAR_MAX_CHANNELS:
         n, p, s, c = x.shape
@@ -146,7 +157,6 @@ def temporal_residual_triton(x: Tensor, weight: Tensor, leaky_relu: bool) -> Ten
     """
     from ..kernels.temporal_conv import forward_op
 
-    _check_channels(x, weight)
     return forward_op(x, weight.to(x.dtype), leaky_relu)
 
 
