@@ -12,6 +12,8 @@ for the "cpp" backend). :func:`load_exported_program` reads a saved program with
 """
 from __future__ import annotations
 
+import importlib
+
 import torch
 from torch import Tensor
 
@@ -59,21 +61,23 @@ def export_for_inference(model: EGNO, x: Tensor, v: Tensor, h: Tensor, graph: Gr
 
 def load_exported_program(path) -> "torch.export.ExportedProgram":
     """``torch.export.load`` of a program saved from :func:`export_for_inference`, in any process: the Graph and
-    EGNOOutput types it names are registered by importing this module, and the C++ operators by importing
-    :mod:`egno_fast.cpp` first.
+    EGNOOutput types it names are registered by importing this module, and the operators it may call by importing
+    the backends that provide them first (:mod:`egno_fast.cpp`, built on first use on a machine, and the Triton
+    kernels where Triton is installed).
 
     Raises:
-        RuntimeError: the program cannot be read, with the reason the C++ operators are unavailable if they are.
+        RuntimeError: the program cannot be read, with the reasons the backends are unavailable if some are.
     """
-    try:
-        import egno_fast.cpp  # noqa: F401  (registers the torch.ops.egno_fast operators)
-        unavailable = None
-    except ImportError as error:
-        unavailable = error
+    unavailable = []
+    for module in ("egno_fast.cpp", "egno_fast.kernels.egnn_edge", "egno_fast.kernels.temporal_conv"):
+        try:
+            importlib.import_module(module)  # registers its torch.ops.egno_fast operators
+        except ImportError as error:
+            unavailable.append(f"{module}: {error}")
     try:
         return torch.export.load(path)
     except Exception as error:
-        if unavailable is None:
+        if not unavailable:
             raise
-        raise RuntimeError(f"cannot load {path}: {error}; the C++ operators it may call are unavailable: "
-                           f"{unavailable}") from error
+        raise RuntimeError(f"cannot load {path}: {error}; operators it may call are unavailable: "
+                           f"{'; '.join(unavailable)}") from error

@@ -10,7 +10,9 @@ A graph is validated where it is built, never on the hot path. What keeps a grap
 the CSR invariants they rely on themselves, CPU calls of the Triton kernels check them in Python inside their
 operators (:func:`check_kernel_csr`), and on CUDA a graph must carry the stamp that
 :func:`egno_fast.ops.build_graph` or :meth:`Graph.validated` gives it, with none of its index tensors modified since
-(their version counters; :meth:`Graph.require_unchanged`).
+(their version counters; :meth:`Graph.require_unchanged`). That stamp is checked by the eager entry points: a program
+traced by torch.compile or torch.export, and a direct call of a ``torch.ops.egno_fast`` operator on CUDA tensors,
+run on the graph they are given.
 """
 from __future__ import annotations
 
@@ -115,7 +117,8 @@ class Graph:
 
 # The Graph is a pytree node (torch.utils._pytree): torch.export takes it as an input, its tensors as the leaves.
 # The counts are read back from the tensors' shapes (N = len(rowptr) - 1, B = len(nodes_per_graph)), so an exported
-# program keeps them symbolic; a rebuilt Graph is unstamped.
+# program keeps them symbolic. A Graph rebuilt from leaves (torch.utils._pytree.tree_map, for one) is unstamped:
+# move graphs with Graph.to, which keeps the stamp, or call validated() on the result.
 TENSOR_FIELDS = ("rowptr", "sender", "receiver", "edge_perm", "edge_attr", "batch", "sender_perm", "sender_rowptr",
                  "nodes_per_graph")
 
@@ -161,7 +164,8 @@ def _shape_problem(graph: Graph) -> Optional[str]:
     problem = _kernel_layout_problem(graph.num_nodes, graph.rowptr, graph.sender, graph.receiver,
                                      graph.sender_rowptr, graph.sender_perm)
     e = graph.num_edges
-    problem = problem or _layout_problem({"edge_perm": (graph.edge_perm, (e,)), "batch": (graph.batch, (graph.num_nodes,)),
+    problem = problem or _layout_problem({"edge_perm": (graph.edge_perm, (e,)),
+                                          "batch": (graph.batch, (graph.num_nodes,)),
                                           "nodes_per_graph": (graph.nodes_per_graph, (graph.num_graphs,))})
     if problem is None and (graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e):
         problem = f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"

@@ -475,8 +475,9 @@ _BACKWARD_SCHEMA = (f"(Tensor g_msg, Tensor g_coord, Tensor a, Tensor b, Tensor 
 
 def _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
     """The shapes the kernels assume, and under the interpreter (CPU tensors) the CSR invariants they rely on: the
-    graph may have been changed by hand since it was built, and an index out of range would read outside a tensor
-    (on CUDA the graph's stamp stands for these, egno_fast/graph.py)."""
+    graph may have been changed by hand since it was built, and an index out of range would read outside a tensor.
+    On CUDA the operators trust the graph: the eager entry point (egno_fast.ops.egnn_edge_sums, the layer) refuses a
+    graph changed since it was validated (egno_fast/graph.py); direct calls and traced programs do not check."""
     check_edge_shapes(a, b, x, edge_attr, weights, rowptr.shape[0] - 1, sender.shape[0])
     if rowptr.device.type != "cuda":
         check_kernel_csr(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
@@ -493,7 +494,8 @@ def _kernel_tensors(a, b, x, edge_attr, weights) -> Dict[str, Tensor]:
 def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
              b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
     """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
-    rowptr, sender = rowptr.contiguous(), sender.contiguous()
+    rowptr, sender, receiver, sender_rowptr, sender_perm = (
+        t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
     weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
     _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
     tensors = _kernel_tensors(a, b, x, edge_attr, weights)
@@ -559,9 +561,10 @@ backward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_backward", _b
 
 
 @forward_op.register_fake
-def _forward_fake(a, b, x, edge_attr, *args):
-    weights, (rowptr, sender) = args[:len(EGNNEdgeWeights._fields)], args[len(EGNNEdgeWeights._fields):][:2]
-    check_edge_shapes(a, b, x, edge_attr, weights, rowptr.shape[0] - 1, sender.shape[0])
+def _forward_fake(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
+                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
+    check_edge_shapes(a, b, x, edge_attr, (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
+                                           b_coord_out), rowptr.shape[0] - 1, sender.shape[0])
     return a.new_empty(a.shape), x.new_empty(x.shape)
 
 

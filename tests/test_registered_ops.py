@@ -13,6 +13,7 @@ import torch
 from conftest import random_directed_graph
 from egno_fast.backends import unavailable_reason
 from egno_fast.ops import EGNNEdgeWeights, EGNNNodeWeights, build_graph
+from egno_fast.ops.egnn_edge import GRAPH_INPUTS
 
 CPP_REASON = unavailable_reason("cpp", "egnn_layer", "cpu")
 TRITON_REASON = unavailable_reason("triton", "egnn_layer", "cpu")
@@ -41,20 +42,25 @@ def _graph(seed):
     return build_graph(edge_index, NUM_NODES, edge_attr)
 
 
-def _graph_args(graph):
-    return [graph.rowptr, graph.sender, graph.receiver, graph.sender_rowptr, graph.sender_perm]
+def strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values every other element of a buffer twice as long (a non-contiguous 1-D layout)."""
+    return torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]
 
 
-def edge_forward_args(seed=0, flag=True):
-    """The inputs of egnn_edge_forward / triton_egnn_edge_forward: node tensors, weights, graph, then the flag
-    (store_activations / atomic_backward)."""
+def _graph_args(graph, layout=lambda t: t):
+    return [layout(getattr(graph, name)) for name in GRAPH_INPUTS]
+
+
+def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t):
+    """The inputs of egnn_edge_forward / triton_egnn_edge_forward: node tensors, weights, graph (its index tensors
+    passed through ``graph_layout``), then the flag (store_activations / atomic_backward)."""
     gen = torch.Generator().manual_seed(seed)
     graph = _graph(seed)
     n, p, h, f = NUM_NODES, NUM_FRAMES, HIDDEN, EDGE_DIM
     weights = EGNNEdgeWeights(_rand(gen, h), _rand(gen, h, f), _rand(gen, h, h), _rand(gen, h), _rand(gen, h, h),
                               _rand(gen, h), _rand(gen, h), _rand(gen, 1))
     return [_rand(gen, n, p, h), _rand(gen, n, p, h), _rand(gen, n, p, 3, scale=2.0),
-            permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph), flag]
+            permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph, graph_layout), flag]
 
 
 def node_forward_args(seed=0):
@@ -103,16 +109,17 @@ def cpp_temporal_backward_args():
     return [*_gradients_for((out,)), x, pre, weight, leaky]
 
 
-def triton_edge_backward_args(atomic=False):
-    args = _detached(edge_forward_args(flag=atomic))
+def triton_edge_backward_args(convert=lambda value: value):
+    """``convert``: where and in which dtype the inputs go (the forward that gives the gradients' shapes runs there)."""
+    args = [convert(a) for a in _detached(edge_forward_args(flag=False))]
     outputs = torch.ops.egno_fast.triton_egnn_edge_forward(*args)
-    return [*_gradients_for(outputs), *args]
+    return [*(convert(g) for g in _gradients_for(o.cpu() for o in outputs)), *args]
 
 
-def triton_temporal_backward_args():
+def triton_temporal_backward_args(convert=lambda value: value):
     x, weight, leaky = _detached(temporal_forward_args())
     (grad_out,) = _gradients_for((x,))
-    return [grad_out, x, weight, leaky, True, True]
+    return [convert(t) for t in (grad_out, x, weight)] + [leaky, True, True]
 
 
 def _points(seed=0, num_points=40):
@@ -124,17 +131,18 @@ def _points(seed=0, num_points=40):
 
 # operator -> (backend, [argument lists]); differentiable ones are gradchecked too
 CASES = {
-    "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False)]),
+    "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False, strided)]),
     "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args]),
     "egno_fast::egnn_node_forward": ("cpp", [node_forward_args()]),
     "egno_fast::egnn_node_backward": ("cpp", [cpp_node_backward_args]),
     "egno_fast::temporal_residual_forward": ("cpp", [temporal_forward_args(), temporal_forward_args(1, True, False)]),
     "egno_fast::temporal_residual_backward": ("cpp", [cpp_temporal_backward_args]),
-    "egno_fast::receiver_csr": ("cpp", [lambda: [_graph(0).receiver.flip(0).contiguous(), NUM_NODES]]),
+    "egno_fast::receiver_csr": ("cpp", [lambda: [strided(_graph(0).receiver.flip(0)), NUM_NODES]]),
     "egno_fast::radius_graph": ("cpp", [lambda: [_points()[0], 1.0, _points()[1], None],
                                         lambda: [_points()[0], 1.5, None, torch.full((3,), 4.0, dtype=torch.float64)]]),
     "egno_fast::knn_graph": ("cpp", [lambda: [_points()[0], 4, _points()[1], None]]),
-    "egno_fast::triton_egnn_edge_forward": ("triton", [edge_forward_args(0, False), edge_forward_args(1, True)]),
+    "egno_fast::triton_egnn_edge_forward": ("triton", [edge_forward_args(0, False),
+                                                       edge_forward_args(1, True, strided)]),
     "egno_fast::triton_egnn_edge_backward": ("triton", [triton_edge_backward_args]),
     "egno_fast::triton_temporal_residual_forward": ("triton", [temporal_forward_args(),
                                                                temporal_forward_args(1, True, False)]),
@@ -178,25 +186,49 @@ def test_the_table_covers_every_operator_of_the_namespace():
 @pytest.mark.parametrize("name, index", _cases())
 def test_operator_passes_opcheck(name, index):
     args = _arguments(name, index)
-    matrices = [a for a in args if isinstance(a, torch.Tensor) and a.dim() >= 2]
-    assert not matrices or any(not a.is_contiguous() for a in matrices)  # permuted layouts included
+    assert any(isinstance(a, torch.Tensor) and not a.is_contiguous() for a in args)  # permuted or strided layouts
     torch.library.opcheck(_operator(name), args)
 
 
 @pytest.mark.parametrize("name, index", [case for case in _cases() if case.values[0] in DIFFERENTIABLE_OUTPUTS])
 def test_operator_gradchecks_in_float64(name, index):
+    """Through all differentiable outputs, then through each alone (the other's gradient is None: the registered
+    backward's no-gradient branch)."""
     args = _arguments(name, index)
     positions = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor) and a.requires_grad]
-    outputs = DIFFERENTIABLE_OUTPUTS[name]
+    count = DIFFERENTIABLE_OUTPUTS[name]
 
-    def run(*tensors):
-        full = list(args)
-        for position, tensor in zip(positions, tensors):
-            full[position] = tensor
-        result = _operator(name)(*full)
-        return tuple(result[:outputs]) if isinstance(result, (tuple, list)) else result
+    def run_keeping(kept):
+        def run(*tensors):
+            full = list(args)
+            for position, tensor in zip(positions, tensors):
+                full[position] = tensor
+            result = _operator(name)(*full)
+            return tuple(result[k] for k in kept) if isinstance(result, (tuple, list)) else result
+        return run
 
-    assert torch.autograd.gradcheck(run, [args[i] for i in positions], fast_mode=True)
+    for kept in [range(count)] + ([[k] for k in range(count)] if count > 1 else []):
+        assert torch.autograd.gradcheck(run_keeping(kept), [args[i] for i in positions], fast_mode=True), kept
+
+
+@pytest.mark.gpu
+def test_the_triton_operators_pass_opcheck_on_cuda():
+    """The Triton cases of the table on CUDA tensors (float32, the real kernels)."""
+    import egno_fast.kernels.egnn_edge  # noqa: F401  (registers the Triton operators)
+    import egno_fast.kernels.temporal_conv  # noqa: F401,F811
+
+    def to_cuda(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        moved = value.detach().to("cuda", torch.float32 if value.is_floating_point() else value.dtype)
+        return moved.requires_grad_(value.requires_grad)
+
+    for name, (backend, inputs) in CASES.items():
+        if backend != "triton":
+            continue
+        for args in inputs:
+            args = args(convert=to_cuda) if callable(args) else [to_cuda(a) for a in args]
+            torch.library.opcheck(_operator(name), args, atol=1e-4, rtol=1e-4)
 
 
 def test_the_triton_operators_check_shapes_before_a_kernel_reads_them():

@@ -97,7 +97,7 @@ def test_backward_is_bitwise_deterministic():
 def test_rejects_unsupported_sizes():
     with pytest.raises(ValueError, match="1 <= P <= 64"):
         triton_kernels.block_config(65, 8)
-    with pytest.raises(ValueError, match="do not match"):
+    with pytest.raises(ValueError, match="weight must be"):
         temporal_residual_triton(torch.randn(2, 4, 3, device=DEVICE), torch.randn(4, 4, 1, 2,
                                                                                                 device=DEVICE), True)
 

@@ -269,7 +269,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     bool store_activations) {
   // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver});
-  // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
@@ -488,7 +487,7 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
   check_offsets("egnn_edge_backward", "sender_rowptr", sender_rowptr, x.size(0), sender.size(0));
   check_permutation("egnn_edge_backward", "sender_perm", sender_perm, sender.size(0));
   check_row_owners("egnn_edge_backward", "sender[sender_perm]", sender_rowptr, sender, &sender_perm);
-  at::Tensor g_a = at::empty_like(g_msg_c), g_b = at::empty_like(g_msg_c), g_x = at::empty_like(x);
+  at::Tensor g_a = at::empty_like(a), g_b = at::empty_like(a), g_x = at::empty_like(x);
   at::Tensor g_edge_attr = at::zeros_like(edge_attr);
   Partials part;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "egnn_edge_backward_cpu", [&] {

@@ -11,8 +11,8 @@ With the first edge layer split into node projections (docs/design.md §4.3: ``A
 Entry points per backend, all ``(a, b, x, edge_attr, graph, weights) -> EdgeSums``: "reference" (plain PyTorch,
 below), "cpp" (the operator ``egno_fast::egnn_edge_forward`` of csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake
 kernels below), "triton" (the operator ``egno_fast::triton_egnn_edge_forward``, registered with its kernel, fake
-kernel and autograd in kernels/egnn_edge.py). :func:`egnn_edge_sums` dispatches. The weights' field names are the C++ schema's argument
-names (a test checks).
+kernel and autograd in kernels/egnn_edge.py). :func:`egnn_edge_sums` dispatches. The weights' field names are the
+C++ schema's argument names (a test checks).
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@
 
 with ``velocity_mlp = Linear(H, H), SiLU, Linear(H, 1)`` and ``node_mlp = Linear(2H, H), SiLU, Linear(H, H)``.
 Entry points per backend, all ``(x, v, h, sums, degree, weights) -> NodeUpdate``: "reference" (plain PyTorch,
-below; the Triton layer runs it on the GPU), "cpp" (the operator ``egno_fast::egnn_node_forward`` of csrc/cpu/egnn_node_cpu.cpp; its
-autograd and fake kernels below). :func:`egnn_node_update` dispatches. The weights' field names are the C++ schema's argument names.
+below; the Triton layer runs it on the GPU), "cpp" (the operator ``egno_fast::egnn_node_forward`` of
+csrc/cpu/egnn_node_cpu.cpp; its autograd and fake kernels below). :func:`egnn_node_update` dispatches. The weights'
+field names are the C++ schema's argument names.
 """
 from __future__ import annotations
 

@@ -2,9 +2,10 @@
 
 K keeps I Fourier modes of the P frames and mixes channels per mode (rfft -> keep I modes -> mix -> irfft).
 Entry points per backend, all with the contract of :func:`temporal_residual_reference`:
-"reference" (plain PyTorch, below), "cpp" (the operator ``egno_fast::temporal_residual_forward`` of csrc/cpu/temporal_conv_cpu.cpp; its autograd and
-fake kernels below), "triton" (the operator ``egno_fast::triton_temporal_residual_forward``, registered with its
-kernel, fake kernel and autograd in kernels/temporal_conv.py). :func:`temporal_residual` dispatches.
+"reference" (plain PyTorch, below), "cpp" (the operator ``egno_fast::temporal_residual_forward`` of
+csrc/cpu/temporal_conv_cpu.cpp; its autograd and fake kernels below), "triton" (the operator
+``egno_fast::triton_temporal_residual_forward``, registered with its kernel, fake kernel and autograd in
+kernels/temporal_conv.py). :func:`temporal_residual` dispatches.
 """
 from __future__ import annotations
 
