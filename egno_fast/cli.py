@@ -168,6 +168,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .training.checkpoint import load_model_file
     from .training.plotting import plot_trajectories
     from .models import EGNO
+    from .training.metrics import require_finite
     from .training.trainer import evaluate, make_loader
 
     device = check_device(args.device)
@@ -187,6 +188,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device)
         label = args.split
+    require_finite({"F-MSE": metrics["f_mse"], "A-MSE": metrics["a_mse"]}, f"{args.split} split of {args.checkpoint}")
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
     print(f"{label}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
     if args.output:

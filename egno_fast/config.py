@@ -101,11 +101,49 @@ class ExperimentConfig:
                 if not ok:
                     raise ValueError(f"config value {section}.{key} must be {describe_type(kind, key)}, got "
                                      f"{value!r}")
+                problem = range_problem(section, key, checked[key])
+                if problem:
+                    raise ValueError(f"config value {section}.{key} must be {problem}, got {value!r}")
             built[section] = kind(**checked)
         name = raw.get("name", "experiment")
         if not isinstance(name, str):
             raise ValueError(f"config value name must be a string, got {name!r}")
         return cls(name=name, **built)
+
+
+# The allowed values of each numeric or named setting, beyond its type: (test, what it says). A null (None) of an
+# optional setting is always allowed. Checked where a configuration is read (file, --set), before anything runs.
+def _at_least(bound):
+    return (lambda v: v >= bound), f">= {bound}"
+
+
+_POSITIVE = ((lambda v: v > 0 and v != float("inf")), "a finite number > 0")
+_FINITE_NON_NEGATIVE = ((lambda v: 0 <= v < float("inf")), "a finite number >= 0")
+LIMITS = {
+    "data.num_frames": _at_least(1), "data.max_train_samples": _at_least(1), "data.max_eval_samples": _at_least(1),
+    "data.num_train": _at_least(1), "data.num_valid": _at_least(1), "data.num_test": _at_least(1),
+    "data.generator_seed": _at_least(0), "data.cutoff": _POSITIVE,
+    "data.discretisation": ((lambda v: v in ("uniform", "last")), '"uniform" or "last"'),
+    "data.md17_source": ((lambda v: v in ("file", "standin")), '"file" or "standin"'),
+    "model.hidden_dim": _at_least(1), "model.num_layers": _at_least(1), "model.num_modes": _at_least(0),
+    "model.time_emb_dim": _at_least(4),
+    "model.temporal_channels": ((lambda v: set(v) <= {"h", "x", "v"} and len(set(v)) == len(v)),
+                                'a list of distinct channels among "h", "x", "v"'),
+    "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.lr": _POSITIVE,
+    "train.weight_decay": _FINITE_NON_NEGATIVE, "train.lr_step": _at_least(1), "train.lr_gamma": _POSITIVE,
+    "train.eval_every": _at_least(1), "train.patience": _at_least(1), "train.seed": _at_least(0),
+    "train.num_threads": _at_least(1), "train.max_minutes": _POSITIVE, "train.plot_samples": _at_least(0),
+}
+
+
+def range_problem(section: str, key: str, value: Any) -> Optional[str]:
+    """What ``section.key`` must be if ``value`` (already of the right type) is outside its allowed values, else
+    None."""
+    limit = LIMITS.get(f"{section}.{key}")
+    if limit is None or value is None:
+        return None
+    test, allowed = limit
+    return None if test(value) else allowed
 
 
 def _did_you_mean(section: str, key: str, names) -> str:

@@ -1,4 +1,5 @@
 """The egno-fast command line, end to end on tiny settings; its errors, Ctrl-C, resume and start-up time."""
+import dataclasses
 import json
 import os
 import signal
@@ -13,11 +14,26 @@ import torch
 import egno_fast
 from conftest import REPO, make_backend_unavailable
 from egno_fast.cli import build_parser, main
+from egno_fast.config import DataConfig, ModelConfig, TrainConfig, available_configs, load_config
 
 from test_training import TINY
 
 
-def test_default_train_then_eval(tmp_path, capsys):
+def poison_split(monkeypatch, split: str) -> None:
+    """Make every later make_datasets() put NaNs in the first target of ``split``."""
+    from egno_fast.data import registry
+
+    real = registry.make_datasets
+
+    def poisoned(*args, **kwargs):
+        datasets = real(*args, **kwargs)
+        datasets[split].targets[0, :, 0, 0] = float("nan")  # every frame: F-MSE and A-MSE
+        return datasets
+
+    monkeypatch.setattr(registry, "make_datasets", poisoned)
+
+
+def test_default_train_then_eval(tmp_path, capsys, monkeypatch):
     # `egno-fast train` with no arguments runs the "default" config; here it is shrunk with overrides
     assert build_parser().parse_args(["train"]).config == "default"
     overrides = [arg for item in TINY + [f'data.data_dir="{tmp_path / "data"}"', "train.epochs=2"]
@@ -30,6 +46,13 @@ def test_default_train_then_eval(tmp_path, capsys):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "test: F-MSE" in out and (tmp_path / "eval.png").exists()
+    # a NaN in the evaluated split: a non-zero exit naming the split, no metric printed or written
+    poison_split(monkeypatch, "test")
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress", "--output",
+                 str(tmp_path / "m.json")]) == 2
+    captured = capsys.readouterr()
+    assert "test split of" in one_error_line(captured.err, "eval") and "F-MSE = nan, A-MSE = nan" in captured.err
+    assert "F-MSE" not in captured.out and not (tmp_path / "m.json").exists()
 
 
 def test_data_command(tmp_path, capsys):
@@ -187,6 +210,35 @@ def test_wrong_config_values(tmp_path, capsys):
     assert out.returncode != 0 and "Traceback" in out.stderr and "must be an integer" in out.stderr
     out = run_cli("train", "--debug", "--set", "model.hidden_dim=abc")  # also after the command
     assert "Traceback" in out.stderr
+
+
+def test_config_values_outside_their_range_are_refused_by_name(tmp_path, capsys):
+    """Values of the right type but outside what the setting allows (the reliability probe's cases among them):
+    one line naming the setting, what it must be and the value, before anything runs; the run folder stays empty."""
+    from egno_fast.config import LIMITS
+
+    cases = {"train.eval_every=0": "train.eval_every must be >= 1, got 0",
+             "train.epochs=-1": "train.epochs must be >= 1, got -1",
+             "data.max_train_samples=-5": "data.max_train_samples must be >= 1, got -5",
+             "train.lr=0": "train.lr must be a finite number > 0, got 0",
+             "train.lr=NaN": "train.lr must be a finite number > 0, got nan",
+             "train.weight_decay=-1e-8": "train.weight_decay must be a finite number >= 0",
+             "model.hidden_dim=0": "model.hidden_dim must be >= 1, got 0",
+             "model.time_emb_dim=2": "model.time_emb_dim must be >= 4, got 2",
+             'model.temporal_channels=["h","q"]': 'must be a list of distinct channels among "h", "x", "v"',
+             "data.discretisation=random": 'data.discretisation must be "uniform" or "last", got \'random\'',
+             "train.seed=1.5": "train.seed must be an integer, got '1.5'",
+             "train.seed=-1": "train.seed must be >= 0, got -1",
+             "data.cutoff=Infinity": "data.cutoff must be a finite number > 0, got inf"}
+    for override, expected in cases.items():
+        assert main(["train", "--set", override, "--run-dir", str(tmp_path / "run")]) == 2, override
+        assert expected in one_error_line(capsys.readouterr().err), override
+    assert not (tmp_path / "run").exists()
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    fields = {f"{section}.{f.name}" for section, kind in sections.items() for f in dataclasses.fields(kind)}
+    assert set(LIMITS) <= fields  # every limit names a real setting
+    for name in available_configs():  # the shipped configurations are within their limits
+        load_config(name)
 
 
 def test_config_values_keep_working():

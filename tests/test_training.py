@@ -256,3 +256,34 @@ def test_training_reads_its_losses_once_per_epoch_not_per_batch(data_dir, tmp_pa
         counts.append(len(calls))
     batches_per_epoch = 40 // 10
     assert (counts[1] - counts[0]) / 2 <= 1 < batches_per_epoch, counts
+
+
+@pytest.mark.parametrize("split, good_epochs", [("train", 0), ("test", 0), ("valid", 1)])
+def test_a_nan_in_a_split_stops_training_before_anything_is_written_for_it(data_dir, tmp_path, monkeypatch, split,
+                                                                           good_epochs):
+    """A NaN target gives a NonFiniteError naming the split, the epoch and the last checkpoint that exists; no
+    checkpoint, model file or log record is written for that epoch (``good_epochs`` run clean first, then the run
+    resumes with the NaN)."""
+    from egno_fast.training import trainer
+    from egno_fast.training.metrics import NonFiniteError
+
+    run = tmp_path / "run"
+    if good_epochs:
+        train(tiny_config(data_dir, f"train.epochs={good_epochs}"), run, progress=False)
+    files_before = {p.name: p.read_bytes() for p in run.glob("*.pt")} if good_epochs else {}
+    real = trainer.make_datasets
+
+    def datasets_with_a_nan(*args, **kwargs):
+        datasets = real(*args, **kwargs)
+        datasets[split].targets[0, 0, 0, 0] = float("nan")
+        return datasets
+
+    monkeypatch.setattr(trainer, "make_datasets", datasets_with_a_nan)
+    where = "epoch 0" if split == "train" else f"evaluation at epoch {good_epochs}"
+    kept = f"{run / 'last.pt'} holds epoch {good_epochs - 1}" if good_epochs else "no checkpoint was written"
+    with pytest.raises(NonFiniteError) as raised:
+        train(tiny_config(data_dir, f"train.epochs={good_epochs + 2}"), run, progress=False)
+    assert str(raised.value).startswith(f"{split} split, {where} ({kept}): ")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["event"] == "eval"] == list(range(good_epochs))
+    assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == files_before  # no checkpoint or model file changed

@@ -1,5 +1,22 @@
-"""Per-frame MSE, the reference convention: mean over nodes and the 3 coordinates of (x_pred - x_true)^2."""
+"""Per-frame MSE, the reference convention: mean over nodes and the 3 coordinates of (x_pred - x_true)^2; and the
+check that a loss or metric is finite before anything is written for it."""
+import math
+from typing import Dict
+
 from torch import Tensor
+
+
+class NonFiniteError(ValueError):
+    """A loss or metric is NaN or infinite (the data of that split, or the model's outputs, are not finite)."""
+
+
+def require_finite(values: Dict[str, float], where: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``where`` and each value of ``values`` (name -> number) that is NaN or
+    infinite."""
+    bad = [f"{name} = {value}" for name, value in values.items() if not math.isfinite(value)]
+    if bad:
+        raise NonFiniteError(f"{where}: {', '.join(bad)} is not finite; check that split's data for NaN or infinite "
+                             f"values (or the learning rate, if training diverged)")
 
 
 def frame_squared_error(pred: Tensor, target: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ from ..data.registry import make_datasets
 from ..models import EGNO
 from .checkpoint import load_checkpoint, model_file_from_checkpoint, save_checkpoint, save_model_file
 from .launch import rank_and_world
-from .metrics import frame_mse, frame_squared_error
+from .metrics import frame_mse, frame_squared_error, require_finite
 from .run_lock import run_folder_lock
 
 # Settings that may change when a run is resumed (extending or shortening it); any other change is an error.
@@ -301,11 +301,13 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
                 scheduler.step()
             train_a, train_f = (loss_sums / len(train_loader)).tolist()
             record = {"epoch": epoch, "train_a_mse": train_a, "train_f_mse": train_f}
-            if not math.isfinite(record["train_a_mse"]):
-                raise FloatingPointError(f"training loss is {record['train_a_mse']} at epoch {epoch}; "
-                                         f"the last good checkpoint is {last_path}")
+            kept = (f"{last_path} holds epoch {saved_epoch - 1}" if saved_epoch else "no checkpoint was written")
+            require_finite({"training A-MSE": train_a}, f"train split, epoch {epoch} ({kept})")
             if epoch % cfg.eval_every == 0:
                 val, test = (evaluate(model, eval_loaders[s], device) for s in ("valid", "test"))
+                for split, metrics in (("valid", val), ("test", test)):  # before best.pt, last.pt or the log
+                    require_finite({"F-MSE": metrics["f_mse"], "A-MSE": metrics["a_mse"]},
+                                   f"{split} split, evaluation at epoch {epoch} ({kept})")
                 if val["f_mse"] < state["best_val"]:
                     state.update(best_epoch=epoch, best_val=val["f_mse"], test_f_at_best=test["f_mse"],
                                  test_a_at_best=test["a_mse"], evals_since_best=0)
