@@ -72,3 +72,41 @@ def test_missing_or_truncated_file(tmp_path, mocap_path, monkeypatch):
     broken.write_bytes(mocap_path.read_bytes()[:5000])
     with pytest.raises(ValueError, match="truncated or corrupt"):
         mocap_datasets(broken)
+
+
+def _edited_copy(mocap_path, folder, **changes):
+    """A copy of the data file with some arrays changed by ``changes`` (name -> function of the array)."""
+    with np.load(mocap_path) as archive:
+        arrays = {name: archive[name].copy() for name in archive.files}
+    for name, change in changes.items():
+        arrays[name] = change(arrays[name])
+    path = folder / "edited.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def _set(index, value):
+    def change(array):
+        array[index] = value
+        return array
+    return change
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(bones=_set((3, 0), -2)), r"bones\[3\] = \[-2, \d+\]: a bone joins two different joints in \[0, 31\)"),
+    (dict(bones=_set((0, 1), 31)), r"bones\[0\] = \[\d+, 31\]"),
+    (dict(bones=_set(5, [4, 4])), r"bones\[5\] = \[4, 4\]"),
+    (dict(test_start=_set(0, -1000)), r"test_start\[0\] = -1000: a start frame must be in \[0, \d+\] for trial"),
+    (dict(train_start=_set(2, 10**6)), r"train_start\[2\] = 1000000"),
+    (dict(val_trial=_set(1, 99)), r"val_trial\[1\] = 99: trial ids must be in \[0, \d+\)"),
+    (dict(positions=_set((7, 2, 1), np.nan)), r"positions holds NaN or infinite values \(first at \[7, 2, 1\]\)"),
+    (dict(trial_ptr=lambda ptr: ptr[::-1].copy()), "trial_ptr must run from 0"),
+    (dict(bones=lambda bones: bones.astype(np.float64)), "bones must hold integers"),
+])
+def test_a_damaged_file_is_refused_naming_the_array_and_entry(mocap_path, tmp_path, changes, message):
+    """Indices out of range, negative ones (which numpy would wrap around) and non-finite positions: one ValueError
+    naming the file, the array, the entry and what is allowed, never a silently different skeleton or sample."""
+    path = _edited_copy(mocap_path, tmp_path, **changes)
+    with pytest.raises(ValueError, match=message) as raised:
+        mocap_datasets(path)
+    assert str(raised.value).startswith(f"{path}: ") and "\n" not in str(raised.value)
