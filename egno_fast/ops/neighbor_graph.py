@@ -4,7 +4,8 @@ Entry points per backend: "reference" (brute force in plain PyTorch, O(N^2)), "c
 csrc/cpu/neighbor_graph_cpu.cpp, and csrc/cuda/graph_cuda.cu in CUDA builds). Conventions (every backend):
 edge_index [2, E] int64 with row 0 the sender j and row 1 the receiver i, edges sorted by receiver and, within a
 receiver, by sender; no self loops; distances in float64; with an orthorhombic periodic ``box`` [3] the minimum
-image of each pair is used (one edge per pair).
+image of each pair is used (one edge per pair). The reference divides the points by a power of two first (exact),
+so that neither huge coordinates nor a huge cutoff overflow.
 """
 from __future__ import annotations
 
@@ -26,16 +27,27 @@ def _pair_distance2(pos: Tensor, rows: Tensor, box: Optional[Tensor]) -> Tensor:
     return (diff * diff).sum(-1)
 
 
-def _blocks(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]):
-    """Yields (rows, d2 [rows, N] with inf where no edge may be: self pairs and pairs across graphs)."""
-    pos = pos.double()
-    box = None if box is None else box.to(pos)
+def _power_of_two_scale(pos: Tensor, box: Optional[Tensor]) -> float:
+    """The power of two at or above the largest coordinate (and box length): dividing by it is exact, keeps every
+    comparison and tie of distances, and keeps squared distances far from overflow (1e300 apart stays finite)."""
+    largest = max(float(pos.abs().max()) if pos.numel() else 0.0, float(box.max()) if box is not None else 0.0)
+    if largest == 0.0:
+        return 1.0
+    _, exponent = torch.frexp(torch.tensor(largest, dtype=torch.float64))
+    return float(torch.ldexp(torch.tensor(1.0, dtype=torch.float64), exponent))
+
+
+def _blocks(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor], scale: float):
+    """Yields (rows, d2 [rows, N]) of the squared distances of ``pos / scale``, NaN where no edge may be (self pairs
+    and pairs across graphs: NaN compares false and sorts last)."""
+    pos = pos.double() / scale
+    box = None if box is None else box.to(pos) / scale
     for start in range(0, pos.shape[0], _CHUNK):
         rows = torch.arange(start, min(start + _CHUNK, pos.shape[0]), device=pos.device)
         d2 = _pair_distance2(pos, rows, box)
-        d2[torch.arange(len(rows)), rows] = float("inf")
+        d2[torch.arange(len(rows)), rows] = float("nan")
         if batch is not None:
-            d2[batch[rows, None] != batch[None, :]] = float("inf")
+            d2[batch[rows, None] != batch[None, :]] = float("nan")
         yield rows, d2
 
 
@@ -49,8 +61,10 @@ def radius_graph_reference(pos: Tensor, cutoff: float, batch: Optional[Tensor] =
         edge_index [2, E] int64 (module conventions).
     """
     senders, receivers = [], []
-    for rows, d2 in _blocks(pos, batch, box):
-        receiver, sender = torch.nonzero(d2 <= cutoff * cutoff, as_tuple=True)
+    scale = _power_of_two_scale(pos, box)
+    limit = (cutoff / scale) ** 2 if cutoff / scale < 1e150 else float("inf")  # every pair is closer than that
+    for rows, d2 in _blocks(pos, batch, box, scale):
+        receiver, sender = torch.nonzero(d2 <= limit, as_tuple=True)
         senders.append(sender)
         receivers.append(rows[receiver])
     return _edge_index(senders, receivers, pos.device)
@@ -65,10 +79,10 @@ def knn_graph_reference(pos: Tensor, k: int, batch: Optional[Tensor] = None, box
     """
     senders, receivers = [], []
     num_nodes = pos.shape[0]
-    for rows, d2 in _blocks(pos, batch, box):
-        # sort by (distance, index): a stable sort by distance of indices in ascending order
+    for rows, d2 in _blocks(pos, batch, box, _power_of_two_scale(pos, box)):
+        # sort by (distance, index): a stable sort by distance of indices in ascending order (excluded pairs last)
         order = torch.sort(d2, dim=1, stable=True).indices[:, :min(k, num_nodes)]
-        keep = torch.isfinite(torch.gather(d2, 1, order))
+        keep = ~torch.isnan(torch.gather(d2, 1, order))
         nearest = torch.where(keep, order, num_nodes).sort(dim=1).values
         receiver, column = torch.nonzero(nearest < num_nodes, as_tuple=True)
         senders.append(nearest[receiver, column])
