@@ -164,3 +164,19 @@ def test_backend_choice_is_explicit_and_reported(caplog, monkeypatch):
         make_model(backend="cuda")
     with pytest.raises(ValueError, match="backend dict keys"):
         make_model(backend={"attention": "triton"})
+
+
+def test_inputs_that_overflow_the_model_or_nan_times_are_refused_not_answered_with_nan():
+    """Finite coordinates too large for the dtype's squared distances (1e20 in float32, 1e160 in float64) and NaN
+    in frame_times: a GraphInputError naming the problem instead of all-NaN outputs."""
+    for dtype, huge in ((torch.float32, 1e20), (torch.float64, 1e160)):
+        model = EGNO(node_dim=1, edge_dim=0, hidden_dim=8, num_layers=2, num_frames=4).to(dtype)
+        x, v, h = torch.randn(6, 3, dtype=dtype), torch.randn(6, 3, dtype=dtype), torch.randn(6, 1, dtype=dtype)
+        edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 0, 4, 5, 3]])
+        assert torch.isfinite(model(x, v, h, edge_index).x).all()
+        with pytest.raises(GraphInputError, match=rf"inputs up to \d\.\d+e\+\d+ in {dtype} overflow"):
+            model(x * huge, v, h, edge_index)
+        with pytest.raises(GraphInputError, match="frame_times contains NaN"):
+            model(x, v, h, edge_index, frame_times=torch.tensor([0.0, float("nan")]))
+        with pytest.raises(GraphInputError, match="frame_times must be a 1-D tensor"):
+            model(x, v, h, edge_index, frame_times=torch.zeros(2, 2))

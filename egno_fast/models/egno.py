@@ -27,6 +27,18 @@ class EGNOOutput(NamedTuple):
     h: Tensor
 
 
+def _require_finite_outputs(inputs, *outputs: Tensor) -> None:
+    """Finite inputs whose outputs are not: the coordinates (or velocities, features) are too large for the squared
+    distances and messages in their dtype. GraphInputError naming the largest input and the fix (one host
+    synchronisation: the validating path only)."""
+    if bool(torch.stack([torch.isfinite(o).all() for o in outputs]).all()):
+        return
+    largest = max(float(t.abs().max()) for t in inputs)
+    raise GraphInputError(f"the outputs are not finite although the inputs are: inputs up to {largest:.3g} in "
+                          f"{inputs[0].dtype} overflow the model's squared distances and messages; rescale the "
+                          f"positions and velocities (e.g. to nm or to the system's size) or use float64")
+
+
 # torch.export.save and AOTInductor packages record the output type by name (the plain namedtuple support of
 # torch.utils._pytree has no name to record)
 if hasattr(pytree, "_register_namedtuple"):
@@ -138,6 +150,15 @@ class EGNO(nn.Module):
             EGNOOutput(x [P, N, 3], v [P, N, 3], h [P, N, H]).
         """
         num_nodes = x.shape[0] if x.dim() > 0 else 0
+        validating = self.validate and not isinstance(edge_index, Graph)
+        if frame_times is not None:  # zero-shot queries (not the training path): checked whenever given
+            numeric = isinstance(frame_times, Tensor) and (frame_times.is_floating_point() or frame_times.dtype in (
+                torch.int32, torch.int64))
+            if not numeric or frame_times.dim() != 1:
+                raise GraphInputError(f"frame_times must be a 1-D tensor of times, got "
+                                      f"{list(frame_times.shape) if isinstance(frame_times, Tensor) else frame_times}")
+            if not bool(torch.isfinite(frame_times).all()):
+                raise GraphInputError("frame_times contains NaN or infinite values")
         if isinstance(edge_index, Graph):
             if edge_attr is not None or batch is not None:
                 raise GraphInputError("pass edge_attr and batch to build_graph, not with a prebuilt Graph")
@@ -151,6 +172,7 @@ class EGNO(nn.Module):
             if self.validate:
                 validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
         self._report_backend(x.device)
+        inputs = (x, v, h)
 
         times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
                  else frame_times.to(device=x.device, dtype=x.dtype))
@@ -167,6 +189,8 @@ class EGNO(nn.Module):
             if self.vector_convs:
                 x, v = self._vector_block(self.vector_convs[index], x, v, centre)
             x, v, h = layer(x, v, h, graph)
+        if validating:
+            _require_finite_outputs(inputs, x, v, h)
         return EGNOOutput(x.transpose(0, 1), v.transpose(0, 1), h.transpose(0, 1))
 
     def _vector_block(self, conv: VectorTemporalConv, x: Tensor, v: Tensor, centre: Tensor):
