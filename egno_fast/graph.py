@@ -289,6 +289,9 @@ def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optiona
             _fail(f"batch must be int64 or int32, got {batch.dtype}")
         if int(batch.min()) < 0:
             _fail("batch contains negative graph ids")
+        if int(batch.max()) >= num_nodes:
+            _fail(f"batch ids must be below the number of nodes ({num_nodes}: graphs are numbered 0, 1, ...), got "
+                  f"{int(batch.max())}")
         if batch.numel() > 1 and bool((batch[1:] < batch[:-1]).any()):
             _fail("batch must be sorted (nodes of each graph contiguous, graph ids non-decreasing)")
         if edge_index.numel() > 0 and bool((batch[edge_index[0]] != batch[edge_index[1]]).any()):

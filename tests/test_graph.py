@@ -98,3 +98,24 @@ def test_reference_neighbour_lists_of_points_far_apart_or_close_together():
                 assert len(got) == 12 * k, (k, scale)
     for scale in (2.0 ** 996, 2.0 ** -1000):
         assert _pairs(radius_graph_reference(unit * scale, 5.0 * scale)) == _pairs(radius_graph_reference(unit, 5.0))
+
+
+def test_sizes_that_would_only_exhaust_memory_are_refused_or_bounded():
+    """A batch id of 1e9 (one graph per id would be allocated), k = 2**62 neighbours and a zero hidden width: a
+    one-line error or the bounded answer, never an allocator message."""
+    from egno_fast import EGNO
+    from egno_fast.ops import knn_graph, radius_graph
+
+    pos = torch.randn(6, 3, dtype=torch.float64)
+    far = torch.tensor([0, 0, 0, 1, 1, 10**9])
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    with pytest.raises(GraphInputError, match="batch ids must be below the number of nodes \\(6"):
+        build_graph(edge_index, 6, batch=far)
+    for build in (lambda: radius_graph(pos, 1.0, far), lambda: knn_graph(pos, 2, far)):
+        with pytest.raises(GraphInputError, match="batch ids must be below the number of points \\(6"):
+            build()
+    everyone = knn_graph(pos, 2**62)
+    assert everyone.shape == (2, 30)  # each of the 6 points from all 5 others
+    for name, value in (("hidden_dim", 0), ("num_layers", 0), ("time_emb_dim", 2), ("node_dim", -1)):
+        with pytest.raises(ValueError, match=f"{name} must be an integer >= "):
+            EGNO(**dict(dict(node_dim=1, edge_dim=0), **{name: value}))

@@ -74,6 +74,11 @@ class EGNO(nn.Module):
                  backend: Union[str, Dict[str, str]] = "auto",
                  validate: bool = True):
         super().__init__()
+        sizes = dict(node_dim=(node_dim, 0), edge_dim=(edge_dim, 0), hidden_dim=(hidden_dim, 1),
+                     num_layers=(num_layers, 1), num_frames=(num_frames, 1), time_emb_dim=(time_emb_dim, 4))
+        for name, (value, least) in sizes.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         channels = tuple(temporal_channels)
         unknown = set(channels) - set(TEMPORAL_CHANNELS)
         if unknown:

@@ -135,6 +135,9 @@ def _check_points(pos: Tensor, batch: Optional[Tensor], box: Optional[Tensor]) -
                                   f"{list(batch.shape)}")
         if batch.numel() and int(batch.min()) < 0:
             raise GraphInputError("batch contains negative graph ids")
+        if batch.numel() and int(batch.max()) >= pos.shape[0]:
+            raise GraphInputError(f"batch ids must be below the number of points ({pos.shape[0]}: graphs are "
+                                  f"numbered 0, 1, ...), got {int(batch.max())}")
     if box is not None and (box.numel() != 3 or not bool((box > 0).all()) or not bool(torch.isfinite(box).all())):
         raise GraphInputError(f"box must hold 3 positive, finite edge lengths (orthorhombic periodic box), got "
                               f"{box.tolist()}")
@@ -177,6 +180,7 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional
     _check_points(pos, batch, box)
     if int(k) < 1:
         raise GraphInputError(f"k must be >= 1, got {k}")
-    return graph_op("knn_graph", backend, pos.device)(pos, int(k), batch, box)
+    # no graph has more than N - 1 neighbours of a point: a larger k asks for all of them (and allocates no more)
+    return graph_op("knn_graph", backend, pos.device)(pos, min(int(k), max(pos.shape[0] - 1, 1)), batch, box)
 
 
