@@ -132,7 +132,7 @@ LIMITS = {
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.lr": _POSITIVE,
     "train.weight_decay": _FINITE_NON_NEGATIVE, "train.lr_step": _at_least(1), "train.lr_gamma": _POSITIVE,
     "train.eval_every": _at_least(1), "train.patience": _at_least(1), "train.seed": _at_least(0),
-    "train.num_threads": _at_least(1), "train.max_minutes": _POSITIVE, "train.plot_samples": _at_least(0),
+    "train.num_threads": _at_least(1), "train.max_minutes": _FINITE_NON_NEGATIVE, "train.plot_samples": _at_least(0),
 }
 
 

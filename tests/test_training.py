@@ -1,5 +1,9 @@
 """Training: the loss goes down, checkpoints are atomic, runs resume exactly, logs record what produced them."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +291,84 @@ def test_a_nan_in_a_split_stops_training_before_anything_is_written_for_it(data_
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["event"] == "eval"] == list(range(good_epochs))
     assert {p.name: p.read_bytes() for p in run.glob("*.pt")} == files_before  # no checkpoint or model file changed
+
+
+KILL_SCRIPT = r"""
+import os, sys
+from egno_fast.config import apply_overrides, load_config
+from egno_fast.training import trainer
+import test_training
+
+kill_at, mode, data_dir, run_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+writes = [0]
+
+
+def tick():
+    writes[0] += 1
+    if writes[0] == kill_at:
+        os._exit(9)  # as SIGKILL: no cleanup, no finally blocks
+
+
+real_replace, real_write = os.replace, trainer._JsonlLog.write
+
+
+def replace(src, dst):  # every atomic write ends here: config.json, best.pt, last.pt, model.pt, the log rewrite
+    if not str(dst).startswith(run_dir):  # the data cache, written once for the module's data folder
+        return real_replace(src, dst)
+    if mode == "before":  # the temporary file is complete, the real one not yet replaced
+        tick()
+    real_replace(src, dst)
+    if mode == "after":
+        tick()
+
+
+def write(self, record):  # every log record (an append: "after" only)
+    real_write(self, record)
+    if mode == "after":
+        tick()
+
+
+os.replace, trainer._JsonlLog.write = replace, write
+config = test_training.tiny_config(data_dir, "train.epochs=2", "train.plot_samples=0")
+trainer.train(config, run_dir, progress=False)
+print("writes", writes[0])
+"""
+
+
+def _run_with_kill(kill_at, mode, data_dir, run_dir):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(kill_at), mode, str(data_dir), str(run_dir)],
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+def _final_state(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records if r["event"] == "eval"]
+    weights = torch.load(run_dir / "model.pt", weights_only=True)["model"]
+    return evaluations, weights
+
+
+def test_a_kill_after_or_during_any_file_write_resumes_to_the_uninterrupted_run(data_dir, tmp_path):
+    """The trainer is killed (os._exit, as SIGKILL) right after each of its file writes in turn, and right before
+    the rename of each atomic write (the temporary file written, the real one not yet replaced); the same command
+    then resumes. The final log has every evaluation exactly once, with the uninterrupted run's values; the weights
+    are the same; no temporary file is left."""
+    totals = {}
+    for mode in ("before", "after"):  # uninterrupted runs, counting the kill points
+        clean = _run_with_kill(0, mode, data_dir, tmp_path / f"clean_{mode}")
+        assert clean.returncode == 0, clean.stderr[-2000:]
+        totals[mode] = int(clean.stdout.split()[-1])
+    assert totals["after"] >= 10 and totals["before"] >= 6, totals  # config, start, 2 x (best, eval, last), ...
+    want_evaluations, want_weights = _final_state(tmp_path / "clean_after")
+    assert [r["epoch"] for r in want_evaluations] == [0, 1]
+    for mode, total in totals.items():
+        for kill_at in range(1, total + 1):
+            run_dir = tmp_path / f"{mode}{kill_at}"
+            killed = _run_with_kill(kill_at, mode, data_dir, run_dir)
+            assert killed.returncode == 9, (mode, kill_at, killed.stderr[-2000:])
+            resumed = _run_with_kill(0, "after", data_dir, run_dir)
+            assert resumed.returncode == 0, (mode, kill_at, resumed.stderr[-2000:])
+            evaluations, weights = _final_state(run_dir)
+            assert evaluations == want_evaluations, (mode, kill_at)
+            assert all(torch.equal(weights[k], want_weights[k]) for k in want_weights), (mode, kill_at)
+            assert not list(run_dir.glob(".*.tmp*")), (mode, kill_at)

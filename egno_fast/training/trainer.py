@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 import signal
 import subprocess
@@ -163,7 +164,11 @@ def _check_resumable(saved: Dict, config: ExperimentConfig) -> None:
 
 
 class _JsonlLog:
-    """Append-only metrics log; each record is one line written and flushed in a single call."""
+    """Append-only metrics log; each record is one line written and flushed in a single call.
+
+    An epoch's evaluation record is written before the epoch's last.pt, and a resumed run first drops the records
+    of the epochs it will run again (:meth:`drop_evaluations_from`): a kill at any moment leaves every evaluation
+    in the final log exactly once."""
 
     def __init__(self, path: Path, enabled: bool):
         self.path, self.enabled = path, enabled
@@ -173,6 +178,30 @@ class _JsonlLog:
             with open(self.path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
                 handle.flush()
+                os.fsync(handle.fileno())
+
+    def drop_evaluations_from(self, epoch: int) -> None:
+        """Rewrite the log (atomically) without the evaluation records of ``epoch`` and later, and without a line
+        cut short by a kill."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the end of a write that a kill cut short
+            if not (record.get("event") == "eval" and record.get("epoch", -1) >= epoch):
+                kept.append(line)
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept))
+
+
+def _remove_stale_temporary_files(run_dir: Path) -> None:
+    """Temporary files of atomic writes (``.<name>.<random>.tmp<suffix>``) that a killed process left behind; the
+    run folder is locked, so no other process is writing them."""
+    for path in run_dir.glob(".*.tmp*"):
+        path.unlink(missing_ok=True)
 
 
 def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, progress: bool = True,
@@ -260,6 +289,8 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
     log = _JsonlLog(run_dir / "metrics.jsonl", main_process)
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporary_files(run_dir)
+        log.drop_evaluations_from(state["epoch"])  # epochs after the checkpoint run again and log again
         with atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(config.to_dict(), indent=2))
         log.write({"event": "start", "command": command or " ".join(shlex.quote(a) for a in sys.argv),
@@ -323,11 +354,11 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
             state["wall_s"] = time.monotonic() - started
             if cfg.max_minutes is not None and time.monotonic() - invocation_start > 60 * cfg.max_minutes:
                 state["stopped"] = "time_limit"
-            with interrupts_deferred():  # Ctrl-C waits for last.pt and the log line, then stops here
+            with interrupts_deferred():  # Ctrl-C waits for the log line and last.pt, then stops here
+                if "val_f_mse" in record:  # first: a kill before last.pt lands reruns the epoch, which logs again
+                    log.write({"event": "eval", **record, "elapsed_s": round(state["wall_s"], 2)})
                 checkpoint(last_path)
                 saved_epoch = state["epoch"]
-                if "val_f_mse" in record:
-                    log.write({"event": "eval", **record, "elapsed_s": round(state["wall_s"], 2)})
             bar.update(1)
             bar.set_postfix(loss=f"{record['train_a_mse']:.5f}", best_val=f"{state['best_val']:.5f}")
     except KeyboardInterrupt:
