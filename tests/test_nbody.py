@@ -113,3 +113,51 @@ def test_truncated_or_missing_file_gives_clear_error(tmp_path):
         load_or_generate_nbody(tmp_path, params, progress=False)
     with pytest.raises(FileNotFoundError, match="data file not found"):
         load_npz(tmp_path / "absent.npz")
+
+
+GENERATE_SCRIPT = r"""
+import os, sys, time
+from egno_fast.data import nbody
+folder, role = sys.argv[1], sys.argv[2]
+real = nbody.generate_nbody
+
+
+def counted(*args, **kwargs):
+    open(os.path.join(folder, f"generated-by-{role}"), "w").close()
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(folder, "second-started")) and time.time() < deadline:
+        time.sleep(0.05)  # hold the lock until the other process is about to ask for it
+    time.sleep(1.0)
+    return real(*args, **kwargs)
+
+
+nbody.generate_nbody = counted
+if role == "second":
+    open(os.path.join(folder, "second-started"), "w").close()
+arrays = nbody.load_or_generate_nbody(folder, nbody.NBodyParams(num_train=6, num_valid=3, num_test=3),
+                                      progress=False)
+print(len(arrays["loc_train"]))
+"""
+
+
+def test_two_processes_generating_one_cache_write_it_once(tmp_path):
+    """One process starts generating an absent cache; a second asks for the same cache meanwhile: it waits for the
+    lock (and says so), then reads the first one's file without generating it again."""
+    import subprocess
+    import sys
+    import time
+
+    def start(role):
+        return subprocess.Popen([sys.executable, "-c", GENERATE_SCRIPT, str(tmp_path), role],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start("first")
+    deadline = time.time() + 120
+    while not (tmp_path / "generated-by-first").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    second = start("second")
+    outputs = [run.communicate(timeout=600) for run in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert [out.strip() for out, _ in outputs] == ["6", "6"]
+    assert [p.name for p in tmp_path.glob("generated-by-*")] == ["generated-by-first"], outputs
+    assert "waiting for another process that is generating" in outputs[1][1], outputs

@@ -1,14 +1,42 @@
 """Files that are never half-written: atomic writes, and loads that name what is wrong."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Optional
+from typing import Callable, Dict, Iterable, Iterator, Optional
 
 import numpy as np
+
+
+logger = logging.getLogger("egno_fast")
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent generations then write the same file atomically
+    fcntl = None
+
+
+@contextmanager
+def generation_lock(path: str | Path, say: Callable[[str], None] = logger.warning) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` while the body generates ``path``: a second process
+    generating the same cache waits (``say`` tells it once) and then finds the file written. The operating system
+    releases the lock when a process ends, however it ends. Check ``path.exists()`` again inside the body."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path.parent / f".{path.name}.lock", "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that is generating {path}")
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 class MissingExtraError(ImportError):

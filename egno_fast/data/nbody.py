@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .batching import StartFrameDataset, complete_graph_edges
-from .io import atomic_savez, load_npz
+from .io import atomic_savez, generation_lock, load_npz
 from .protocol import SPLITS, check_split, target_offsets
 
 
@@ -186,16 +186,18 @@ def load_or_generate_nbody(data_dir: str | Path, params: NBodyParams = NBodyPara
     The file records the generating parameters; a file whose parameters differ is an error, never reused.
     """
     path = Path(data_dir) / params.file_name()
-    if path.exists():
-        arrays = load_npz(path, required=[f"{kind}_{split}" for kind in ("loc", "vel", "charges", "clipped")
-                                          for split in SPLITS] + ["params"])
-        stored = json.loads(str(arrays.pop("params")))
-        if stored != asdict(params):
-            raise ValueError(f"{path} was generated with {stored}, not {asdict(params)}; remove it or choose "
-                             f"another --data-dir")
-        return arrays
-    arrays = generate_nbody(params, progress=progress)
-    atomic_savez(path, params=np.array(json.dumps(asdict(params))), **arrays)
+    if not path.exists():
+        with generation_lock(path):  # one process generates; another waits and reads its file
+            if not path.exists():
+                arrays = generate_nbody(params, progress=progress)
+                atomic_savez(path, params=np.array(json.dumps(asdict(params))), **arrays)
+                return arrays
+    arrays = load_npz(path, required=[f"{kind}_{split}" for kind in ("loc", "vel", "charges", "clipped")
+                                      for split in SPLITS] + ["params"])
+    stored = json.loads(str(arrays.pop("params")))
+    if stored != asdict(params):
+        raise ValueError(f"{path} was generated with {stored}, not {asdict(params)}; remove it or choose "
+                         f"another --data-dir")
     return arrays
 
 

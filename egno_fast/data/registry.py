@@ -8,6 +8,7 @@ from typing import Dict
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from .io import generation_lock
 from .md17 import MD17Dataset, generate_md17_standin, is_current_standin, md17_path
 from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
@@ -73,7 +74,9 @@ def md17_file(config: DataConfig) -> Path:
     if config.md17_source == "standin":
         path = md17_path(resolve_data_dir(config) / "md17_standin", config.molecule)
         if not path.exists() or not is_current_standin(path):  # missing, or from an older generator
-            generate_md17_standin(path, config.molecule)
+            with generation_lock(path):  # one process generates; another waits and reads its file
+                if not path.exists() or not is_current_standin(path):
+                    generate_md17_standin(path, config.molecule)
         return path
     if config.md17_source != "file":
         raise ValueError(f"data.md17_source must be 'file' or 'standin', got {config.md17_source!r}")
