@@ -311,7 +311,7 @@ def _user_error(error: BaseException) -> Optional[str]:
         return f"{_one_line(error)} (`egno-fast info` lists the backends that run here)"
     io = sys.modules.get("egno_fast.data.io")  # imported by every command that loads data
     if isinstance(error, (CommandLineError, FileNotFoundError, FileExistsError, ValueError)) or \
-            (io is not None and isinstance(error, io.MissingExtraError)):
+            (io is not None and isinstance(error, (io.MissingExtraError, io.AtomicWriteError))):
         return _one_line(error)
     return None
 

@@ -372,3 +372,29 @@ def test_a_kill_after_or_during_any_file_write_resumes_to_the_uninterrupted_run(
             assert evaluations == want_evaluations, (mode, kill_at)
             assert all(torch.equal(weights[k], want_weights[k]) for k in want_weights), (mode, kill_at)
             assert not list(run_dir.glob(".*.tmp*")), (mode, kill_at)
+
+
+def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(data_dir, tmp_path, monkeypatch):
+    """torch.save failing with ENOSPC: one error naming the file and that its previous version is intact, the
+    previous last.pt unchanged, no temporary file left; the command line exits 2 with that line."""
+    import errno
+
+    from egno_fast.data.io import AtomicWriteError
+    from egno_fast.training import checkpoint
+
+    run = tmp_path / "run"
+    train(tiny_config(data_dir, "train.epochs=1"), run, progress=False)
+    before = (run / "last.pt").read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(AtomicWriteError, match=r"could not write .*\.pt \(No space left on device\); the previous "
+                                               r"version is intact|nothing was written") as raised:
+        train(tiny_config(data_dir, "train.epochs=2"), run, progress=False)
+    assert raised.value.errno == errno.ENOSPC
+    assert (run / "last.pt").read_bytes() == before and not list(run.glob(".*.tmp*"))
+    from egno_fast.cli import _user_error
+
+    assert _user_error(raised.value) == str(raised.value)  # a user-facing line (exit 2), not a traceback

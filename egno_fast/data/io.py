@@ -43,21 +43,38 @@ class MissingExtraError(ImportError):
     """A data set needs an optional dependency that is not installed; the message names the extra to install."""
 
 
+class AtomicWriteError(OSError):
+    """A file could not be written (a full disk, a read-only folder); the previous version of it is intact."""
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on error it is removed.
+
+    Raises:
+        AtomicWriteError: writing failed with an OSError (e.g. no space left on device), naming the file and saying
+            that its previous version, if any, is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; the result is an ordinary file
         os.replace(tmp, path)
+    except OSError as error:
+        if isinstance(error, AtomicWriteError):
+            raise
+        previous = "the previous version is intact" if path.exists() else "nothing was written"
+        failure = AtomicWriteError(f"could not write {path} ({error.strerror or error}); {previous}")
+        failure.errno = error.errno
+        raise failure from error
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
