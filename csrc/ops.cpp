@@ -24,13 +24,13 @@ TORCH_LIBRARY(egno_fast, m) {
   m.def(
       "egnn_node_forward(Tensor h, Tensor msg_sum, Tensor coord_sum, Tensor x, Tensor v, Tensor degree, "
       "Tensor w_vel_hidden, Tensor b_vel_hidden, Tensor w_vel_out, Tensor b_vel_out, Tensor w_node_hidden, "
-      "Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out) "
+      "Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out, int clamp_mode=0, float clamp_value=100.) "
       "-> (Tensor x_new, Tensor h_new, Tensor activations)");
   m.def(
       "egnn_node_backward(Tensor g_x_new, Tensor g_h_new, Tensor activations, Tensor h, Tensor msg_sum, "
       "Tensor coord_sum, Tensor v, Tensor degree, Tensor w_vel_hidden, Tensor b_vel_hidden, Tensor w_vel_out, "
-      "Tensor b_vel_out, Tensor w_node_hidden, Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out) "
-      "-> Tensor[]");
+      "Tensor b_vel_out, Tensor w_node_hidden, Tensor b_node_hidden, Tensor w_node_out, Tensor b_node_out, "
+      "int clamp_mode=0, float clamp_value=100.) -> Tensor[]");
   m.def("temporal_residual_forward(Tensor x, Tensor weight, bool leaky) -> (Tensor out, Tensor pre)");
   m.def(
       "temporal_residual_backward(Tensor grad_out, Tensor x, Tensor pre, Tensor weight, bool leaky) "

@@ -229,7 +229,8 @@ def test_config_values_outside_their_range_are_refused_by_name(tmp_path, capsys)
              "data.discretisation=random": 'data.discretisation must be "uniform" or "last", got \'random\'',
              "train.seed=1.5": "train.seed must be an integer, got '1.5'",
              "train.seed=-1": "train.seed must be >= 0, got -1",
-             "data.cutoff=Infinity": "data.cutoff must be a finite number > 0, got inf"}
+             "data.cutoff=Infinity": "data.cutoff must be a finite number > 0, got inf",
+             "model.coord_clamp=edge": 'model.coord_clamp must be "mean", "norm" or "none", got \'edge\''}
     for override, expected in cases.items():
         assert main(["train", "--set", override, "--run-dir", str(tmp_path / "run")]) == 2, override
         assert expected in one_error_line(capsys.readouterr().err), override

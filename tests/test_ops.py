@@ -36,8 +36,8 @@ def test_weight_fields_are_the_schema_argument_names():
     edge, node = list(EGNNEdgeWeights._fields), list(EGNNNodeWeights._fields)
     assert _schema_names(ops.egnn_edge_forward)[4:12] == edge
     assert _schema_names(ops.egnn_edge_backward)[7:15] == edge
-    assert _schema_names(ops.egnn_node_forward)[6:] == node
-    assert _schema_names(ops.egnn_node_backward)[8:] == node
+    assert _schema_names(ops.egnn_node_forward)[6:14] == node
+    assert _schema_names(ops.egnn_node_backward)[8:16] == node
 
 
 def _small_model_inputs(seed=0, num_nodes=12, edge_dim=2):
@@ -247,9 +247,31 @@ def test_edge_shift_and_per_frame_edge_features_enter_the_reference():
         egnn_layer_reference(x, v, h, graph, wide.weights(), frame_edge_attr=per_frame[:, :2])
 
 
+FUSED_VARIANTS = [EGNNOptions(clamp="norm"), EGNNOptions(clamp="none"), EGNNOptions(clamp="mean", clamp_value=0.5),
+                  EGNNOptions(clamp="norm", clamp_value=0.5)]
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
+@pytest.mark.parametrize("options", FUSED_VARIANTS, ids=str)
+def test_every_clamp_of_the_node_half_runs_fused_and_equals_the_reference(backend, options):
+    """The coordinate clamps "mean", "norm" and "none" at any bound: the fused layer equals the reference, outputs
+    and gradients, with clamping active (bound 0.5) or not."""
+    layer, graph, x, v, h = _layer_inputs(options)
+    results = []
+    for run in (lambda *a: egnn_layer(*a, options, backend=backend), lambda *a: egnn_layer_reference(*a, options)):
+        xs, hs = x.clone().requires_grad_(), h.clone().requires_grad_()
+        out = run(xs, v, hs, graph, layer.weights())
+        loss = (out.x * out.x.detach().cos()).sum() + out.h.square().sum()
+        results.append([out.x.detach(), *torch.autograd.grad(loss, [xs, hs, *layer.parameters()])])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
 def test_fused_backends_refuse_variants_they_do_not_run_and_auto_reports_the_reference(backend):
     for options in VARIANTS:
+        if options.clamp != "mean" and fused_unsupported(options) is None:  # run fused (the test above)
+            continue
         layer, graph, x, v, h = _layer_inputs(options)
         with pytest.raises(BackendUnavailableError, match=f"backend '{backend}' cannot run 'egnn_layer'.*not "
                                                           "supported"):

@@ -63,14 +63,15 @@ def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t):
             permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph, graph_layout), flag]
 
 
-def node_forward_args(seed=0):
+def node_forward_args(seed=0, clamp_mode=0, clamp_value=0.7):
+    """The inputs of egnn_node_forward; the clamp (0 per component, 1 norm, 2 none) acts on some rows at 0.7."""
     gen = torch.Generator().manual_seed(seed)
     n, p, h = NUM_NODES, NUM_FRAMES, HIDDEN
     degree = torch.arange(1, n + 1, dtype=torch.float64)
     weights = EGNNNodeWeights(_rand(gen, h, h), _rand(gen, h), _rand(gen, h), _rand(gen, 1), _rand(gen, h, 2 * h),
                               _rand(gen, h), _rand(gen, h, h), _rand(gen, h))
-    return [_rand(gen, n, p, h), _rand(gen, n, p, h), _rand(gen, n, p, 3), _rand(gen, n, p, 3), _rand(gen, n, p, 3),
-            degree, *weights]
+    return [_rand(gen, n, p, h), _rand(gen, n, p, h), _rand(gen, n, p, 3, scale=2.0), _rand(gen, n, p, 3),
+            _rand(gen, n, p, 3), degree, *weights, clamp_mode, clamp_value]
 
 
 def temporal_forward_args(seed=0, vector=False, leaky=True):
@@ -99,8 +100,8 @@ def cpp_edge_backward_args():
 def cpp_node_backward_args():
     args = _detached(node_forward_args())
     x_new, h_new, activations = torch.ops.egno_fast.egnn_node_forward(*args)
-    h, msg_sum, coord_sum, _x, v, degree, *weights = args
-    return [*_gradients_for((x_new, h_new)), activations, h, msg_sum, coord_sum, v, degree, *weights]
+    h, msg_sum, coord_sum, _x, v, degree, *weights_and_clamp = args
+    return [*_gradients_for((x_new, h_new)), activations, h, msg_sum, coord_sum, v, degree, *weights_and_clamp]
 
 
 def cpp_temporal_backward_args():
@@ -133,7 +134,7 @@ def _points(seed=0, num_points=40):
 CASES = {
     "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False, strided)]),
     "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args]),
-    "egno_fast::egnn_node_forward": ("cpp", [node_forward_args()]),
+    "egno_fast::egnn_node_forward": ("cpp", [node_forward_args(0, 0), node_forward_args(1, 1), node_forward_args(2, 2)]),
     "egno_fast::egnn_node_backward": ("cpp", [cpp_node_backward_args]),
     "egno_fast::temporal_residual_forward": ("cpp", [temporal_forward_args(), temporal_forward_args(1, True, False)]),
     "egno_fast::temporal_residual_backward": ("cpp", [cpp_temporal_backward_args]),

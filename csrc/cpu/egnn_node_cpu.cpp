@@ -2,7 +2,7 @@
 //
 // Rows are (node, frame) pairs, [R = N P, H]; with msg_sum and coord_sum from the edge op (egnn_edge_cpu.cpp):
 //   s     = w_v2 . silu(W_v1 h + b_v1) + b_v2                      velocity scale, one per row
-//   x_new = x + s v + clamp(coord_sum / degree, -100, 100)
+//   x_new = x + s v + clamp(coord_sum / degree)      (per component to +-bound, the vector's norm to bound, or none)
 //   h_new = W_n2 silu(W_n1 [h, msg_sum] + b_n1) + b_n2              (W_n1 as its h and msg_sum halves)
 // the same function as the velocity and node MLPs of egno_fast.reference.egnn.egnn_layer_reference. The rows are cut
 // into tiles of about kTileValues values whose matrix products run through ATen/BLAS, one tile per thread at a time,
@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "activations.h"
@@ -26,7 +27,8 @@ namespace {
 
 constexpr int64_t kTileValues = 16384;  // values of a [rows, H] tile (64 KB in fp32)
 constexpr int64_t kMaxGroups = 16;
-constexpr double kCoordClamp = 100.0;   // egno_fast.reference.egnn.COORD_CLAMP
+// The coordinate clamp of the mean coordinate message, as egno_fast.ops.egnn_node.CLAMP_MODES numbers them.
+enum ClampMode : int64_t { kClampComponents = 0, kClampNorm = 1, kClampNone = 2 };
 
 // Tiles of rows and their fixed assignment to groups (depends on R and H only).
 struct RowTiles {
@@ -89,10 +91,39 @@ void check_rows(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tensor
   }
 }
 
+// The clamp of one row's mean coordinate message c[3] (= coord_sum / degree), in place.
 template <typename T>
-inline T clamp_coord(T value) {
-  const T bound = static_cast<T>(kCoordClamp);
-  return value < -bound ? -bound : (value > bound ? bound : value);  // NaN stays NaN, as torch.clamp
+inline void clamp_update(int64_t mode, T bound, T* c) {
+  if (mode == kClampComponents) {
+    for (int64_t k = 0; k < 3; ++k) c[k] = c[k] < -bound ? -bound : (c[k] > bound ? bound : c[k]);  // NaN stays
+  } else if (mode == kClampNorm) {
+    const T norm = std::sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
+    const T scale = bound / (norm > bound ? norm : bound);  // c * bound / max(|c|, bound), as the reference
+    for (int64_t k = 0; k < 3; ++k) c[k] *= scale;
+  }
+}
+
+// dL/dc of the clamp, from dL/d(clamped) g[3] and the unclamped c[3], into out[3].
+template <typename T>
+inline void clamp_update_grad(int64_t mode, T bound, const T* c, const T* g, T* out) {
+  for (int64_t k = 0; k < 3; ++k) out[k] = g[k];
+  if (mode == kClampComponents) {
+    for (int64_t k = 0; k < 3; ++k) {
+      if (!(c[k] >= -bound && c[k] <= bound)) out[k] = T(0);  // the gradient passes inside, bounds included
+    }
+  } else if (mode == kClampNorm) {
+    const T norm = std::sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
+    if (norm >= bound) {  // y = bound c / |c|: dL/dc = (bound / |c|) (g - c (c . g) / |c|^2); at |c| = bound as torch
+      const T dot_cg = c[0] * g[0] + c[1] * g[1] + c[2] * g[2];
+      for (int64_t k = 0; k < 3; ++k) out[k] = bound / norm * (g[k] - c[k] * dot_cg / (norm * norm));
+    }
+  }
+}
+
+inline void check_clamp(int64_t mode, double bound) {
+  TORCH_CHECK_VALUE(mode == kClampComponents || mode == kClampNorm || mode == kClampNone,
+                    "egnn_node: clamp_mode must be 0 (per component), 1 (norm) or 2 (none), got ", mode);
+  TORCH_CHECK_VALUE(bound > 0, "egnn_node: clamp_value must be positive, got ", bound);
 }
 
 // The stored activations [4, R, H]: silu(pre_v), silu'(pre_v), silu(pre_n), silu'(pre_n).
@@ -110,8 +141,8 @@ struct NodeActivations {
 
 template <typename T>
 void forward_impl(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tensor& coord_sum, const at::Tensor& x,
-                  const at::Tensor& v, const at::Tensor& degree, const NodeWeights<T>& w, at::Tensor& x_new,
-                  at::Tensor& h_new, at::Tensor& acts) {
+                  const at::Tensor& v, const at::Tensor& degree, const NodeWeights<T>& w, int64_t clamp_mode,
+                  T bound, at::Tensor& x_new, at::Tensor& h_new, at::Tensor& acts) {
   const int64_t frames = h.size(1), hidden = h.size(2);
   const RowTiles tiles(h.size(0) * frames, hidden);
   const at::TensorOptions opts = h.options();
@@ -134,9 +165,11 @@ void forward_impl(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tens
       for (int64_t r = r0; r < r0 + rows; ++r) {
         const T s = w.bv2 + dot(hidden, w.wv2, a.act_v + r * hidden);
         const T d = deg[r / frames];
+        T update[3] = {pc[r * 3] / d, pc[r * 3 + 1] / d, pc[r * 3 + 2] / d};
+        clamp_update(clamp_mode, bound, update);
         for (int64_t c = 0; c < 3; ++c) {
           const int64_t k = r * 3 + c;
-          pxn[k] = (px[k] + s * pv[k]) + clamp_coord(pc[k] / d);
+          pxn[k] = (px[k] + s * pv[k]) + update[c];
         }
       }
       // node MLP on [h, msg_sum]
@@ -152,15 +185,17 @@ void forward_impl(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tens
 std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_node_forward_cpu(
     at::Tensor h, at::Tensor msg_sum, at::Tensor coord_sum, at::Tensor x, at::Tensor v, at::Tensor degree,
     at::Tensor wv1, at::Tensor bv1, at::Tensor wv2, at::Tensor bv2, at::Tensor wn1, at::Tensor bn1, at::Tensor wn2,
-    at::Tensor bn2) {
+    at::Tensor bn2, int64_t clamp_mode, double clamp_value) {
   make_contiguous({&h, &msg_sum, &coord_sum, &x, &v, &degree, &wv1, &bv1, &wv2, &bv2, &wn1, &bn1, &wn2, &bn2});
+  check_clamp(clamp_mode, clamp_value);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_rows(h, msg_sum, coord_sum, x, v, degree);
   at::Tensor x_new = at::empty_like(x), h_new = at::empty_like(h);
   at::Tensor acts = at::empty({4, h.size(0) * h.size(1), h.size(2)}, h.options());
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "egnn_node_forward_cpu", [&] {
     const auto w = node_weights<scalar_t>(wv1, bv1, wv2, bv2, wn1, bn1, wn2, bn2, h.size(2));
-    forward_impl<scalar_t>(h, msg_sum, coord_sum, x, v, degree, w, x_new, h_new, acts);
+    forward_impl<scalar_t>(h, msg_sum, coord_sum, x, v, degree, w, clamp_mode, static_cast<scalar_t>(clamp_value),
+                           x_new, h_new, acts);
   });
   return {x_new, h_new, acts};
 }
@@ -173,8 +208,8 @@ struct NodePartials {
 template <typename T>
 void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const at::Tensor& acts, const at::Tensor& h,
                    const at::Tensor& msg_sum, const at::Tensor& coord_sum, const at::Tensor& v,
-                   const at::Tensor& degree, const NodeWeights<T>& w, at::Tensor& g_h, at::Tensor& g_msg,
-                   at::Tensor& g_coord, at::Tensor& g_v, NodePartials& part) {
+                   const at::Tensor& degree, const NodeWeights<T>& w, int64_t clamp_mode, T bound, at::Tensor& g_h,
+                   at::Tensor& g_msg, at::Tensor& g_coord, at::Tensor& g_v, NodePartials& part) {
   const int64_t frames = h.size(1), hidden = h.size(2);
   const RowTiles tiles(h.size(0) * frames, hidden);
   const at::TensorOptions opts = h.options();
@@ -210,13 +245,14 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
           const T s = w.bv2 + dot(hidden, w.wv2, act_v);
           const T d = deg[r / frames];
           T ds = 0;
+          const T update[3] = {pc[r * 3] / d, pc[r * 3 + 1] / d, pc[r * 3 + 2] / d};
+          T g_update[3];
+          clamp_update_grad(clamp_mode, bound, update, gxn + r * 3, g_update);
           for (int64_t c = 0; c < 3; ++c) {
             const int64_t k = r * 3 + c;
             gv[k] = s * gxn[k];
             ds += gxn[k] * pv[k];
-            const T value = pc[k] / d;  // clamp passes the gradient inside [-100, 100], bounds included
-            const T bound = static_cast<T>(kCoordClamp);
-            gc[k] = (value >= -bound && value <= bound) ? gxn[k] / d : T(0);
+            gc[k] = g_update[c] / d;
           }
           d_bv2 += ds;
           const T* grad_v = a.grad_v + r * hidden;
@@ -256,8 +292,10 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
 std::vector<at::Tensor> egnn_node_backward_cpu(
     const at::Tensor& g_x_new, const at::Tensor& g_h_new, const at::Tensor& acts, at::Tensor h, at::Tensor msg_sum,
     at::Tensor coord_sum, at::Tensor v, at::Tensor degree, at::Tensor wv1, at::Tensor bv1, at::Tensor wv2,
-    at::Tensor bv2, at::Tensor wn1, at::Tensor bn1, at::Tensor wn2, at::Tensor bn2) {
+    at::Tensor bv2, at::Tensor wn1, at::Tensor bn1, at::Tensor wn2, at::Tensor bn2, int64_t clamp_mode,
+    double clamp_value) {
   make_contiguous({&h, &msg_sum, &coord_sum, &v, &degree, &wv1, &bv1, &wv2, &bv2, &wn1, &bn1, &wn2, &bn2});
+  check_clamp(clamp_mode, clamp_value);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_rows(h, msg_sum, coord_sum, v, v, degree);
   TORCH_CHECK(acts.dim() == 3 && acts.size(0) == 4 && acts.size(1) == h.size(0) * h.size(1) &&
@@ -270,7 +308,8 @@ std::vector<at::Tensor> egnn_node_backward_cpu(
   NodePartials part;
   AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "egnn_node_backward_cpu", [&] {
     const auto w = node_weights<scalar_t>(wv1, bv1, wv2, bv2, wn1, bn1, wn2, bn2, h.size(2));
-    backward_impl<scalar_t>(gx, gh, acts, h, msg_sum, coord_sum, v, degree, w, g_h, g_msg, g_coord, g_v, part);
+    backward_impl<scalar_t>(gx, gh, acts, h, msg_sum, coord_sum, v, degree, w, clamp_mode,
+                            static_cast<scalar_t>(clamp_value), g_h, g_msg, g_coord, g_v, part);
   });
   const at::Tensor vec = ordered_sum(part.vec);  // rows copied out: an operator's outputs may not alias each other
   return {g_h, g_msg, g_coord, g_v, ordered_sum(part.wv1), vec[0].clone(), vec[1].clone(),

@@ -12,6 +12,8 @@ from torch import Tensor, nn
 from ..backends import OPS, check_backend_name, resolve_backend
 from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
+from ..ops.egnn import EGNNOptions
+from ..ops.egnn_node import CLAMP_MODES
 from ..ops.receiver_csr import build_graph
 
 logger = logging.getLogger("egno_fast")
@@ -62,6 +64,10 @@ class EGNO(nn.Module):
                        "temporal_residual" and "egnn_layer" (others: "auto"). What runs is reported: on the first
                        forward (and whenever it changes) :attr:`active_backend` holds the backend of each op and
                        the logger "egno_fast" records it at INFO level.
+        coord_clamp:   the clamp of each layer's mean coordinate message: "mean" (each component to +-100, the
+                       public code's and the default, compatible with its checkpoints; it breaks rotation
+                       equivariance whenever it acts, i.e. for coordinate updates beyond 100), "norm" (the vector's
+                       norm to 100: equivariant) or "none". Every backend runs all three.
         validate:      check the values of the inputs (finite values, edge index range) when the forward builds the
                        graph from ``edge_index``. A prebuilt :class:`Graph` was validated where it was built: the
                        forward then checks shapes only, and neither it nor the backward synchronises with the
@@ -72,7 +78,7 @@ class EGNO(nn.Module):
                  num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
                  temporal_channels: Iterable[str] = TEMPORAL_CHANNELS,
                  backend: Union[str, Dict[str, str]] = "auto",
-                 validate: bool = True):
+                 validate: bool = True, coord_clamp: str = "mean"):
         super().__init__()
         sizes = dict(node_dim=(node_dim, 0), edge_dim=(edge_dim, 0), hidden_dim=(hidden_dim, 1),
                      num_layers=(num_layers, 1), num_frames=(num_frames, 1), time_emb_dim=(time_emb_dim, 4))
@@ -99,7 +105,12 @@ class EGNO(nn.Module):
         self.time_embedding = SinusoidalTimeEmbedding(time_emb_dim)
         self.embedding = nn.Linear(node_dim + time_emb_dim, hidden_dim)
         # The message-passing backbone and the temporal convolutions are separate, so another backbone can reuse them.
-        self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim) for _ in range(num_layers))
+        if coord_clamp not in CLAMP_MODES:
+            raise ValueError(f"coord_clamp must be one of {sorted(CLAMP_MODES)}, got {coord_clamp!r}")
+        self.coord_clamp = coord_clamp
+        options = EGNNOptions(clamp=coord_clamp)
+        self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim, options=options)
+                                            for _ in range(num_layers))
         self.scalar_convs, self.vector_convs = nn.ModuleList(), nn.ModuleList()
         for _ in range(num_layers):  # interleaved, as the reference code draws them: same seed, same weights
             if "h" in self.temporal_channels:
@@ -114,7 +125,7 @@ class EGNO(nn.Module):
         return dict(node_dim=self.node_dim, edge_dim=self.edge_dim, hidden_dim=self.hidden_dim,
                     num_layers=self.num_layers, num_frames=self.num_frames, num_modes=self.num_modes,
                     time_emb_dim=self.time_embedding.dim, temporal_channels=list(self.temporal_channels),
-                    backend=self._backend)
+                    coord_clamp=self.coord_clamp, backend=self._backend)
 
     @property
     def backend(self) -> Union[str, Dict[str, str]]:

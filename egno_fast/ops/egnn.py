@@ -15,8 +15,8 @@ Entry points per backend, all ``(x, v, h, graph, weights, options, edge_shift, f
 EGNNLayerOutput``: "reference" (plain PyTorch, every variant; what ``torch.compile`` traces as the benchmarks'
 baseline), "cpp" and "triton": the fused layer, i.e. node projections, the edge half (:mod:`.egnn_edge`) and the
 node half (:mod:`.egnn_node`; the Triton layer runs the node half's reference). The fused layer runs EGNO's
-variant: SiLU, no residual, no attention, no normalisation, no tanh, the "mean" clamp at 100, with or without a
-bias on the coordinate output; other variants (and dtypes or sizes a kernel does not take) raise "backend X cannot
+variant: SiLU, no residual, no attention, no normalisation, no tanh, with or without a bias on the coordinate
+output, and any of the node half's clamps ("mean", "norm", "none", any bound); other variants (and dtypes or sizes a kernel does not take) raise "backend X cannot
 run 'egnn_layer' ...: not supported ..." when X is named, and "auto" passes them to the next backend, saying so
 once in the log "egno_fast" at INFO level. :func:`egnn_layer` dispatches.
 """
@@ -32,7 +32,8 @@ from torch.nn import functional as F
 from ..backends import check_backend_name, get_op, register, resolve_backend
 from ..graph import Graph, GraphInputError
 from .egnn_edge import TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights, egnn_edge_cpp, egnn_edge_triton
-from .egnn_node import COORD_CLAMP, EGNNNodeWeights, egnn_node_cpp, egnn_node_reference
+from .egnn_node import (CLAMP_MODES, COORD_CLAMP, EGNNNodeWeights, clamp_coordinate_update, egnn_node_cpp,
+                        egnn_node_reference)
 from .weights import ACTIVATIONS, LinearWeights, MLPWeights, mlp
 
 CLAMPS = ("mean", "norm", "edge", "none")
@@ -152,11 +153,8 @@ def egnn_layer_reference(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights:
         coord_message = coord_message.clamp(-bound, bound)
     degree = graph.in_degree.clamp(min=1).to(x.dtype)[:, None, None]
     coord_update = torch.zeros_like(x).index_add_(0, receiver, coord_message) / degree
-    if options.clamp == "mean":
-        coord_update = coord_update.clamp(-bound, bound)
-    elif options.clamp == "norm":
-        norm = coord_update.norm(dim=-1, keepdim=True)
-        coord_update = coord_update * (bound / norm.clamp(min=bound))
+    if options.clamp in CLAMP_MODES:  # the node half's clamps (the "edge" clamp acted above)
+        coord_update = clamp_coordinate_update(coord_update, options.clamp, bound)
     x_new = x + mlp(h, weights.velocity, act) * v + coord_update
     message_sum = h.new_zeros(h.shape[0], num_frames, message.shape[-1]).index_add_(0, receiver, message)
     h_new = mlp(torch.cat([h, message_sum], dim=-1), weights.node, act)
@@ -170,10 +168,13 @@ def fused_unsupported(options: EGNNOptions, edge_shift: Optional[Tensor] = None,
                       frame_edge_attr: Optional[Tensor] = None,
                       weights: Optional[EGNNLayerWeights] = None) -> Optional[str]:
     """Why the fused layer cannot run this variant (None: it can)."""
-    different = [name for name in ("activation", "residual", "attention", "normalize", "tanh", "clamp",
-                                   "clamp_value") if getattr(options, name) != getattr(EGNO_OPTIONS, name)]
+    different = [name for name in ("activation", "residual", "attention", "normalize", "tanh")
+                 if getattr(options, name) != getattr(EGNO_OPTIONS, name)]
+    if options.clamp not in CLAMP_MODES:
+        different.append(f"clamp {options.clamp!r} (per-edge clamp)")
     if different:
-        return f"the fused EGNN layer runs EGNO's variant only; not supported: options {', '.join(different)}"
+        return (f"the fused EGNN layer runs EGNO's variant with the clamps {sorted(CLAMP_MODES)}; not supported: "
+                f"options {', '.join(different)}")
     if edge_shift is not None:
         return "the fused EGNN layer does not support edge_shift (periodic images) yet"
     if frame_edge_attr is not None:
@@ -216,7 +217,7 @@ def _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, 
     a, b, edge_weights, node_weights = _split_weights(h, graph, weights, weight_dtype)
     sums = edge_half(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(), graph, edge_weights)
     degree = graph.in_degree.clamp(min=1).to(x.dtype)
-    x_new, h_new = node_half(x, v, h, sums, degree, node_weights)
+    x_new, h_new = node_half(x, v, h, sums, degree, node_weights, options.clamp, options.clamp_value)
     return EGNNLayerOutput(x_new, v, h_new)
 
 
