@@ -2,6 +2,7 @@
 backend that runs here against the reference in float64, and the neighbour lists of every backend against brute
 force on integer lattices, where distances tie exactly."""
 import itertools
+import math
 import os
 
 import pytest
@@ -142,3 +143,25 @@ def test_knn_graph_equals_brute_force_with_ties_to_the_smaller_index(backend, po
     edge_index = knn_graph(pos, k, batch_tensor, box_tensor, backend=backend)
     got = sorted(zip(edge_index[1].tolist(), edge_index[0].tolist()))
     assert got == sorted(want)
+
+
+@pytest.mark.skipif("cpp" not in GRAPH_BACKENDS, reason="compares the cpp neighbour lists with the reference's")
+@settings(max_examples=200, **REPRODUCIBLE)
+@given(st.integers(0, 2**31 - 1), st.booleans())
+def test_cpp_and_reference_neighbour_lists_agree_at_float64_ties(seed, periodic):
+    """Non-integer float64 points with ties in exact arithmetic (a neighbour and its mirror image with two
+    coordinates swapped) and cutoffs at a pair's computed distance and one ulp on either side: the C++ builder (no
+    fused multiply-adds or reassociation in its distance code) decides every tie as the reference does."""
+    gen = torch.Generator().manual_seed(seed)
+    pos = torch.rand(10, 3, generator=gen, dtype=torch.float64) * 4 - 2
+    offset = torch.rand(3, generator=gen, dtype=torch.float64)
+    pos[1], pos[2] = pos[0] + offset, pos[0] + offset[[1, 0, 2]]
+    box = torch.full((3,), 8.0, dtype=torch.float64) if periodic else None
+    for k in (1, 2, 3):
+        assert torch.equal(knn_graph(pos, k, None, box, backend="cpp"),
+                           knn_graph(pos, k, None, box, backend="reference")), k
+    diff = pos[1] - pos[0]
+    distance = float(((diff[0] * diff[0] + diff[1] * diff[1]) + diff[2] * diff[2]).sqrt())
+    for cutoff in (distance, math.nextafter(distance, 0.0), math.nextafter(distance, 9.0)):
+        assert torch.equal(radius_graph(pos, cutoff, None, box, backend="cpp"),
+                           radius_graph(pos, cutoff, None, box, backend="reference")), cutoff

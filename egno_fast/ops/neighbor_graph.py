@@ -24,7 +24,8 @@ def _pair_distance2(pos: Tensor, rows: Tensor, box: Optional[Tensor]) -> Tensor:
     diff = pos[rows, None, :] - pos[None, :, :]
     if box is not None:
         diff = diff - box * torch.round(diff / box)
-    return (diff * diff).sum(-1)
+    square = diff * diff
+    return (square[..., 0] + square[..., 1]) + square[..., 2]  # the C++ and CUDA builders' order and roundings
 
 
 def _power_of_two_scale(pos: Tensor, box: Optional[Tensor]) -> float:
@@ -62,7 +63,8 @@ def radius_graph_reference(pos: Tensor, cutoff: float, batch: Optional[Tensor] =
     """
     senders, receivers = [], []
     scale = _power_of_two_scale(pos, box)
-    limit = (cutoff / scale) ** 2 if cutoff / scale < 1e150 else float("inf")  # every pair is closer than that
+    scaled = cutoff / scale  # exact (a power of two); squared by a product, rounded once as the C++ code does
+    limit = scaled * scaled if scaled < 1e150 else float("inf")  # beyond 1e150 every pair is closer than that
     for rows, d2 in _blocks(pos, batch, box, scale):
         receiver, sender = torch.nonzero(d2 <= limit, as_tuple=True)
         senders.append(sender)
