@@ -245,14 +245,18 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
           const T s = w.bv2 + dot(hidden, w.wv2, act_v);
           const T d = deg[r / frames];
           T ds = 0;
-          const T update[3] = {pc[r * 3] / d, pc[r * 3 + 1] / d, pc[r * 3 + 2] / d};
-          T g_update[3];
-          clamp_update_grad(clamp_mode, bound, update, gxn + r * 3, g_update);
           for (int64_t c = 0; c < 3; ++c) {
             const int64_t k = r * 3 + c;
             gv[k] = s * gxn[k];
             ds += gxn[k] * pv[k];
-            gc[k] = g_update[c] / d;
+            const T value = pc[k] / d;  // the per-component clamp passes the gradient inside, bounds included
+            gc[k] = (value >= -bound && value <= bound) ? gxn[k] / d : T(0);
+          }
+          if (clamp_mode != kClampComponents) {  // the norm clamp (or none): the update's 3 components together
+            const T update[3] = {pc[r * 3] / d, pc[r * 3 + 1] / d, pc[r * 3 + 2] / d};
+            T g_update[3];
+            clamp_update_grad(clamp_mode, bound, update, gxn + r * 3, g_update);
+            for (int64_t c = 0; c < 3; ++c) gc[r * 3 + c] = g_update[c] / d;
           }
           d_bv2 += ds;
           const T* grad_v = a.grad_v + r * hidden;
