@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from egno_fast.backends import unavailable_reason
 from egno_fast.graph import GraphInputError, graph_mean
 from egno_fast.ops import build_graph
 
@@ -70,34 +71,45 @@ def _pairs(edge_index):
     return set(map(tuple, edge_index.T.tolist()))
 
 
-def test_reference_radius_graph_with_a_huge_cutoff_adds_no_self_loops_or_cross_graph_edges():
-    from egno_fast.ops.neighbor_graph import radius_graph_reference
+GRAPH_BACKENDS = ["reference"] + (["cpp"] if unavailable_reason("cpp", "radius_graph", "cpu") is None else [])
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_radius_graph_with_a_huge_cutoff_adds_no_self_loops_or_cross_graph_edges(backend):
+    from egno_fast.ops import radius_graph
 
     pos = torch.randn(7, 3, dtype=torch.float64)
     batch = torch.tensor([0, 0, 0, 1, 1, 1, 1])
     within = {(j, i) for i in range(7) for j in range(7) if i != j and batch[i] == batch[j]}
     for cutoff in (1e10, 1e200, 1.7e308):  # the squared cutoff overflows float64 for the last two
-        assert _pairs(radius_graph_reference(pos, cutoff, batch)) == within, cutoff
+        assert _pairs(radius_graph(pos, cutoff, batch, backend=backend)) == within, cutoff
 
 
-def test_reference_neighbour_lists_of_points_far_apart_or_close_together():
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_neighbour_lists_of_points_far_apart_or_close_together(backend):
     """Points 1e300 apart (squared distances overflow float64) or 1e-300 apart (they underflow) keep their edges:
-    the same graph as the same points at unit scale."""
-    from egno_fast.ops.neighbor_graph import knn_graph_reference, radius_graph_reference
+    the same graph as the same points at unit scale (both backends divide by a power of two first)."""
+    from egno_fast.ops import knn_graph, radius_graph
+
+    def knn(pos, k):
+        return knn_graph(pos, k, backend=backend)
+
+    def radius(pos, cutoff):
+        return radius_graph(pos, cutoff, backend=backend)
 
     gen = torch.Generator().manual_seed(0)
     unit = torch.randint(-8, 9, (12, 3), generator=gen).double()  # an integer lattice: exact ties of distances
     for k in (1, 3, 11):
-        want = _pairs(knn_graph_reference(unit, k))
+        want = _pairs(knn(unit, k))
         assert len(want) == 12 * k
         for scale in (2.0 ** 996, 2.0 ** -1000, 3.0 ** 600, 1e-280):
-            got = _pairs(knn_graph_reference(unit * scale, k))
+            got = _pairs(knn(unit * scale, k))
             if scale in (2.0 ** 996, 2.0 ** -1000):  # exact scalings: ties broken as at unit scale
                 assert got == want, (k, scale)
             else:
                 assert len(got) == 12 * k, (k, scale)
     for scale in (2.0 ** 996, 2.0 ** -1000):
-        assert _pairs(radius_graph_reference(unit * scale, 5.0 * scale)) == _pairs(radius_graph_reference(unit, 5.0))
+        assert _pairs(radius(unit * scale, 5.0 * scale)) == _pairs(radius(unit, 5.0))
 
 
 def test_sizes_that_would_only_exhaust_memory_are_refused_or_bounded():

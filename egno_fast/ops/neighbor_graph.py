@@ -4,8 +4,8 @@ Entry points per backend: "reference" (brute force in plain PyTorch, O(N^2)), "c
 csrc/cpu/neighbor_graph_cpu.cpp, and csrc/cuda/graph_cuda.cu in CUDA builds). Conventions (every backend):
 edge_index [2, E] int64 with row 0 the sender j and row 1 the receiver i, edges sorted by receiver and, within a
 receiver, by sender; no self loops; distances in float64; with an orthorhombic periodic ``box`` [3] the minimum
-image of each pair is used (one edge per pair). The reference divides the points by a power of two first (exact),
-so that neither huge coordinates nor a huge cutoff overflow.
+image of each pair is used (one edge per pair). Every backend divides the points (and the cutoff and box) by a power
+of two first (exact, so every tie stays), so that neither huge or tiny coordinates nor a huge cutoff overflow.
 """
 from __future__ import annotations
 
@@ -109,13 +109,18 @@ FAKE_KERNELS = {"egno_fast::radius_graph": _edge_index_fake, "egno_fast::knn_gra
 
 def radius_graph_cpp(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
                      box: Optional[Tensor] = None) -> Tensor:
-    """Cell-list radius graph (the extension's ``radius_graph``), as :func:`radius_graph_reference`."""
-    return torch.ops.egno_fast.radius_graph(pos, cutoff, batch, box)
+    """Cell-list radius graph (the extension's ``radius_graph``), as :func:`radius_graph_reference`; the points,
+    the cutoff and the box are divided by a power of two first (exact: the same ties), so nothing overflows."""
+    scale = _power_of_two_scale(pos, box)
+    return torch.ops.egno_fast.radius_graph(pos / scale, cutoff / scale, batch, None if box is None else box / scale)
 
 
 def knn_graph_cpp(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional[Tensor] = None) -> Tensor:
-    """Cell-list k-nearest-neighbour graph (the extension's ``knn_graph``), as :func:`knn_graph_reference`."""
-    return torch.ops.egno_fast.knn_graph(pos, k, batch, box)
+    """Cell-list k-nearest-neighbour graph (the extension's ``knn_graph``), as :func:`knn_graph_reference`; the
+    points and the box are divided by a power of two first (exact: the same ties), so no squared distance overflows
+    or underflows."""
+    scale = _power_of_two_scale(pos, box)
+    return torch.ops.egno_fast.knn_graph(pos / scale, k, batch, None if box is None else box / scale)
 
 
 register("radius_graph", "reference", radius_graph_reference)
