@@ -103,15 +103,12 @@ inline void clamp_update(int64_t mode, T bound, T* c) {
   }
 }
 
-// dL/dc of the clamp, from dL/d(clamped) g[3] and the unclamped c[3], into out[3].
+// dL/dc of the norm clamp (or none), from dL/d(clamped) g[3] and the unclamped c[3], into out[3]; the per-component
+// clamp's gradient is computed in the backward's loop itself.
 template <typename T>
 inline void clamp_update_grad(int64_t mode, T bound, const T* c, const T* g, T* out) {
   for (int64_t k = 0; k < 3; ++k) out[k] = g[k];
-  if (mode == kClampComponents) {
-    for (int64_t k = 0; k < 3; ++k) {
-      if (!(c[k] >= -bound && c[k] <= bound)) out[k] = T(0);  // the gradient passes inside, bounds included
-    }
-  } else if (mode == kClampNorm) {
+  if (mode == kClampNorm) {
     const T norm = std::sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
     if (norm >= bound) {  // y = bound c / |c|: dL/dc = (bound / |c|) (g - c (c . g) / |c|^2); at |c| = bound as torch
       const T dot_cg = c[0] * g[0] + c[1] * g[1] + c[2] * g[2];
