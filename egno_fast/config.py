@@ -61,6 +61,7 @@ class TrainConfig:
     weight_decay: float = 1e-8
     lr_step: Optional[int] = None  # StepLR period in epochs (MD17: 2500), None: constant
     lr_gamma: float = 0.5
+    grad_clip_norm: Optional[float] = None  # rescale the gradient to this global L2 norm when above it; None: never
     eval_every: int = 5
     patience: int = 50  # early stopping, counted in evaluations without improvement
     seed: int = 1
@@ -133,6 +134,7 @@ LIMITS = {
                                 'a list of distinct channels among "h", "x", "v"'),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.lr": _POSITIVE,
     "train.weight_decay": _FINITE_NON_NEGATIVE, "train.lr_step": _at_least(1), "train.lr_gamma": _POSITIVE,
+    "train.grad_clip_norm": _POSITIVE,
     "train.eval_every": _at_least(1), "train.patience": _at_least(1), "train.seed": _at_least(0),
     "train.num_threads": _at_least(1), "train.max_minutes": _FINITE_NON_NEGATIVE, "train.plot_samples": _at_least(0),
 }

@@ -327,6 +327,8 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
                 losses = frame_mse(trained(batch.x, batch.v, batch.h, graph).x, batch.target)
                 loss = losses.mean()
                 loss.backward()
+                if cfg.grad_clip_norm is not None:  # no host sync: the norm stays a tensor
+                    torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip_norm)
                 optimizer.step()
                 loss_sums += torch.stack([loss.detach(), losses[-1].detach()]).double()
             if scheduler is not None:
