@@ -9,7 +9,7 @@ here into one kernel::
     z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, docs/design.md §4.3)
     m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j
     phi = silu(m W_c1^T + b_c1) . w_c2 + b_c2
-    msg_sum_i = sum_j m,   coord_sum_i = sum_j r * phi
+    msg_sum_i = sum_j m,   coord_sum_i = sum_j c,   c = r * phi  (each component clamped to +-edge_clamp if given)
 
 A program owns receivers (persistent: receivers pid, pid + G, ...), walks each one's incoming edges in chunks of
 BLOCK_E edges x BLOCK_P frames (one row per edge and frame; P > 8 in tiles of 8), and reduces the messages in
@@ -24,7 +24,7 @@ everything and scatters the sender-side gradients with atomics.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -75,6 +75,38 @@ def _accumulate(ptr, value):
 
 
 @triton.jit
+def _coordinate_weight(m, wc1_ptr, bc1_ptr, wc2_ptr, bc2, cols, col_ok, kcols, H, BLOCK_M: tl.constexpr,
+                       BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                       ACC: tl.constexpr):
+    """phi = silu(m Wc1^T + bc1) . wc2 + bc2 of the rows m [M, BLOCK_H], output slice by output slice, as the
+    kernel's fused loop computes it (the same operations in the same order)."""
+    phi = tl.zeros((BLOCK_M,), dtype=ACC)
+    for n0 in range(0, H, BLOCK_K):
+        nn = n0 + kcols
+        n_ok = nn < H
+        wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
+                        mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
+        z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
+            tl.load(bc1_ptr + nn, mask=n_ok, other=0.0).to(ACC)[None, :]
+        s3 = 1.0 / (1.0 + tl.exp(-z3))
+        wc2 = tl.load(wc2_ptr + nn, mask=n_ok, other=0.0).to(ACC)
+        phi += tl.sum(z3 * s3 * wc2[None, :], axis=1)
+    return phi + bc2
+
+
+@triton.jit
+def _clamp(c, bound):
+    """c clamped to [-bound, bound]."""
+    return tl.minimum(tl.maximum(c, -bound), bound)
+
+
+@triton.jit
+def _clamp_grad(g, c, bound):
+    """The gradient g of c's clamp (_clamp): g where -bound <= c <= bound (torch.clamp's), else 0."""
+    return tl.where((c >= -bound) & (c <= bound), g, 0.0)
+
+
+@triton.jit
 def _silu_grad(z, s):
     """d silu(z) / dz from z and s = sigmoid(z)."""
     return s * (1.0 + z * (1.0 - s))
@@ -89,10 +121,10 @@ def egnn_edge_kernel(
     gm_ptr, gc_ptr,
     node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
     part_mat_ptr, part_we_ptr, part_vec_ptr,
-    N, P, H, F, num_programs,
+    N, P, H, F, num_programs, edge_clamp,
     BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_K: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, CLAMP_EDGES: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Node tensors are contiguous [N, P, H] (a, b, gm, node_out, scatter_node) or [N, P, 3] (x, gc, coord_out,
     scatter_coord); ea and g_ea [E, F] in receiver-sorted edge order; weights as nn.Linear stores them
@@ -105,6 +137,8 @@ def egnn_edge_kernel(
     also give their share of the weight gradients (below) as per-program partial sums added to zeroed buffers:
     part_mat [G, NUM_MATS, BH, BH] (W2 if W2_GRADS, then Wc1 if WC1_GRADS), part_we [G, BH, F_pad] (EDGE_GRADS)
     and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0), and with EDGE_GRADS g_ea.
+    CLAMP_EDGES: each component of every coordinate message r * phi is clamped to +-edge_clamp; the backward then
+    computes phi once more before its fused loop, for the clamp's gradient mask.
 
     Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
     weight: the first layer is computed BLOCK_K columns at a time and fed to the second layer's dot as its K
@@ -200,6 +234,12 @@ def egnn_edge_kernel(
                     g0 = tl.load(gc_ptr + node_i * 3, mask=row_ok, other=0.0).to(ACC)
                     g1 = tl.load(gc_ptr + node_i * 3 + 1, mask=row_ok, other=0.0).to(ACC)
                     g2 = tl.load(gc_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+                    if CLAMP_EDGES:  # dL/dc through the clamp, which needs phi before the fused loop
+                        phi_c = _coordinate_weight(m, wc1_ptr, bc1_ptr, wc2_ptr, bc2, cols, col_ok, kcols, H,
+                                                   BLOCK_M, BLOCK_K, DOT_DTYPE, DOT_PRECISION, ACC)
+                        g0 = _clamp_grad(g0, r0 * phi_c, edge_clamp)
+                        g1 = _clamp_grad(g1, r1 * phi_c, edge_clamp)
+                        g2 = _clamp_grad(g2, r2 * phi_c, edge_clamp)
                     g_phi = g0 * r0 + g1 * r1 + g2 * r2
                     # dL/dm = the incoming message gradient + the coordinate MLP's part (below); the incoming part
                     # is added before or after the coordinate MLP's slices, whichever needs fewer registers in the
@@ -232,9 +272,12 @@ def egnn_edge_kernel(
                 if MODE == 0:
                     acc_node += tl.reshape(tl.sum(tl.reshape(m, (BLOCK_R, BLOCK_E, BLOCK_P, BLOCK_H)), axis=1),
                                            (BLOCK_R, BLOCK_P, NUM_K, BLOCK_K))
-                    acc_c0 += tl.sum(tl.reshape(r0 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c1 += tl.sum(tl.reshape(r1 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
-                    acc_c2 += tl.sum(tl.reshape(r2 * phi, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    c0, c1, c2 = r0 * phi, r1 * phi, r2 * phi
+                    if CLAMP_EDGES:
+                        c0, c1, c2 = _clamp(c0, edge_clamp), _clamp(c1, edge_clamp), _clamp(c2, edge_clamp)
+                    acc_c0 += tl.sum(tl.reshape(c0, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c1 += tl.sum(tl.reshape(c1, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
+                    acc_c2 += tl.sum(tl.reshape(c2, (BLOCK_R, BLOCK_E, BLOCK_P)), axis=1)
                 else:
                     # ---- backward of the rows (gradients of msg_sum_i and coord_sum_i arrive at the receiver) ----
                     if MODE != 2:
@@ -370,6 +413,7 @@ KERNEL_SIGNATURE = {name: "*fp32" for name in (
     "g_ea_ptr", "part_mat_ptr", "part_we_ptr", "part_vec_ptr")}
 KERNEL_SIGNATURE.update({name: "*i64" for name in ("rowptr_ptr", "other_ptr", "perm_ptr")})
 KERNEL_SIGNATURE.update({name: "i32" for name in ("N", "P", "H", "F", "num_programs")})
+KERNEL_SIGNATURE["edge_clamp"] = "fp32"
 _NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
                   "g_ea_ptr")
 # The variants the registered operators launch: (name, MODE, ATOMIC)
@@ -381,20 +425,23 @@ def aot_configurations(production_only: bool = False):
     """(name, kernel, signature, constexprs, num_warps, expect_mma) for every configuration the dispatcher can
     launch on a GPU: each block configuration x each variant with fp32 node tensors and TF32 dots (production),
     plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots for the
-    deterministic variants (the opt-in atomic variant is compiled in the production setting)."""
+    deterministic variants (the opt-in atomic variant is compiled in the production setting). The per-edge clamp
+    ("edgeclamp" in the name) is compiled for every variant in the production setting."""
     for cfg in all_block_configs():
         tag = "_".join(f"{k}{v}" for k, v in cfg.items())
         precisions = [("tf32", "*fp32", tl.float32, "tf32")]
         if not production_only:
             precisions += [("ieee", "*fp32", tl.float32, "ieee"), ("bf16", "*bf16", tl.bfloat16, "tf32")]
         for variant, mode, atomic in VARIANTS:
-            for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic else precisions:
-                signature = dict(KERNEL_SIGNATURE)
-                signature.update({name: pointer for name in _NODE_POINTERS})
-                constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision,
-                                  ACC=tl.float32)
-                yield (f"{variant}_{precision}_{tag}", egnn_edge_kernel, signature, constexprs,
-                       num_warps(mode, cfg["BLOCK_H"]), precision != "ieee")
+            for clamp in (False, True):
+                for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic or clamp else precisions:
+                    signature = dict(KERNEL_SIGNATURE)
+                    signature.update({name: pointer for name in _NODE_POINTERS})
+                    constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, CLAMP_EDGES=clamp, DOT_DTYPE=dot_dtype,
+                                      DOT_PRECISION=dot_precision, ACC=tl.float32)
+                    name = f"{variant}_{'edgeclamp_' if clamp else ''}{precision}_{tag}"
+                    yield (name, egnn_edge_kernel, signature, constexprs, num_warps(mode, cfg["BLOCK_H"]),
+                           precision != "ieee")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -442,8 +489,8 @@ def _num_programs(a: Tensor, per_sm: int) -> int:
     return max(1, min(steps, sms * per_sm))
 
 
-def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tensor, Tensor, Tensor],
-            outputs: Dict[str, Tensor], num_programs: int) -> None:
+def _launch(mode: int, atomic: bool, edge_clamp: Optional[float], tensors: Dict[str, Tensor],
+            csr: Tuple[Tensor, Tensor, Tensor], outputs: Dict[str, Tensor], num_programs: int) -> None:
     a = tensors["a"]
     num_nodes, num_frames, hidden = a.shape
     cfg = _launch_config(a)
@@ -456,7 +503,8 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
         outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
         outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
         num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
-        MODE=mode, ATOMIC=atomic, **_dot_constexprs(a.dtype), **cfg,
+        1.0 if edge_clamp is None else float(edge_clamp),
+        MODE=mode, ATOMIC=atomic, CLAMP_EDGES=edge_clamp is not None, **_dot_constexprs(a.dtype), **cfg,
         num_warps=num_warps(mode, cfg["BLOCK_H"]))
 
 
@@ -466,11 +514,12 @@ def _launch(mode: int, atomic: bool, tensors: Dict[str, Tensor], csr: Tuple[Tens
 _WEIGHT_ARGS = ", ".join(f"Tensor {name}" for name in EGNNEdgeWeights._fields)
 _GRAPH_ARGS = ", ".join(f"Tensor {name}" for name in GRAPH_INPUTS)
 # The argument order of the C++ operators (egno_fast::egnn_edge_forward): node tensors, weights, graph, flags.
-# ``atomic_backward`` is the forward's argument so that the registered backward receives it.
+# ``atomic_backward`` is the forward's argument so that the registered backward receives it. ``edge_clamp``: the
+# bound of each component of every coordinate message (None: no clamp), as in the C++ operators.
 _FORWARD_SCHEMA = (f"(Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, {_GRAPH_ARGS}, "
-                   "bool atomic_backward) -> (Tensor msg_sum, Tensor coord_sum)")
+                   "bool atomic_backward, float? edge_clamp=None) -> (Tensor msg_sum, Tensor coord_sum)")
 _BACKWARD_SCHEMA = (f"(Tensor g_msg, Tensor g_coord, Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, "
-                    f"{_GRAPH_ARGS}, bool atomic_backward) -> Tensor[]")
+                    f"{_GRAPH_ARGS}, bool atomic_backward, float? edge_clamp=None) -> Tensor[]")
 
 
 def _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
@@ -492,7 +541,7 @@ def _kernel_tensors(a, b, x, edge_attr, weights) -> Dict[str, Tensor]:
 
 
 def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
-             b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
+             b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None):
     """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
     rowptr, sender, receiver, sender_rowptr, sender_perm = (
         t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
@@ -500,14 +549,14 @@ def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b
     _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
     tensors = _kernel_tensors(a, b, x, edge_attr, weights)
     msg_sum, coord_sum = torch.empty_like(tensors["a"]), torch.empty_like(tensors["x"])
-    _launch(MODE_FORWARD, False, tensors, (rowptr, sender, sender), dict(node_out=msg_sum, coord_out=coord_sum),
-            _num_programs(tensors["a"], 16))
+    _launch(MODE_FORWARD, False, edge_clamp, tensors, (rowptr, sender, sender),
+            dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(tensors["a"], 16))
     return msg_sum, coord_sum
 
 
 def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden,
                       b_coord_hidden, w_coord_out, b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm,
-                      atomic_backward) -> List[Tensor]:
+                      atomic_backward, edge_clamp=None) -> List[Tensor]:
     """The gradients of the forward's differentiable inputs, in its order: a, b, x, edge_attr, then the weights."""
     rowptr, sender, receiver, sender_rowptr, sender_perm = (
         t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
@@ -535,13 +584,14 @@ def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg,
     receiver_pass = pass_outputs(2 if atomic else 1, edge_grads=atomic)
     if atomic:
         receiver_pass.update(scatter_node=torch.zeros_like(a), scatter_coord=torch.zeros_like(x))
-    _launch(MODE_RECEIVER_GRAD, atomic, tensors, (rowptr, sender, sender), receiver_pass, programs)
+    _launch(MODE_RECEIVER_GRAD, atomic, edge_clamp, tensors, (rowptr, sender, sender), receiver_pass, programs)
     if atomic:  # the receiver pass did everything
         first_layer, g_b, g_x_sender = receiver_pass, receiver_pass["scatter_node"], receiver_pass["scatter_coord"]
         vecs = receiver_pass["part_vec"].sum(0)
     else:
         first_layer = pass_outputs(1, edge_grads=True)
-        _launch(MODE_SENDER_GRAD, False, tensors, (sender_rowptr, receiver, sender_perm), first_layer, programs)
+        _launch(MODE_SENDER_GRAD, False, edge_clamp, tensors, (sender_rowptr, receiver, sender_perm), first_layer,
+                programs)
         g_b, g_x_sender = first_layer["node_out"], first_layer["coord_out"]
         vecs = receiver_pass["part_vec"].sum(0) + first_layer["part_vec"].sum(0)
     vecs = vecs[:, :hidden]
@@ -562,7 +612,7 @@ backward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_backward", _b
 
 @forward_op.register_fake
 def _forward_fake(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
-                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward):
+                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None):
     check_edge_shapes(a, b, x, edge_attr, (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
                                            b_coord_out), rowptr.shape[0] - 1, sender.shape[0])
     return a.new_empty(a.shape), x.new_empty(x.shape)
@@ -576,8 +626,8 @@ def _backward_fake(g_msg, g_coord, a, b, x, edge_attr, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:-1])
-    ctx.atomic_backward = inputs[-1]
+    ctx.save_for_backward(*inputs[:-2])
+    ctx.atomic_backward, ctx.edge_clamp = inputs[-2:]
     ctx.set_materialize_grads(False)
 
 
@@ -585,8 +635,8 @@ def _backward(ctx, g_msg, g_coord):
     a, b, x, edge_attr, *rest = ctx.saved_tensors
     g_msg = torch.zeros_like(a) if g_msg is None else g_msg
     g_coord = torch.zeros_like(x) if g_coord is None else g_coord
-    grads = backward_op(g_msg, g_coord, a, b, x, edge_attr, *rest, ctx.atomic_backward)
-    return (*grads, *([None] * len(GRAPH_INPUTS)), None)
+    grads = backward_op(g_msg, g_coord, a, b, x, edge_attr, *rest, ctx.atomic_backward, ctx.edge_clamp)
+    return (*grads, *([None] * len(GRAPH_INPUTS)), None, None)
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -230,7 +230,9 @@ def test_config_values_outside_their_range_are_refused_by_name(tmp_path, capsys)
              "train.seed=1.5": "train.seed must be an integer, got '1.5'",
              "train.seed=-1": "train.seed must be >= 0, got -1",
              "data.cutoff=Infinity": "data.cutoff must be a finite number > 0, got inf",
-             "model.coord_clamp=edge": 'model.coord_clamp must be "mean", "norm" or "none", got \'edge\''}
+             "train.grad_clip_norm=0": "train.grad_clip_norm must be a finite number > 0, got 0",
+             "model.coord_clamp=per_edge": 'model.coord_clamp must be "mean", "norm", "edge" or "none", got '
+                                           '\'per_edge\''}
     for override, expected in cases.items():
         assert main(["train", "--set", override, "--run-dir", str(tmp_path / "run")]) == 2, override
         assert expected in one_error_line(capsys.readouterr().err), override

@@ -247,16 +247,20 @@ def test_edge_shift_and_per_frame_edge_features_enter_the_reference():
         egnn_layer_reference(x, v, h, graph, wide.weights(), frame_edge_attr=per_frame[:, :2])
 
 
-FUSED_VARIANTS = [EGNNOptions(clamp="norm"), EGNNOptions(clamp="none"), EGNNOptions(clamp="mean", clamp_value=0.5),
-                  EGNNOptions(clamp="norm", clamp_value=0.5)]
+FUSED_VARIANTS = [EGNNOptions(clamp="norm"), EGNNOptions(clamp="none"), EGNNOptions(clamp="edge"),
+                  EGNNOptions(clamp="mean", clamp_value=0.5), EGNNOptions(clamp="norm", clamp_value=0.5),
+                  EGNNOptions(clamp="edge", clamp_value=0.5)]
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
 @pytest.mark.parametrize("options", FUSED_VARIANTS, ids=str)
-def test_every_clamp_of_the_node_half_runs_fused_and_equals_the_reference(backend, options):
-    """The coordinate clamps "mean", "norm" and "none" at any bound: the fused layer equals the reference, outputs
-    and gradients, with clamping active (bound 0.5) or not."""
+def test_every_clamp_runs_fused_and_equals_the_reference(backend, options):
+    """The coordinate clamps "mean", "norm", "edge" and "none" at any bound: the fused layer equals the reference,
+    outputs and gradients, with clamping active (bound 0.5: the output differs from the unclamped layer's) or not."""
     layer, graph, x, v, h = _layer_inputs(options)
+    unclamped = egnn_layer_reference(x, v, h, graph, layer.weights(), EGNNOptions(clamp="none")).x
+    clamped = egnn_layer_reference(x, v, h, graph, layer.weights(), options).x
+    assert torch.equal(clamped, unclamped) == (options.clamp_value == 100.0 or options.clamp == "none")
     results = []
     for run in (lambda *a: egnn_layer(*a, options, backend=backend), lambda *a: egnn_layer_reference(*a, options)):
         xs, hs = x.clone().requires_grad_(), h.clone().requires_grad_()

@@ -51,16 +51,20 @@ def _graph_args(graph, layout=lambda t: t):
     return [layout(getattr(graph, name)) for name in GRAPH_INPUTS]
 
 
-def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t):
+EDGE_CLAMP = 0.3  # clamps some components of the coordinate messages of edge_forward_args (a test checks)
+
+
+def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t, edge_clamp=None):
     """The inputs of egnn_edge_forward / triton_egnn_edge_forward: node tensors, weights, graph (its index tensors
-    passed through ``graph_layout``), then the flag (store_activations / atomic_backward)."""
+    passed through ``graph_layout``), then the flag (store_activations / atomic_backward) and the edge clamp."""
     gen = torch.Generator().manual_seed(seed)
     graph = _graph(seed)
     n, p, h, f = NUM_NODES, NUM_FRAMES, HIDDEN, EDGE_DIM
     weights = EGNNEdgeWeights(_rand(gen, h), _rand(gen, h, f), _rand(gen, h, h), _rand(gen, h), _rand(gen, h, h),
                               _rand(gen, h), _rand(gen, h), _rand(gen, 1))
     return [_rand(gen, n, p, h), _rand(gen, n, p, h), _rand(gen, n, p, 3, scale=2.0),
-            permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph, graph_layout), flag]
+            permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph, graph_layout), flag,
+            edge_clamp]
 
 
 def node_forward_args(seed=0, clamp_mode=0, clamp_value=0.7):
@@ -91,10 +95,10 @@ def _gradients_for(outputs, seed=1):
 
 
 # ------------------------------------------------------------------------------------------ backward inputs
-def cpp_edge_backward_args():
-    args = _detached(edge_forward_args())
+def cpp_edge_backward_args(edge_clamp=None):
+    args = _detached(edge_forward_args(edge_clamp=edge_clamp))
     msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(*args)
-    return [*_gradients_for((msg_sum, coord_sum)), activations, *args[:-1]]
+    return [*_gradients_for((msg_sum, coord_sum)), activations, *args[:-2], edge_clamp]
 
 
 def cpp_node_backward_args():
@@ -110,9 +114,9 @@ def cpp_temporal_backward_args():
     return [*_gradients_for((out,)), x, pre, weight, leaky]
 
 
-def triton_edge_backward_args(convert=lambda value: value):
+def triton_edge_backward_args(convert=lambda value: value, edge_clamp=None):
     """``convert``: where and in which dtype the inputs go (the forward that gives the gradients' shapes runs there)."""
-    args = [convert(a) for a in _detached(edge_forward_args(flag=False))]
+    args = [convert(a) for a in _detached(edge_forward_args(flag=False, edge_clamp=edge_clamp))]
     outputs = torch.ops.egno_fast.triton_egnn_edge_forward(*args)
     return [*(convert(g) for g in _gradients_for(o.cpu() for o in outputs)), *args]
 
@@ -132,8 +136,9 @@ def _points(seed=0, num_points=40):
 
 # operator -> (backend, [argument lists]); differentiable ones are gradchecked too
 CASES = {
-    "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False, strided)]),
-    "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args]),
+    "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False, strided),
+                                             edge_forward_args(2, True, edge_clamp=EDGE_CLAMP)]),
+    "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args, lambda: cpp_edge_backward_args(EDGE_CLAMP)]),
     "egno_fast::egnn_node_forward": ("cpp", [node_forward_args(0, 0), node_forward_args(1, 1), node_forward_args(2, 2)]),
     "egno_fast::egnn_node_backward": ("cpp", [cpp_node_backward_args]),
     "egno_fast::temporal_residual_forward": ("cpp", [temporal_forward_args(), temporal_forward_args(1, True, False)]),
@@ -143,8 +148,11 @@ CASES = {
                                         lambda: [_points()[0], 1.5, None, torch.full((3,), 4.0, dtype=torch.float64)]]),
     "egno_fast::knn_graph": ("cpp", [lambda: [_points()[0], 4, _points()[1], None]]),
     "egno_fast::triton_egnn_edge_forward": ("triton", [edge_forward_args(0, False),
-                                                       edge_forward_args(1, True, strided)]),
-    "egno_fast::triton_egnn_edge_backward": ("triton", [triton_edge_backward_args]),
+                                                       edge_forward_args(1, True, strided),
+                                                       edge_forward_args(2, False, edge_clamp=EDGE_CLAMP)]),
+    "egno_fast::triton_egnn_edge_backward": ("triton", [triton_edge_backward_args,
+                                                        lambda **kw: triton_edge_backward_args(edge_clamp=EDGE_CLAMP,
+                                                                                               **kw)]),
     "egno_fast::triton_temporal_residual_forward": ("triton", [temporal_forward_args(),
                                                                temporal_forward_args(1, True, False)]),
     "egno_fast::triton_temporal_residual_backward": ("triton", [triton_temporal_backward_args]),
@@ -175,6 +183,21 @@ def _arguments(name: str, index: int):
     _skip_unless_available(backend)
     args = inputs[index]
     return args() if callable(args) else args
+
+
+def test_the_edge_clamp_cases_clamp_some_coordinate_messages_and_not_all():
+    """The clamped cases of the table are meaningful: the reference edge half's messages r phi of those inputs lie
+    on both sides of the bound."""
+    from egno_fast.ops.egnn_edge import egnn_edge_reference
+
+    args = _detached(edge_forward_args(2, edge_clamp=EDGE_CLAMP))
+    a, b, x, edge_attr, *rest = args
+    graph = _graph(2)
+    weights = EGNNEdgeWeights(*rest[:len(EGNNEdgeWeights._fields)])
+    free = egnn_edge_reference(a, b, x, edge_attr, graph, weights).coord_sum
+    clamped = egnn_edge_reference(a, b, x, edge_attr, graph, weights, EDGE_CLAMP).coord_sum
+    changed = (free - clamped).abs() > 1e-12
+    assert 0 < int(changed.sum()) < changed.numel()
 
 
 def test_the_table_covers_every_operator_of_the_namespace():

@@ -7,7 +7,7 @@
 //   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
 //   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
 //   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
-//   msg_sum_i = sum_j m,  coord_sum_i = sum_j r phi
+//   msg_sum_i = sum_j m,  coord_sum_i = sum_j c,  c = r phi  (each component clamped to +-edge_clamp if given)
 // Work is split into at most kMaxGroups groups of consecutive receivers with about equal edge counts; a group owns
 // its receivers' outputs and its own partial weight gradients, which are added in group order afterwards, so the
 // results do not depend on the number of threads (deterministic, no atomics).
@@ -131,6 +131,20 @@ EdgeWeights<T> edge_weights(const at::Tensor& wd, const at::Tensor& we, const at
           wc1};
 }
 
+// The coordinate message's "edge" clamp: each component of c = r phi to [-bound, bound] (NaN stays NaN).
+template <typename T>
+struct EdgeClamp {
+  bool active;
+  T bound;
+  explicit EdgeClamp(const c10::optional<double>& edge_clamp)
+      : active(edge_clamp.has_value()), bound(static_cast<T>(edge_clamp.value_or(0.0))) {
+    TORCH_CHECK(!active || *edge_clamp > 0, "egnn_edge: edge_clamp must be positive, got ", edge_clamp.value_or(0.0));
+  }
+  T operator()(T c) const { return active ? std::min(std::max(c, -bound), bound) : c; }
+  // the gradient of c's component through the clamp: g where -bound <= c <= bound (torch.clamp's), else 0
+  T grad(T g, T c) const { return !active || (c >= -bound && c <= bound) ? g : T(0); }
+};
+
 // Row kernels (restrict pointers so that the compiler vectorises them), n = H values each.
 // pre1 = A_i + B_j + w_d |r|^2 (+ W_e e_ij when ew is given).
 template <typename T>
@@ -222,8 +236,8 @@ struct EdgeForward {
 
 // acts: the stored [6, E, P, H], or empty (recompute mode: each tile's activations live in a tile buffer).
 template <typename T>
-void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, at::Tensor& msg_sum, at::Tensor& coord_sum,
-                  at::Tensor& acts) {
+void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, const EdgeClamp<T>& clamp, at::Tensor& msg_sum,
+                  at::Tensor& coord_sum, at::Tensor& acts) {
   const int64_t num_nodes = msg_sum.size(0), frames = f.frames, hidden = f.hidden;
   const int64_t tile_edges = tile_edge_count(frames, hidden);
   const int64_t* rp = rowptr.data_ptr<int64_t>();
@@ -251,9 +265,9 @@ void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, at::Tensor&
             const T phi = f.w.bc2 + dot(hidden, f.w.wc2, t.act3 + r * hidden);
             T* ci = coord + (i * frames + p) * 3;
             const T* rv = rel.data() + r * 3;
-            ci[0] += rv[0] * phi;
-            ci[1] += rv[1] * phi;
-            ci[2] += rv[2] * phi;
+            ci[0] += clamp(rv[0] * phi);
+            ci[1] += clamp(rv[1] * phi);
+            ci[2] += clamp(rv[2] * phi);
             add_row(hidden, t.m + r * hidden, msg + (i * frames + p) * hidden);
           }
         }
@@ -266,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     at::Tensor a, at::Tensor b, at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2,
     at::Tensor b2, at::Tensor wc1, at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr,
     at::Tensor sender, at::Tensor receiver, const at::Tensor& /*sender_rowptr*/, const at::Tensor& /*sender_perm*/,
-    bool store_activations) {
+    bool store_activations, c10::optional<double> edge_clamp) {
   // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver});
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
@@ -276,8 +290,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
                                       : at::empty({0, sender.size(0), a.size(1), a.size(2)}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "egnn_edge_forward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, a.size(2), edge_attr.size(1));
-    forward_impl<scalar_t>(EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), rowptr, msg_sum,
-                           coord_sum, acts);
+    forward_impl<scalar_t>(EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), rowptr,
+                           EdgeClamp<scalar_t>(edge_clamp), msg_sum, coord_sum, acts);
   });
   return {msg_sum, coord_sum, acts};
 }
@@ -333,7 +347,8 @@ template <typename T>
 void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts,
                    const EdgeForward<T>& f, const at::Tensor& x, const at::Tensor& edge_attr, const EdgeWeights<T>& w,
                    const at::Tensor& rowptr, const at::Tensor& sender, const at::Tensor& receiver,
-                   const at::Tensor& sender_rowptr, const at::Tensor& sender_perm, at::Tensor& g_a, at::Tensor& g_b,
+                   const at::Tensor& sender_rowptr, const at::Tensor& sender_perm, const EdgeClamp<T>& clamp,
+                   at::Tensor& g_a, at::Tensor& g_b,
                    at::Tensor& g_x, at::Tensor& g_edge_attr, Partials& part) {
   const int64_t num_nodes = x.size(0), frames = x.size(1), hidden = acts.size(3);
   const bool stored = acts.size(0) > 0;
@@ -360,7 +375,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
     std::vector<T> dpre_buf(rows_max * hidden);  // dL/dpre3, then dL/dpre2
     std::vector<T> dact_buf(rows_max * hidden);  // dL/dm, then dL/dsilu(pre1)
     at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
-    std::vector<T> rel(rows_max * 3), phi(rows_max), act_buf;
+    std::vector<T> rel(rows_max * 3), g_c(rows_max * 3), phi(rows_max), act_buf;  // g_c: dL/dc through the clamp
     at::Tensor ew_buf = at::empty({!stored && features > 0 ? tile_edges : 0, hidden}, opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* vec = part.vec[g].data_ptr<T>();
@@ -384,7 +399,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
         T *pdpre = dpre_buf.data(), *pdact = dact_buf.data();
         const at::Tensor dpre = tile_view(pdpre, rows, hidden, opts);
         at::Tensor dact = tile_view(pdact, rows, hidden, opts);
-        // coordinate MLP: phi, dL/dphi = g_coord_i . r, dL/dpre3
+        // coordinate MLP: phi, dL/dc = g_coord_i (through the clamp), dL/dphi = dL/dc . r, dL/dpre3
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k], j = snd[k];
           for (int64_t p = 0; p < frames; ++p) {
@@ -392,8 +407,10 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             const T* gci = gc + (i * frames + p) * 3;
             T* rv = rel.data() + r * 3;
             relative_position(px, i, j, p, frames, rv);
-            const T dp = gci[0] * rv[0] + gci[1] * rv[1] + gci[2] * rv[2];
             phi[r] = w.bc2 + dot(hidden, w.wc2, act3 + r * hidden);
+            T* gcr = g_c.data() + r * 3;
+            for (int c = 0; c < 3; ++c) gcr[c] = clamp.grad(gci[c], rv[c] * phi[r]);
+            const T dp = gcr[0] * rv[0] + gcr[1] * rv[1] + gcr[2] * rv[2];
             pre3_grad_row(hidden, act3 + r * hidden, grad3 + r * hidden, w.wc2, dp, pdpre + r * hidden, d_wc2,
                           d_bc1);
             d_bc2 += dp;
@@ -424,11 +441,11 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             const T d2 = rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
             const T dd2 = pre1_grad_row(hidden, pdact + r * hidden, grad1 + r * hidden, w.wd, d2, d1 + r * hidden,
                                         ga + (i * frames + p) * hidden, d_wd, d1s);
-            const T* gci = gc + (i * frames + p) * 3;
+            const T* gcr = g_c.data() + r * 3;
             T* dr = dr_all.data() + (k * frames + p) * 3;
             T* gxi = gx + (i * frames + p) * 3;
             for (int c = 0; c < 3; ++c) {
-              dr[c] = gci[c] * phi[r] + T(2) * rv[c] * dd2;
+              dr[c] = gcr[c] * phi[r] + T(2) * rv[c] * dd2;
               gxi[c] += dr[c];
             }
           }
@@ -468,7 +485,7 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
     const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, at::Tensor a, at::Tensor b,
     at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2, at::Tensor b2, at::Tensor wc1,
     at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr, at::Tensor sender, at::Tensor receiver,
-    at::Tensor sender_rowptr, at::Tensor sender_perm) {
+    at::Tensor sender_rowptr, at::Tensor sender_perm, c10::optional<double> edge_clamp) {
   make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver,
                    &sender_rowptr, &sender_perm});
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
@@ -494,7 +511,8 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, acts.size(3), edge_attr.size(1));
     backward_impl<scalar_t>(g_msg_c.to(x.scalar_type()), g_coord_c.to(x.scalar_type()), acts,
                             EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), x, edge_attr, w, rowptr,
-                            sender, receiver, sender_rowptr, sender_perm, g_a, g_b, g_x, g_edge_attr, part);
+                            sender, receiver, sender_rowptr, sender_perm, EdgeClamp<scalar_t>(edge_clamp), g_a, g_b,
+                            g_x, g_edge_attr, part);
   });
   const at::Tensor vec = ordered_sum(part.vec);  // rows copied out: an operator's outputs may not alias each other
   return {g_a, g_b, g_x, g_edge_attr, vec[3].clone(), ordered_sum(part.we), ordered_sum(part.w2), vec[0].clone(),

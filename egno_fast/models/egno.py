@@ -12,8 +12,7 @@ from torch import Tensor, nn
 from ..backends import OPS, check_backend_name, resolve_backend
 from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
-from ..ops.egnn import EGNNOptions
-from ..ops.egnn_node import CLAMP_MODES
+from ..ops.egnn import CLAMPS, EGNNOptions
 from ..ops.receiver_csr import build_graph
 
 logger = logging.getLogger("egno_fast")
@@ -64,10 +63,12 @@ class EGNO(nn.Module):
                        "temporal_residual" and "egnn_layer" (others: "auto"). What runs is reported: on the first
                        forward (and whenever it changes) :attr:`active_backend` holds the backend of each op and
                        the logger "egno_fast" records it at INFO level.
-        coord_clamp:   the clamp of each layer's mean coordinate message: "mean" (each component to +-100, the
-                       public code's and the default, compatible with its checkpoints; it breaks rotation
-                       equivariance whenever it acts, i.e. for coordinate updates beyond 100), "norm" (the vector's
-                       norm to 100: equivariant) or "none". Every backend runs all three.
+        coord_clamp:   the clamp of each layer's coordinate messages: "mean" (each component of the mean message
+                       to +-100, the public code's and the default, compatible with its checkpoints; it breaks
+                       rotation equivariance whenever it acts, i.e. for coordinate updates beyond 100), "norm" (the
+                       mean message's norm to 100: equivariant), "edge" (each component of every edge's message to
+                       +-100, as EGNN variants with a per-message range do; not equivariant where it acts) or
+                       "none". Every backend runs all four.
         validate:      check the values of the inputs (finite values, edge index range) when the forward builds the
                        graph from ``edge_index``. A prebuilt :class:`Graph` was validated where it was built: the
                        forward then checks shapes only, and neither it nor the backward synchronises with the
@@ -105,8 +106,8 @@ class EGNO(nn.Module):
         self.time_embedding = SinusoidalTimeEmbedding(time_emb_dim)
         self.embedding = nn.Linear(node_dim + time_emb_dim, hidden_dim)
         # The message-passing backbone and the temporal convolutions are separate, so another backbone can reuse them.
-        if coord_clamp not in CLAMP_MODES:
-            raise ValueError(f"coord_clamp must be one of {sorted(CLAMP_MODES)}, got {coord_clamp!r}")
+        if coord_clamp not in CLAMPS:
+            raise ValueError(f"coord_clamp must be one of {list(CLAMPS)}, got {coord_clamp!r}")
         self.coord_clamp = coord_clamp
         options = EGNNOptions(clamp=coord_clamp)
         self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim, options=options)

@@ -16,7 +16,7 @@ EGNNLayerOutput``: "reference" (plain PyTorch, every variant; what ``torch.compi
 baseline), "cpp" and "triton": the fused layer, i.e. node projections, the edge half (:mod:`.egnn_edge`) and the
 node half (:mod:`.egnn_node`; the Triton layer runs the node half's reference). The fused layer runs EGNO's
 variant: SiLU, no residual, no attention, no normalisation, no tanh, with or without a bias on the coordinate
-output, and any of the node half's clamps ("mean", "norm", "none", any bound); other variants (and dtypes or sizes a kernel does not take) raise "backend X cannot
+output, and every clamp (the "edge" clamp in the edge half, the others in the node half; any bound); other variants (and dtypes or sizes a kernel does not take) raise "backend X cannot
 run 'egnn_layer' ...: not supported ..." when X is named, and "auto" passes them to the next backend, saying so
 once in the log "egno_fast" at INFO level. :func:`egnn_layer` dispatches.
 """
@@ -170,11 +170,8 @@ def fused_unsupported(options: EGNNOptions, edge_shift: Optional[Tensor] = None,
     """Why the fused layer cannot run this variant (None: it can)."""
     different = [name for name in ("activation", "residual", "attention", "normalize", "tanh")
                  if getattr(options, name) != getattr(EGNO_OPTIONS, name)]
-    if options.clamp not in CLAMP_MODES:
-        different.append(f"clamp {options.clamp!r} (per-edge clamp)")
     if different:
-        return (f"the fused EGNN layer runs EGNO's variant with the clamps {sorted(CLAMP_MODES)}; not supported: "
-                f"options {', '.join(different)}")
+        return f"the fused EGNN layer runs EGNO's variant (any clamp); not supported: options {', '.join(different)}"
     if edge_shift is not None:
         return "the fused EGNN layer does not support edge_shift (periodic images) yet"
     if frame_edge_attr is not None:
@@ -215,9 +212,12 @@ def _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, 
     if reason is not None:
         raise ValueError(reason)
     a, b, edge_weights, node_weights = _split_weights(h, graph, weights, weight_dtype)
-    sums = edge_half(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(), graph, edge_weights)
+    clamp_edges = options.clamp == "edge"
+    sums = edge_half(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(), graph, edge_weights,
+                     options.clamp_value if clamp_edges else None)
     degree = graph.in_degree.clamp(min=1).to(x.dtype)
-    x_new, h_new = node_half(x, v, h, sums, degree, node_weights, options.clamp, options.clamp_value)
+    x_new, h_new = node_half(x, v, h, sums, degree, node_weights, "none" if clamp_edges else options.clamp,
+                             options.clamp_value)
     return EGNNLayerOutput(x_new, v, h_new)
 
 

@@ -6,9 +6,10 @@ With the first edge layer split into node projections (docs/design.md §4.3: ``A
     z1 = A_i + B_j + |r|^2 w_dist + e_ij W_edge^T          r = x_i - x_j
     m  = silu(silu(z1) W_msg^T + b_msg)
     phi = silu(m W_coord_hidden^T + b_coord_hidden) . w_coord_out + b_coord_out
-    msg_sum_i = sum_j m,    coord_sum_i = sum_j r phi
+    msg_sum_i = sum_j m,    coord_sum_i = sum_j c,    c = r phi, each component clamped to +-edge_clamp if given
 
-Entry points per backend, all ``(a, b, x, edge_attr, graph, weights) -> EdgeSums``: "reference" (plain PyTorch,
+(the EGNN layer's "edge" clamp). Entry points per backend, all ``(a, b, x, edge_attr, graph, weights, edge_clamp)
+-> EdgeSums``: "reference" (plain PyTorch,
 below), "cpp" (the operator ``egno_fast::egnn_edge_forward`` of csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake
 kernels below), "triton" (the operator ``egno_fast::triton_egnn_edge_forward``, registered with its kernel, fake
 kernel and autograd in kernels/egnn_edge.py). :func:`egnn_edge_sums` dispatches. The weights' field names are the
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -52,8 +53,14 @@ class EdgeSums(NamedTuple):
     coord_sum: Tensor
 
 
+def check_edge_clamp(edge_clamp: Optional[float]) -> None:
+    """ValueError unless ``edge_clamp`` is None or a positive number."""
+    if edge_clamp is not None and not edge_clamp > 0:
+        raise ValueError(f"edge_clamp must be a positive number or None, got {edge_clamp!r}")
+
+
 def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                        weights: EGNNEdgeWeights) -> EdgeSums:
+                        weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
     """The edge half in plain PyTorch (module docstring).
 
     Args:
@@ -62,9 +69,11 @@ def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, grap
         edge_attr: [E, f] edge features in the graph's (receiver-sorted) order.
         graph:     the receiver-sorted CSR.
         weights:   :class:`EGNNEdgeWeights`.
+        edge_clamp: the bound of each component of every coordinate message r phi, or None (no clamp).
     Returns:
         :class:`EdgeSums`.
     """
+    check_edge_clamp(edge_clamp)
     receiver, sender = graph.receiver, graph.sender
     rel = x.index_select(0, receiver) - x.index_select(0, sender)  # [E, P, 3]
     dist2 = (rel * rel).sum(-1, keepdim=True)
@@ -73,8 +82,11 @@ def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, grap
     message = F.silu(F.linear(F.silu(z1), weights.w_msg, weights.b_msg))  # [E, P, H]
     phi = F.linear(F.silu(F.linear(message, weights.w_coord_hidden, weights.b_coord_hidden)),
                    weights.w_coord_out[None], weights.b_coord_out)  # [E, P, 1]
+    coord_message = rel * phi  # [E, P, 3]
+    if edge_clamp is not None:
+        coord_message = coord_message.clamp(-edge_clamp, edge_clamp)
     msg_sum = torch.zeros_like(a).index_add_(0, receiver, message)
-    coord_sum = torch.zeros_like(x).index_add_(0, receiver, rel * phi)
+    coord_sum = torch.zeros_like(x).index_add_(0, receiver, coord_message)
     return EdgeSums(msg_sum, coord_sum)
 
 
@@ -104,8 +116,9 @@ GRAPH_INPUTS = ("rowptr", "sender", "receiver", "sender_rowptr", "sender_perm") 
 _NUM_WEIGHTS = len(EGNNEdgeWeights._fields)
 
 
-def _forward_fake(a, b, x, edge_attr, *args):
-    *_, sender, _receiver, _sender_rowptr, _sender_perm, store_activations = args
+def _forward_fake(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
+                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, store_activations,
+                  edge_clamp=None):
     stored = 6 if store_activations else 0
     return a.new_empty(a.shape), x.new_empty(x.shape), a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2]))
 
@@ -120,6 +133,7 @@ def _setup_context(ctx, inputs, output):
     a, b, x, edge_attr, *rest = inputs
     weights, graph = rest[:_NUM_WEIGHTS], rest[_NUM_WEIGHTS:_NUM_WEIGHTS + len(GRAPH_INPUTS)]
     ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph)
+    ctx.edge_clamp = rest[-1]  # the inputs are every schema argument, defaults filled in
     ctx.mark_non_differentiable(output[2])  # the stored activations [6, E, P, H]: no gradient flows into them
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
 
@@ -130,8 +144,8 @@ def _backward(ctx, g_msg, g_coord, _g_activations):
     g_msg = torch.zeros_like(a) if g_msg is None else g_msg
     g_coord = torch.zeros_like(x) if g_coord is None else g_coord
     g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
-        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph)
-    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(GRAPH_INPUTS)), None)
+        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph, edge_clamp=ctx.edge_clamp)
+    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(GRAPH_INPUTS)), None, None)
 
 
 # Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
@@ -166,13 +180,15 @@ def _graph_inputs(graph: Graph) -> dict:
 
 
 def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                  weights: EGNNEdgeWeights) -> EdgeSums:
+                  weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
     """The edge half on CPU tensors (float32 or float64), the registered operator ``egno_fast::egnn_edge_forward``;
     contract of :func:`egnn_edge_reference`."""
+    check_edge_clamp(edge_clamp)
     weights = EGNNEdgeWeights(*(w.to(a.dtype) for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
     msg_sum, coord_sum, _ = torch.ops.egno_fast.egnn_edge_forward(
-        a, b, x, edge_attr, **weights._asdict(), **_graph_inputs(graph), store_activations=store)
+        a, b, x, edge_attr, **weights._asdict(), **_graph_inputs(graph), store_activations=store,
+        edge_clamp=None if edge_clamp is None else float(edge_clamp))
     return EdgeSums(msg_sum, coord_sum)
 
 
@@ -200,18 +216,20 @@ def check_edge_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weight
 
 
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                     weights: EGNNEdgeWeights) -> EdgeSums:
+                     weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
     """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128), the registered
     operator ``egno_fast::triton_egnn_edge_forward``; contract of :func:`egnn_edge_reference`. The operators check
     the shapes (:func:`check_edge_shapes`) and, on CPU tensors (the interpreter), the graph's CSR invariants before
     their kernels run."""
     from ..kernels.egnn_edge import atomic_backward_enabled, forward_op
 
+    check_edge_clamp(edge_clamp)
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
     msg_sum, coord_sum = forward_op(a, b, x, edge_attr, *weights, **_graph_inputs(graph),
-                                    atomic_backward=atomic_backward_enabled())
+                                    atomic_backward=atomic_backward_enabled(),
+                                    edge_clamp=None if edge_clamp is None else float(edge_clamp))
     return EdgeSums(msg_sum, coord_sum)
 
 
@@ -221,10 +239,10 @@ register("egnn_edge", "triton", egnn_edge_triton)
 
 
 def egnn_edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights,
-              backend: str = "auto") -> EdgeSums:
+                   edge_clamp: Optional[float] = None, backend: str = "auto") -> EdgeSums:
     """The edge half on ``backend`` ("reference", "triton", "cpp" or "auto"); contract of
     :func:`egnn_edge_reference`. On CUDA the graph must be unchanged since it was validated."""
     if x.device.type == "cuda":
         graph.require_unchanged()
     chosen = resolve_backend(check_backend_name(backend), x.device, "egnn_edge")
-    return get_op("egnn_edge", chosen)(a, b, x, edge_attr, graph, weights)
+    return get_op("egnn_edge", chosen)(a, b, x, edge_attr, graph, weights, edge_clamp)
