@@ -14,7 +14,7 @@ import torch
 import egno_fast
 from conftest import REPO, make_backend_unavailable
 from egno_fast.cli import build_parser, main
-from egno_fast.config import DataConfig, ModelConfig, TrainConfig, available_configs, load_config
+from egno_fast.config import CONFIG_DIR, DataConfig, ModelConfig, TrainConfig, available_configs, load_config
 
 from test_training import TINY
 
@@ -210,6 +210,27 @@ def test_wrong_config_values(tmp_path, capsys):
     assert out.returncode != 0 and "Traceback" in out.stderr and "must be an integer" in out.stderr
     out = run_cli("train", "--debug", "--set", "model.hidden_dim=abc")  # also after the command
     assert "Traceback" in out.stderr
+
+
+def test_config_files_with_values_of_the_wrong_type_are_refused_by_name(tmp_path, capsys):
+    """The probe's config-file cases (numbers written as strings, a fraction for an integer, a boolean for a
+    number): `egno-fast train --config FILE` exits 2 with one line naming the setting, what it must be and the
+    value, and writes nothing."""
+    cases = {("train", "epochs", "1"): "train.epochs must be an integer, got '1'",
+             ("model", "hidden_dim", 16.5): "model.hidden_dim must be an integer, got 16.5",
+             ("model", "hidden_dim", "16"): "model.hidden_dim must be an integer, got '16'",
+             ("train", "lr", "0.001"): "train.lr must be a number, got '0.001'",
+             ("train", "seed", 1.5): "train.seed must be an integer, got 1.5",
+             ("train", "epochs", True): "train.epochs must be an integer, got True",
+             ("train", "grad_clip_norm", "1"): "train.grad_clip_norm must be a number or null, got '1'"}
+    for (section, key, value), expected in cases.items():
+        config = json.loads((CONFIG_DIR / "default.json").read_text())
+        config[section][key] = value
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(config))
+        assert main(["train", "--config", str(path), "--run-dir", str(tmp_path / "run")]) == 2, (key, value)
+        assert expected in one_error_line(capsys.readouterr().err), (key, value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_config_values_outside_their_range_are_refused_by_name(tmp_path, capsys):

@@ -204,6 +204,7 @@ def test_the_norm_clamp_keeps_equivariance_where_the_public_codes_clamp_breaks_i
         assert model.active_backend["egnn_layer"] == backend
     assert errors["norm"] < 1e-8 and errors["none"] < 1e-8, errors
     assert errors["mean"] > 1e-3, errors  # the compatible default's known caveat, kept for checkpoints
+    assert EGNO(node_dim=1, edge_dim=1).coord_clamp == "mean"  # the public code's, for its checkpoints
     with pytest.raises(ValueError, match="coord_clamp must be one of"):
         EGNO(node_dim=1, edge_dim=1, coord_clamp="per_edge")
 

@@ -104,6 +104,31 @@ def test_cache_written_once_and_checked(tmp_path):
         load_or_generate_nbody(tmp_path, other, progress=False)
 
 
+def test_a_full_disk_while_writing_the_cache_leaves_no_file_and_says_so(tmp_path, monkeypatch):
+    """np.savez failing with ENOSPC: one line naming the cache file and that nothing was written; no cache file and
+    no temporary file are left, and the next call (disk freed) generates and writes the cache."""
+    import errno
+
+    from egno_fast.cli import _user_error
+    from egno_fast.data.io import AtomicWriteError
+
+    params = NBodyParams(num_train=1, num_valid=1, num_test=1)
+    path = tmp_path / params.file_name()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(np, "savez", full_disk)
+        with pytest.raises(AtomicWriteError) as raised:
+            load_or_generate_nbody(tmp_path, params, progress=False)
+    assert str(raised.value) == f"could not write {path} (No space left on device); nothing was written"
+    assert _user_error(raised.value) == str(raised.value)  # a one-line user error (exit 2), not a traceback
+    assert not path.exists() and not list(tmp_path.glob(".*tmp*"))
+    load_or_generate_nbody(tmp_path, params, progress=False)
+    assert path.exists()
+
+
 def test_truncated_or_missing_file_gives_clear_error(tmp_path):
     params = NBodyParams(num_train=1, num_valid=1, num_test=1)
     load_or_generate_nbody(tmp_path, params, progress=False)
