@@ -75,21 +75,32 @@ def _accumulate(ptr, value):
 
 
 @triton.jit
+def _coordinate_slice(m, n0, wc1_ptr, bc1_ptr, wc2_ptr, cols, col_ok, kcols, H, DOT_DTYPE: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr, ACC: tl.constexpr):
+    """Output columns n0 .. n0 + BLOCK_K of the coordinate MLP's hidden layer for the rows m [M, BLOCK_H]:
+    (nn, n_ok [BLOCK_K] the columns, wc1_t [BLOCK_H, BLOCK_K] their weights, z3 = m Wc1^T + bc1 and s3 =
+    sigmoid(z3) [M, BLOCK_K], wc2 [BLOCK_K] their output weights); phi adds sum(z3 * s3 * wc2) over the slices."""
+    nn = n0 + kcols
+    n_ok = nn < H
+    wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
+                    mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
+    z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
+        tl.load(bc1_ptr + nn, mask=n_ok, other=0.0).to(ACC)[None, :]
+    s3 = 1.0 / (1.0 + tl.exp(-z3))
+    wc2 = tl.load(wc2_ptr + nn, mask=n_ok, other=0.0).to(ACC)
+    return nn, n_ok, wc1_t, z3, s3, wc2
+
+
+@triton.jit
 def _coordinate_weight(m, wc1_ptr, bc1_ptr, wc2_ptr, bc2, cols, col_ok, kcols, H, BLOCK_M: tl.constexpr,
                        BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                        ACC: tl.constexpr):
-    """phi = silu(m Wc1^T + bc1) . wc2 + bc2 of the rows m [M, BLOCK_H], output slice by output slice, as the
-    kernel's fused loop computes it (the same operations in the same order)."""
+    """phi = silu(m Wc1^T + bc1) . wc2 + bc2 of the rows m [M, BLOCK_H], slice by slice as the kernel's fused loop
+    computes it (the same operations in the same order)."""
     phi = tl.zeros((BLOCK_M,), dtype=ACC)
     for n0 in range(0, H, BLOCK_K):
-        nn = n0 + kcols
-        n_ok = nn < H
-        wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
-                        mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
-        z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
-            tl.load(bc1_ptr + nn, mask=n_ok, other=0.0).to(ACC)[None, :]
-        s3 = 1.0 / (1.0 + tl.exp(-z3))
-        wc2 = tl.load(wc2_ptr + nn, mask=n_ok, other=0.0).to(ACC)
+        _nn, _n_ok, _wc1_t, z3, s3, wc2 = _coordinate_slice(m, n0, wc1_ptr, bc1_ptr, wc2_ptr, cols, col_ok, kcols, H,
+                                                            DOT_DTYPE, DOT_PRECISION, ACC)
         phi += tl.sum(z3 * s3 * wc2[None, :], axis=1)
     return phi + bc2
 
@@ -250,14 +261,8 @@ def egnn_edge_kernel(
                         g_m = tl.zeros((BLOCK_M, BLOCK_H), dtype=ACC)
                 phi = tl.zeros((BLOCK_M,), dtype=ACC)
                 for n0 in range(0, H, BLOCK_K):  # phi = silu(m Wc1^T + bc1) . wc2, output slice by slice
-                    nn = n0 + kcols
-                    n_ok = nn < H
-                    wc1_t = tl.load(wc1_ptr + nn[None, :] * H + cols[:, None],
-                                    mask=col_ok[:, None] & n_ok[None, :], other=0.0).to(DOT_DTYPE)  # [BH, BK]
-                    z3 = tl.dot(m.to(DOT_DTYPE), wc1_t, input_precision=DOT_PRECISION).to(ACC) + \
-                        tl.load(bc1_ptr + nn, mask=n_ok, other=0.0).to(ACC)[None, :]
-                    s3 = 1.0 / (1.0 + tl.exp(-z3))
-                    wc2 = tl.load(wc2_ptr + nn, mask=n_ok, other=0.0).to(ACC)
+                    nn, n_ok, wc1_t, z3, s3, wc2 = _coordinate_slice(m, n0, wc1_ptr, bc1_ptr, wc2_ptr, cols, col_ok,
+                                                                     kcols, H, DOT_DTYPE, DOT_PRECISION, ACC)
                     phi += tl.sum(z3 * s3 * wc2[None, :], axis=1)
                     if MODE != 0:
                         g_z3 = g_phi[:, None] * wc2[None, :] * _silu_grad(z3, s3)
