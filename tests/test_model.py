@@ -209,7 +209,8 @@ def test_the_norm_clamp_keeps_equivariance_where_the_public_codes_clamp_breaks_i
         EGNO(node_dim=1, edge_dim=1, coord_clamp="per_edge")
 
 
-@pytest.mark.parametrize("backend", [b for b in ("cpp", "triton") if unavailable_reason(b, "egnn_layer", "cpu") is None])
+@pytest.mark.parametrize("backend", [name for name in ("cpp", "triton")
+                                     if unavailable_reason(name, "egnn_layer", "cpu") is None])
 def test_every_coordinate_clamp_runs_on_the_fused_backends_and_equals_the_reference(backend):
     """coord_clamp "mean", "norm", "edge" and "none" on inputs scaled by 10 (the clamps act): the fused backend runs
     them (none is passed to the reference) and equals the reference, outputs and weight gradients, in float64."""
