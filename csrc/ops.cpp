@@ -12,16 +12,20 @@ TORCH_LIBRARY(egno_fast, m) {
   // ops return the gradients of the forward's inputs in the forward's order. egnn_edge_forward takes the transposed
   // CSR (sender_rowptr, sender_perm) only so that its backward has it among the forward's inputs. edge_clamp: the
   // bound of each component of every coordinate message r phi (the layer's "edge" clamp), None: no clamp.
+  // edge_shift: [E, 3] added to r = x_i - x_j of each (sorted) edge in every frame (periodic images), None: none;
+  // it receives no gradient.
   m.def(
       "egnn_edge_forward(Tensor a, Tensor b, Tensor x, Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, "
       "Tensor b_msg, Tensor w_coord_hidden, Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, "
       "Tensor rowptr, Tensor sender, Tensor receiver, Tensor sender_rowptr, Tensor sender_perm, "
-      "bool store_activations, float? edge_clamp=None) -> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
+      "bool store_activations, float? edge_clamp=None, Tensor? edge_shift=None) "
+      "-> (Tensor msg_sum, Tensor coord_sum, Tensor activations)");
   m.def(
       "egnn_edge_backward(Tensor g_msg, Tensor g_coord, Tensor activations, Tensor a, Tensor b, Tensor x, "
       "Tensor edge_attr, Tensor w_dist, Tensor w_edge, Tensor w_msg, Tensor b_msg, Tensor w_coord_hidden, "
       "Tensor b_coord_hidden, Tensor w_coord_out, Tensor b_coord_out, Tensor rowptr, Tensor sender, "
-      "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm, float? edge_clamp=None) -> Tensor[]");
+      "Tensor receiver, Tensor sender_rowptr, Tensor sender_perm, float? edge_clamp=None, Tensor? edge_shift=None) "
+      "-> Tensor[]");
   m.def(
       "egnn_node_forward(Tensor h, Tensor msg_sum, Tensor coord_sum, Tensor x, Tensor v, Tensor degree, "
       "Tensor w_vel_hidden, Tensor b_vel_hidden, Tensor w_vel_out, Tensor b_vel_out, Tensor w_node_hidden, "

@@ -18,20 +18,21 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it
 _LAZY = {
     "EGNO": ".models", "EGNOOutput": ".models",
-    "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".ops",
+    "Graph": ".graph", "GraphInputError": ".graph", "build_graph": ".ops", "periodic_radius_graph": ".ops",
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
     "patch": ".patching", "unpatch": ".patching",
     "export_for_inference": ".export", "load_exported_program": ".export",
 }
 
-__all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "BackendUnavailableError",
+__all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "periodic_radius_graph",
+           "BackendUnavailableError",
            "backend_status", "export_for_inference", "load_exported_program", "patch", "unpatch", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .backends import BackendUnavailableError, backend_status
     from .export import export_for_inference, load_exported_program
     from .graph import Graph, GraphInputError
-    from .ops import build_graph
+    from .ops import build_graph, periodic_radius_graph
     from .models import EGNO, EGNOOutput
     from .patching import patch, unpatch
 

@@ -21,7 +21,7 @@ import torch
 BACKENDS = ("reference", "triton", "cpp")
 OPS = ("temporal_residual", "egnn_layer")  # the model's layers (what patch() and the model's backend choose)
 PART_OPS = ("egnn_edge", "egnn_node")  # the edge aggregation and node update of the fused EGNN layer
-GRAPH_OPS = ("receiver_csr", "radius_graph", "knn_graph")  # graph construction
+GRAPH_OPS = ("receiver_csr", "radius_graph", "knn_graph", "periodic_radius_graph")  # graph construction
 ALL_OPS = OPS + PART_OPS + GRAPH_OPS
 # The order in which "auto" tries the backends, per device type.
 AUTO_PRIORITY = {"cuda": ("triton", "cpp", "reference"), "cpu": ("cpp", "reference")}

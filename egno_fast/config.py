@@ -48,6 +48,7 @@ class ModelConfig:
     time_emb_dim: int = 32
     temporal_channels: List[str] = field(default_factory=lambda: ["h", "x", "v"])
     coord_clamp: str = "mean"  # "mean" (the public code's), "norm" (equivariant), "edge" or "none": see EGNO
+    vector_centre: str = "mean"  # "mean" (the paper's) or "input" (each atom's own: periodic systems), see EGNO
     backend: Union[str, Dict[str, str]] = "auto"  # or op -> backend
 
 
@@ -130,6 +131,7 @@ LIMITS = {
     "model.hidden_dim": _at_least(1), "model.num_layers": _at_least(1), "model.num_modes": _at_least(0),
     "model.time_emb_dim": _at_least(4),
     "model.coord_clamp": ((lambda v: v in ("mean", "norm", "edge", "none")), '"mean", "norm", "edge" or "none"'),
+    "model.vector_centre": ((lambda v: v in ("mean", "input")), '"mean" or "input"'),
     "model.temporal_channels": ((lambda v: set(v) <= {"h", "x", "v"} and len(set(v)) == len(v)),
                                 'a list of distinct channels among "h", "x", "v"'),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.lr": _POSITIVE,

@@ -47,6 +47,9 @@ class Graph:
         sender_perm:   [E] int64; the transposed CSR (sorted by sender) lists sorted edges ``sender_perm``.
         sender_rowptr: [N + 1] int64 offsets of the transposed CSR (edges sent by node j).
         nodes_per_graph: [B] int64 number of nodes of each graph.
+        edge_shift:    [E, 3] floating point, in sorted order, or None: the periodic shift of each edge, added to
+                       x_i - x_j wherever an op forms it (minimum images in a periodic cell,
+                       :func:`egno_fast.ops.periodic_radius_graph`); a constant of the graph (no gradient).
     """
 
     num_nodes: int
@@ -60,6 +63,7 @@ class Graph:
     sender_perm: Tensor
     sender_rowptr: Tensor
     nodes_per_graph: Tensor
+    edge_shift: Optional[Tensor] = None
     # (id, version) of each index tensor when the graph was validated; None: never validated. Not an __init__
     # argument, so dataclasses.replace and hand-made graphs start unvalidated.
     _stamp: Optional[Tuple[Tuple[int, int], ...]] = field(default=None, init=False, repr=False, compare=False)
@@ -123,18 +127,24 @@ TENSOR_FIELDS = ("rowptr", "sender", "receiver", "edge_perm", "edge_attr", "batc
                  "nodes_per_graph")
 
 
+def _leaf_names(graph: Graph) -> Tuple[str, ...]:
+    return TENSOR_FIELDS + (("edge_shift",) if graph.edge_shift is not None else ())
+
+
 def _graph_leaves(graph: Graph):
-    return [getattr(graph, name) for name in TENSOR_FIELDS], None
+    names = _leaf_names(graph)
+    return [getattr(graph, name) for name in names], len(names) > len(TENSOR_FIELDS)
 
 
 def _graph_leaves_with_keys(graph: Graph):
     # keys print as graph['sender']: with attribute keys (graph.sender) torch.export's input checks of fixed shapes
     # confuse a field with another that it prefixes (sender, sender_perm)
-    return [(pytree.MappingKey(name), getattr(graph, name)) for name in TENSOR_FIELDS], None
+    names = _leaf_names(graph)
+    return [(pytree.MappingKey(name), getattr(graph, name)) for name in names], len(names) > len(TENSOR_FIELDS)
 
 
-def _graph_from_leaves(leaves, _context) -> Graph:
-    tensors = dict(zip(TENSOR_FIELDS, leaves))
+def _graph_from_leaves(leaves, shifted) -> Graph:  # shifted: the graph has edge shifts (None: an older context)
+    tensors = dict(zip(TENSOR_FIELDS + (("edge_shift",) if shifted else ()), leaves))
     return Graph(num_nodes=tensors["rowptr"].shape[0] - 1, num_graphs=tensors["nodes_per_graph"].shape[0], **tensors)
 
 
@@ -169,6 +179,11 @@ def _shape_problem(graph: Graph) -> Optional[str]:
                                           "nodes_per_graph": (graph.nodes_per_graph, (graph.num_graphs,))})
     if problem is None and (graph.edge_attr.dim() != 2 or graph.edge_attr.shape[0] != e):
         problem = f"edge_attr must have shape [E, f] with E = {e}, got {list(graph.edge_attr.shape)}"
+    shift = graph.edge_shift
+    if problem is None and shift is not None and (not isinstance(shift, Tensor) or tuple(shift.shape) != (e, 3)
+                                                  or not shift.is_floating_point()):
+        problem = (f"edge_shift must be a floating-point tensor [E, 3] with E = {e}, got "
+                   f"{list(shift.shape) if isinstance(shift, Tensor) else type(shift).__name__}")
     return problem
 
 
@@ -256,8 +271,22 @@ def _fail(message: str) -> None:
     raise GraphInputError(message)
 
 
+def _check_edge_values(name: str, values: Tensor, edge_index: Tensor, width: Optional[int] = None) -> None:
+    """An [E, f] (or [E, width]) finite floating-point tensor on edge_index's device, else GraphInputError."""
+    num_edges = edge_index.shape[1]
+    if values.dim() != 2 or values.shape[0] != num_edges or (width is not None and values.shape[1] != width):
+        _fail(f"{name} must have shape [E, {'f' if width is None else width}] with E = {num_edges}, got "
+              f"{list(values.shape)}")
+    if not values.is_floating_point():
+        _fail(f"{name} must be a floating-point tensor, got {values.dtype}")
+    if not bool(torch.isfinite(values).all()):
+        _fail(f"{name} contains NaN or infinite values")
+    if values.device != edge_index.device:
+        _fail(f"{name} is on {values.device} but edge_index on {edge_index.device}")
+
+
 def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor],
-                          batch: Optional[Tensor]) -> None:
+                          batch: Optional[Tensor], edge_shift: Optional[Tensor] = None) -> None:
     """Check shapes, dtypes, finiteness and index ranges of the graph inputs; raise GraphInputError if wrong."""
     if not isinstance(edge_index, Tensor):
         _fail(f"edge_index must be a torch.Tensor of shape [2, E], got {type(edge_index).__name__}")
@@ -272,16 +301,10 @@ def validate_graph_inputs(edge_index: Tensor, num_nodes: int, edge_attr: Optiona
         if low < 0 or high >= num_nodes:
             _fail(f"edge_index out of range: values span [{low}, {high}] but there are {num_nodes} nodes "
                   f"(valid indices 0..{num_nodes - 1})")
-    num_edges = edge_index.shape[1]
     if edge_attr is not None:
-        if edge_attr.dim() != 2 or edge_attr.shape[0] != num_edges:
-            _fail(f"edge_attr must have shape [E, f] with E = {num_edges}, got {list(edge_attr.shape)}")
-        if not edge_attr.is_floating_point():
-            _fail(f"edge_attr must be a floating-point tensor, got {edge_attr.dtype}")
-        if not bool(torch.isfinite(edge_attr).all()):
-            _fail("edge_attr contains NaN or infinite values")
-        if edge_attr.device != edge_index.device:
-            _fail(f"edge_attr is on {edge_attr.device} but edge_index on {edge_index.device}")
+        _check_edge_values("edge_attr", edge_attr, edge_index)
+    if edge_shift is not None:
+        _check_edge_values("edge_shift", edge_shift, edge_index, width=3)
     if batch is not None:
         if batch.dim() != 1 or batch.shape[0] != num_nodes:
             _fail(f"batch must have shape [N] with N = {num_nodes}, got {list(batch.shape)}")

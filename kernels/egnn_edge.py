@@ -7,7 +7,7 @@ halves of the first edge layer applied once per node, the velocity and node MLPs
 here into one kernel::
 
     z1 = A_i + B_j + |r|^2 w_d + e_ij W_e^T     A = h W_a^T + b1, B = h W_b^T  (node projections, docs/design.md §4.3)
-    m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j
+    m  = silu(silu(z1) W_2^T + b_2)            r = x_i - x_j (+ s_ij, the edge's periodic shift, if given)
     phi = silu(m W_c1^T + b_c1) . w_c2 + b_c2
     msg_sum_i = sum_j m,   coord_sum_i = sum_j c,   c = r * phi  (each component clamped to +-edge_clamp if given)
 
@@ -127,7 +127,7 @@ def _silu_grad(z, s):
 # compiled ahead of time by the tests (F % 16 == 0 once hit a Triton 3.6 layout-verifier failure on sm_90).
 @triton.jit(do_not_specialize=["N", "F", "num_programs"])
 def egnn_edge_kernel(
-    a_ptr, b_ptr, x_ptr, ea_ptr, wd_ptr, we_ptr, w2_ptr, b2_ptr, wc1_ptr, bc1_ptr, wc2_ptr, bc2_ptr,
+    a_ptr, b_ptr, x_ptr, ea_ptr, shift_ptr, wd_ptr, we_ptr, w2_ptr, b2_ptr, wc1_ptr, bc1_ptr, wc2_ptr, bc2_ptr,
     rowptr_ptr, other_ptr, perm_ptr,
     gm_ptr, gc_ptr,
     node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
@@ -135,7 +135,7 @@ def egnn_edge_kernel(
     N, P, H, F, num_programs, edge_clamp,
     BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, CLAMP_EDGES: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
+    SHIFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
 ):
     """Node tensors are contiguous [N, P, H] (a, b, gm, node_out, scatter_node) or [N, P, 3] (x, gc, coord_out,
     scatter_coord); ea and g_ea [E, F] in receiver-sorted edge order; weights as nn.Linear stores them
@@ -149,7 +149,8 @@ def egnn_edge_kernel(
     part_mat [G, NUM_MATS, BH, BH] (W2 if W2_GRADS, then Wc1 if WC1_GRADS), part_we [G, BH, F_pad] (EDGE_GRADS)
     and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0), and with EDGE_GRADS g_ea.
     CLAMP_EDGES: each component of every coordinate message r * phi is clamped to +-edge_clamp; the backward then
-    computes phi once more before its fused loop, for the clamp's gradient mask.
+    computes phi once more before its fused loop, for the clamp's gradient mask. SHIFT: shift [E, 3] (sorted edge
+    order, x's dtype) is added to r = x_i - x_j of each edge.
 
     Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
     weight: the first layer is computed BLOCK_K columns at a time and fed to the second layer's dot as its K
@@ -228,6 +229,11 @@ def egnn_edge_kernel(
                     tl.load(x_ptr + node_j * 3 + 1, mask=row_ok, other=0.0).to(ACC)
                 r2 = tl.load(x_ptr + node_i * 3 + 2, mask=row_ok, other=0.0).to(ACC) - \
                     tl.load(x_ptr + node_j * 3 + 2, mask=row_ok, other=0.0).to(ACC)
+                if SHIFT:
+                    shift_row = shift_ptr + edge.to(tl.int64) * 3
+                    r0 += tl.load(shift_row, mask=row_ok, other=0.0).to(ACC)
+                    r1 += tl.load(shift_row + 1, mask=row_ok, other=0.0).to(ACC)
+                    r2 += tl.load(shift_row + 2, mask=row_ok, other=0.0).to(ACC)
                 d2 = r0 * r0 + r1 * r1 + r2 * r2
                 z2 = tl.zeros((BLOCK_M, BLOCK_H), dtype=ACC)
                 for k0 in range(0, H, BLOCK_K):  # z2 = silu(z1) W2^T, K slice by K slice
@@ -413,13 +419,13 @@ def all_block_configs():
 
 
 KERNEL_SIGNATURE = {name: "*fp32" for name in (
-    "a_ptr", "b_ptr", "x_ptr", "ea_ptr", "wd_ptr", "we_ptr", "w2_ptr", "b2_ptr", "wc1_ptr", "bc1_ptr", "wc2_ptr",
+    "a_ptr", "b_ptr", "x_ptr", "ea_ptr", "shift_ptr", "wd_ptr", "we_ptr", "w2_ptr", "b2_ptr", "wc1_ptr", "bc1_ptr", "wc2_ptr",
     "bc2_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr", "scatter_node_ptr", "scatter_coord_ptr",
     "g_ea_ptr", "part_mat_ptr", "part_we_ptr", "part_vec_ptr")}
 KERNEL_SIGNATURE.update({name: "*i64" for name in ("rowptr_ptr", "other_ptr", "perm_ptr")})
 KERNEL_SIGNATURE.update({name: "i32" for name in ("N", "P", "H", "F", "num_programs")})
 KERNEL_SIGNATURE["edge_clamp"] = "fp32"
-_NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
+_NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "shift_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
                   "g_ea_ptr")
 # The variants the registered operators launch: (name, MODE, ATOMIC)
 VARIANTS = (("forward", MODE_FORWARD, False), ("receiver_grad", MODE_RECEIVER_GRAD, False),
@@ -431,20 +437,22 @@ def aot_configurations(production_only: bool = False):
     launch on a GPU: each block configuration x each variant with fp32 node tensors and TF32 dots (production),
     plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots for the
     deterministic variants (the opt-in atomic variant is compiled in the production setting). The per-edge clamp
-    ("edgeclamp" in the name) is compiled for every variant in the production setting."""
+    ("edgeclamp" in the name) and the periodic shifts ("shift") are compiled for every variant in the production
+    setting."""
     for cfg in all_block_configs():
         tag = "_".join(f"{k}{v}" for k, v in cfg.items())
         precisions = [("tf32", "*fp32", tl.float32, "tf32")]
         if not production_only:
             precisions += [("ieee", "*fp32", tl.float32, "ieee"), ("bf16", "*bf16", tl.bfloat16, "tf32")]
         for variant, mode, atomic in VARIANTS:
-            for clamp in (False, True):
-                for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic or clamp else precisions:
+            for clamp, shift in ((False, False), (True, False), (False, True)):
+                optional = clamp or shift
+                for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic or optional else precisions:
                     signature = dict(KERNEL_SIGNATURE)
                     signature.update({name: pointer for name in _NODE_POINTERS})
-                    constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, CLAMP_EDGES=clamp, DOT_DTYPE=dot_dtype,
-                                      DOT_PRECISION=dot_precision, ACC=tl.float32)
-                    name = f"{variant}_{'edgeclamp_' if clamp else ''}{precision}_{tag}"
+                    constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, CLAMP_EDGES=clamp, SHIFT=shift,
+                                      DOT_DTYPE=dot_dtype, DOT_PRECISION=dot_precision, ACC=tl.float32)
+                    name = f"{variant}_{'edgeclamp_' if clamp else ''}{'shift_' if shift else ''}{precision}_{tag}"
                     yield (name, egnn_edge_kernel, signature, constexprs, num_warps(mode, cfg["BLOCK_H"]),
                            precision != "ieee")
 
@@ -496,20 +504,23 @@ def _num_programs(a: Tensor, per_sm: int) -> int:
 
 def _launch(mode: int, atomic: bool, edge_clamp: Optional[float], tensors: Dict[str, Tensor],
             csr: Tuple[Tensor, Tensor, Tensor], outputs: Dict[str, Tensor], num_programs: int) -> None:
+    """One kernel launch; ``tensors`` by the kernel's argument names (a "shift" entry: the edge shifts)."""
     a = tensors["a"]
     num_nodes, num_frames, hidden = a.shape
     cfg = _launch_config(a)
     rowptr, other, perm = csr
     dummy = outputs["node_out"]
+    shift = tensors.get("shift")
     egnn_edge_kernel[(num_programs,)](
-        a, tensors["b"], tensors["x"], tensors["ea"], tensors["wd"], tensors["we"], tensors["w2"], tensors["b2"],
+        a, tensors["b"], tensors["x"], tensors["ea"], dummy if shift is None else shift, tensors["wd"], tensors["we"], tensors["w2"], tensors["b2"],
         tensors["wc1"], tensors["bc1"], tensors["wc2"], tensors["bc2"], rowptr, other, perm,
         tensors.get("gm", dummy), tensors.get("gc", dummy), outputs["node_out"], outputs["coord_out"],
         outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
         outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
         num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
         1.0 if edge_clamp is None else float(edge_clamp),
-        MODE=mode, ATOMIC=atomic, CLAMP_EDGES=edge_clamp is not None, **_dot_constexprs(a.dtype), **cfg,
+        MODE=mode, ATOMIC=atomic, CLAMP_EDGES=edge_clamp is not None, SHIFT=shift is not None,
+        **_dot_constexprs(a.dtype), **cfg,
         num_warps=num_warps(mode, cfg["BLOCK_H"]))
 
 
@@ -520,11 +531,14 @@ _WEIGHT_ARGS = ", ".join(f"Tensor {name}" for name in EGNNEdgeWeights._fields)
 _GRAPH_ARGS = ", ".join(f"Tensor {name}" for name in GRAPH_INPUTS)
 # The argument order of the C++ operators (egno_fast::egnn_edge_forward): node tensors, weights, graph, flags.
 # ``atomic_backward`` is the forward's argument so that the registered backward receives it. ``edge_clamp``: the
-# bound of each component of every coordinate message (None: no clamp), as in the C++ operators.
+# bound of each component of every coordinate message (None: no clamp) and ``edge_shift`` the periodic shift [E, 3]
+# of each sorted edge (None: none; no gradient), as in the C++ operators.
 _FORWARD_SCHEMA = (f"(Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, {_GRAPH_ARGS}, "
-                   "bool atomic_backward, float? edge_clamp=None) -> (Tensor msg_sum, Tensor coord_sum)")
+                   "bool atomic_backward, float? edge_clamp=None, Tensor? edge_shift=None) "
+                   "-> (Tensor msg_sum, Tensor coord_sum)")
 _BACKWARD_SCHEMA = (f"(Tensor g_msg, Tensor g_coord, Tensor a, Tensor b, Tensor x, Tensor edge_attr, {_WEIGHT_ARGS}, "
-                    f"{_GRAPH_ARGS}, bool atomic_backward, float? edge_clamp=None) -> Tensor[]")
+                    f"{_GRAPH_ARGS}, bool atomic_backward, float? edge_clamp=None, Tensor? edge_shift=None) "
+                    "-> Tensor[]")
 
 
 def _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm) -> None:
@@ -537,22 +551,29 @@ def _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_
         check_kernel_csr(a.shape[0], rowptr, sender, receiver, sender_rowptr, sender_perm)
 
 
-def _kernel_tensors(a, b, x, edge_attr, weights) -> Dict[str, Tensor]:
-    """The kernel's node, edge and weight inputs by its argument names, contiguous."""
+def _kernel_tensors(a, b, x, edge_attr, weights, edge_shift=None) -> Dict[str, Tensor]:
+    """The kernel's node, edge and weight inputs by its argument names, contiguous (``shift`` only when given)."""
     w = EGNNEdgeWeights(*(t.contiguous() for t in weights))
-    return dict(a=a.contiguous(), b=b.contiguous(), x=x.contiguous(), ea=edge_attr.contiguous(), wd=w.w_dist,
-                we=w.w_edge, w2=w.w_msg, b2=w.b_msg, wc1=w.w_coord_hidden, bc1=w.b_coord_hidden, wc2=w.w_coord_out,
-                bc2=w.b_coord_out)
+    tensors = dict(a=a.contiguous(), b=b.contiguous(), x=x.contiguous(), ea=edge_attr.contiguous(), wd=w.w_dist,
+                   we=w.w_edge, w2=w.w_msg, b2=w.b_msg, wc1=w.w_coord_hidden, bc1=w.b_coord_hidden,
+                   wc2=w.w_coord_out, bc2=w.b_coord_out)
+    if edge_shift is not None:
+        if tuple(edge_shift.shape) != (edge_attr.shape[0], 3):
+            raise ValueError(f"egnn_edge: edge_shift must have shape [{edge_attr.shape[0]}, 3], got "
+                             f"{list(edge_shift.shape)}")
+        tensors["shift"] = edge_shift.to(x.dtype).contiguous()
+    return tensors
 
 
 def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
-             b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None):
+             b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None,
+             edge_shift=None):
     """(msg_sum [N, P, H], coord_sum [N, P, 3]) over the graph's edges (module docstring); any strides."""
     rowptr, sender, receiver, sender_rowptr, sender_perm = (
         t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
     weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
     _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
-    tensors = _kernel_tensors(a, b, x, edge_attr, weights)
+    tensors = _kernel_tensors(a, b, x, edge_attr, weights, edge_shift)
     msg_sum, coord_sum = torch.empty_like(tensors["a"]), torch.empty_like(tensors["x"])
     _launch(MODE_FORWARD, False, edge_clamp, tensors, (rowptr, sender, sender),
             dict(node_out=msg_sum, coord_out=coord_sum), _num_programs(tensors["a"], 16))
@@ -561,13 +582,13 @@ def _forward(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b
 
 def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden,
                       b_coord_hidden, w_coord_out, b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm,
-                      atomic_backward, edge_clamp=None) -> List[Tensor]:
+                      atomic_backward, edge_clamp=None, edge_shift=None) -> List[Tensor]:
     """The gradients of the forward's differentiable inputs, in its order: a, b, x, edge_attr, then the weights."""
     rowptr, sender, receiver, sender_rowptr, sender_perm = (
         t.contiguous() for t in (rowptr, sender, receiver, sender_rowptr, sender_perm))
     weights = (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out, b_coord_out)
     _check_inputs(a, b, x, edge_attr, weights, rowptr, sender, receiver, sender_rowptr, sender_perm)
-    tensors = _kernel_tensors(a, b, x, edge_attr, weights)
+    tensors = _kernel_tensors(a, b, x, edge_attr, weights, edge_shift)
     a, x, edge_attr = tensors["a"], tensors["x"], tensors["ea"]
     tensors.update(gm=g_msg.to(a.dtype).contiguous(), gc=g_coord.to(a.dtype).contiguous())
     atomic, hidden = atomic_backward, a.shape[2]
@@ -617,7 +638,8 @@ backward_op = torch.library.custom_op("egno_fast::triton_egnn_edge_backward", _b
 
 @forward_op.register_fake
 def _forward_fake(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
-                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None):
+                  b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, atomic_backward, edge_clamp=None,
+                  edge_shift=None):
     check_edge_shapes(a, b, x, edge_attr, (w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
                                            b_coord_out), rowptr.shape[0] - 1, sender.shape[0])
     return a.new_empty(a.shape), x.new_empty(x.shape)
@@ -631,17 +653,17 @@ def _backward_fake(g_msg, g_coord, a, b, x, edge_attr, *args):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs[:-2])
-    ctx.atomic_backward, ctx.edge_clamp = inputs[-2:]
+    ctx.save_for_backward(*inputs[:-3], inputs[-1])  # the tensors, then edge_shift (or None)
+    ctx.atomic_backward, ctx.edge_clamp = inputs[-3:-1]
     ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, g_msg, g_coord):
-    a, b, x, edge_attr, *rest = ctx.saved_tensors
+    a, b, x, edge_attr, *rest, edge_shift = ctx.saved_tensors
     g_msg = torch.zeros_like(a) if g_msg is None else g_msg
     g_coord = torch.zeros_like(x) if g_coord is None else g_coord
-    grads = backward_op(g_msg, g_coord, a, b, x, edge_attr, *rest, ctx.atomic_backward, ctx.edge_clamp)
-    return (*grads, *([None] * len(GRAPH_INPUTS)), None, None)
+    grads = backward_op(g_msg, g_coord, a, b, x, edge_attr, *rest, ctx.atomic_backward, ctx.edge_clamp, edge_shift)
+    return (*grads, *([None] * len(GRAPH_INPUTS)), None, None, None)
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -237,7 +237,7 @@ def test_edge_shift_and_per_frame_edge_features_enter_the_reference():
     torch.testing.assert_close(zero.x, base.x)
     shifted = egnn_layer_reference(x, v, h, graph, layer.weights(), edge_shift=torch.ones(graph.num_edges, 3))
     assert not torch.allclose(shifted.x, base.x)
-    with pytest.raises(GraphInputError, match="edge_shift must have shape"):
+    with pytest.raises(GraphInputError, match=r"edge_shift must be a floating-point tensor \[E, 3\]"):
         egnn_layer_reference(x, v, h, graph, layer.weights(), edge_shift=torch.zeros(2, 3))
     wide = EGNNLayer(8, 2 + 1).double()  # per-frame features are appended after the shared ones
     per_frame = torch.randn(graph.num_edges, 3, 1, dtype=torch.float64)
@@ -272,6 +272,34 @@ def test_every_clamp_runs_fused_and_equals_the_reference(backend, options):
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
+@pytest.mark.parametrize("options", [EGNNOptions(), EGNNOptions(clamp="edge", clamp_value=0.5)], ids=str)
+def test_edge_shifts_run_fused_and_equal_the_reference(backend, options):
+    """Periodic shifts (lattice vectors of a skewed cell, per edge) added to r = x_i - x_j: the fused layer equals
+    the reference, outputs and gradients of x, h and the weights, and the shifts change the result; no gradient
+    reaches the shifts (a constant of the graph)."""
+    layer, graph, x, v, h = _layer_inputs(options)
+    gen = torch.Generator().manual_seed(11)
+    cell = torch.tensor([[4.0, 0.0, 0.0], [1.3, 3.5, 0.0], [-0.7, 0.9, 3.8]], dtype=torch.float64)
+    images = torch.randint(-1, 2, (graph.num_edges, 3), generator=gen).double()
+    shift = (images @ cell).requires_grad_()
+    results = []
+    for run in (lambda *a: egnn_layer(*a, options, edge_shift=shift, backend=backend),
+                lambda *a: egnn_layer_reference(*a, options, edge_shift=shift)):
+        xs, hs = x.clone().requires_grad_(), h.clone().requires_grad_()
+        out = run(xs, v, hs, graph, layer.weights())
+        loss = (out.x * out.x.detach().cos()).sum() + out.h.square().sum()
+        *grads, g_shift = torch.autograd.grad(loss, [xs, hs, *layer.parameters(), shift], allow_unused=True)
+        assert g_shift is None
+        results.append([out.x.detach(), out.h.detach(), *grads])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+    unshifted = egnn_layer(x, v, h, graph, layer.weights(), options, backend=backend)
+    assert not torch.allclose(unshifted.x, results[0][0])
+    with pytest.raises(GraphInputError, match="edge_shift must be a floating-point tensor"):
+        egnn_layer(x, v, h, graph, layer.weights(), options, edge_shift=shift[:3], backend=backend)
+
+
+@pytest.mark.parametrize("backend", [b for b in BACKENDS_HERE if b != "reference"])
 def test_fused_backends_refuse_variants_they_do_not_run_and_auto_reports_the_reference(backend):
     for options in VARIANTS:
         if options.clamp != "mean" and fused_unsupported(options) is None:  # run fused (the test above)
@@ -281,8 +309,6 @@ def test_fused_backends_refuse_variants_they_do_not_run_and_auto_reports_the_ref
                                                           "supported"):
             egnn_layer(x, v, h, graph, layer.weights(), options, backend=backend)
     layer, graph, x, v, h = _layer_inputs(EGNNOptions())
-    with pytest.raises(BackendUnavailableError, match="edge_shift"):
-        egnn_layer(x, v, h, graph, layer.weights(), edge_shift=torch.zeros(graph.num_edges, 3), backend=backend)
     assert fused_unsupported(EGNNOptions(), weights=layer.weights()) is None
 
 

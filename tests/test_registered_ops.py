@@ -54,9 +54,10 @@ def _graph_args(graph, layout=lambda t: t):
 EDGE_CLAMP = 0.3  # clamps some components of the coordinate messages of edge_forward_args (a test checks)
 
 
-def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t, edge_clamp=None):
+def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t, edge_clamp=None, shifted=False):
     """The inputs of egnn_edge_forward / triton_egnn_edge_forward: node tensors, weights, graph (its index tensors
-    passed through ``graph_layout``), then the flag (store_activations / atomic_backward) and the edge clamp."""
+    passed through ``graph_layout``), then the flag (store_activations / atomic_backward), the edge clamp and, if
+    ``shifted``, periodic edge shifts (a constant: no gradient)."""
     gen = torch.Generator().manual_seed(seed)
     graph = _graph(seed)
     n, p, h, f = NUM_NODES, NUM_FRAMES, HIDDEN, EDGE_DIM
@@ -64,7 +65,8 @@ def edge_forward_args(seed=0, flag=True, graph_layout=lambda t: t, edge_clamp=No
                               _rand(gen, h), _rand(gen, h), _rand(gen, 1))
     return [_rand(gen, n, p, h), _rand(gen, n, p, h), _rand(gen, n, p, 3, scale=2.0),
             permuted(graph.edge_attr.clone()).requires_grad_(), *weights, *_graph_args(graph, graph_layout), flag,
-            edge_clamp]
+            edge_clamp, permuted(torch.randn(graph.num_edges, 3, generator=gen, dtype=torch.float64)) if shifted
+            else None]
 
 
 def node_forward_args(seed=0, clamp_mode=0, clamp_value=0.7):
@@ -95,10 +97,10 @@ def _gradients_for(outputs, seed=1):
 
 
 # ------------------------------------------------------------------------------------------ backward inputs
-def cpp_edge_backward_args(edge_clamp=None):
-    args = _detached(edge_forward_args(edge_clamp=edge_clamp))
+def cpp_edge_backward_args(edge_clamp=None, shifted=False):
+    args = _detached(edge_forward_args(edge_clamp=edge_clamp, shifted=shifted))
     msg_sum, coord_sum, activations = torch.ops.egno_fast.egnn_edge_forward(*args)
-    return [*_gradients_for((msg_sum, coord_sum)), activations, *args[:-2], edge_clamp]
+    return [*_gradients_for((msg_sum, coord_sum)), activations, *args[:-3], *args[-2:]]
 
 
 def cpp_node_backward_args():
@@ -114,9 +116,9 @@ def cpp_temporal_backward_args():
     return [*_gradients_for((out,)), x, pre, weight, leaky]
 
 
-def triton_edge_backward_args(convert=lambda value: value, edge_clamp=None):
+def triton_edge_backward_args(convert=lambda value: value, edge_clamp=None, shifted=False):
     """``convert``: where and in which dtype the inputs go (the forward that gives the gradients' shapes runs there)."""
-    args = [convert(a) for a in _detached(edge_forward_args(flag=False, edge_clamp=edge_clamp))]
+    args = [convert(a) for a in _detached(edge_forward_args(flag=False, edge_clamp=edge_clamp, shifted=shifted))]
     outputs = torch.ops.egno_fast.triton_egnn_edge_forward(*args)
     return [*(convert(g) for g in _gradients_for(o.cpu() for o in outputs)), *args]
 
@@ -137,8 +139,10 @@ def _points(seed=0, num_points=40):
 # operator -> (backend, [argument lists]); differentiable ones are gradchecked too
 CASES = {
     "egno_fast::egnn_edge_forward": ("cpp", [edge_forward_args(0, True), edge_forward_args(1, False, strided),
-                                             edge_forward_args(2, True, edge_clamp=EDGE_CLAMP)]),
-    "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args, lambda: cpp_edge_backward_args(EDGE_CLAMP)]),
+                                             edge_forward_args(2, True, edge_clamp=EDGE_CLAMP),
+                                             edge_forward_args(3, False, shifted=True)]),
+    "egno_fast::egnn_edge_backward": ("cpp", [cpp_edge_backward_args, lambda: cpp_edge_backward_args(EDGE_CLAMP),
+                                              lambda: cpp_edge_backward_args(shifted=True)]),
     "egno_fast::egnn_node_forward": ("cpp", [node_forward_args(0, 0), node_forward_args(1, 1), node_forward_args(2, 2)]),
     "egno_fast::egnn_node_backward": ("cpp", [cpp_node_backward_args]),
     "egno_fast::temporal_residual_forward": ("cpp", [temporal_forward_args(), temporal_forward_args(1, True, False)]),
@@ -149,10 +153,12 @@ CASES = {
     "egno_fast::knn_graph": ("cpp", [lambda: [_points()[0], 4, _points()[1], None]]),
     "egno_fast::triton_egnn_edge_forward": ("triton", [edge_forward_args(0, False),
                                                        edge_forward_args(1, True, strided),
-                                                       edge_forward_args(2, False, edge_clamp=EDGE_CLAMP)]),
+                                                       edge_forward_args(2, False, edge_clamp=EDGE_CLAMP),
+                                                       edge_forward_args(3, False, shifted=True)]),
     "egno_fast::triton_egnn_edge_backward": ("triton", [triton_edge_backward_args,
                                                         lambda **kw: triton_edge_backward_args(edge_clamp=EDGE_CLAMP,
-                                                                                               **kw)]),
+                                                                                               **kw),
+                                                        lambda **kw: triton_edge_backward_args(shifted=True, **kw)]),
     "egno_fast::triton_temporal_residual_forward": ("triton", [temporal_forward_args(),
                                                                temporal_forward_args(1, True, False)]),
     "egno_fast::triton_temporal_residual_backward": ("triton", [triton_temporal_backward_args]),

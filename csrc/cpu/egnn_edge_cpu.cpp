@@ -4,7 +4,7 @@
 // B = h W_b in egno_fast/ops/egnn.py, the velocity and node MLPs in egnn_node_cpu.cpp); this op does everything
 // per edge, for all P frames of an edge together (rows = edge x frame), on tiles of about kTileValues / H rows
 // (tile_edge_count) kept in cache:
-//   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j
+//   pre1 = A_i + B_j + w_d |r|^2 + W_e e_ij      r = x_i - x_j (+ s_ij, the edge's periodic shift, if given)
 //   m    = silu(W2 silu(pre1) + b2)              (matrix products on the tile through ATen/BLAS)
 //   phi  = w_c2 . silu(Wc1 m + bc1) + b_c2
 //   msg_sum_i = sum_j m,  coord_sum_i = sum_j c,  c = r phi  (each component clamped to +-edge_clamp if given)
@@ -90,15 +90,33 @@ void check_inputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& x,
   }
 }
 
-// r = x_i - x_j of frame p into rv[3]; returns |r|^2.
+// r = x_i - x_j (+ shift[3], the edge's periodic shift, unless null) of frame p into rv[3]; returns |r|^2.
 template <typename T>
-inline T relative_position(const T* x, int64_t i, int64_t j, int64_t p, int64_t frames, T* rv) {
+inline T relative_position(const T* x, const T* shift, int64_t i, int64_t j, int64_t p, int64_t frames, T* rv) {
   const T* xi = x + (i * frames + p) * 3;
   const T* xj = x + (j * frames + p) * 3;
   rv[0] = xi[0] - xj[0];
   rv[1] = xi[1] - xj[1];
   rv[2] = xi[2] - xj[2];
+  if (shift != nullptr) {
+    rv[0] += shift[0];
+    rv[1] += shift[1];
+    rv[2] += shift[2];
+  }
   return rv[0] * rv[0] + rv[1] * rv[1] + rv[2] * rv[2];
+}
+
+// The edge shifts [E, 3] (sorted edge order, the activations' dtype) checked, or null when there are none.
+template <typename T>
+const T* edge_shift_data(const c10::optional<at::Tensor>& edge_shift, int64_t num_edges) {
+  if (!edge_shift.has_value()) return nullptr;
+  const at::Tensor& shift = *edge_shift;
+  TORCH_CHECK(shift.dim() == 2 && shift.size(0) == num_edges && shift.size(1) == 3, "egnn_edge: edge_shift must be ",
+              "[E, 3] with E = ", num_edges, ", got ", shift.sizes());
+  TORCH_CHECK(shift.is_contiguous() && shift.device().is_cpu() &&
+                  shift.scalar_type() == c10::CppTypeToScalarType<T>::value,
+              "egnn_edge: edge_shift must be a contiguous CPU tensor of the activations' dtype");
+  return shift.data_ptr<T>();
 }
 
 // The weights of the edge computation, as raw pointers, with the matrices as tensors for the tile GEMMs.
@@ -188,7 +206,7 @@ inline ActivationRows<T> buffer_rows(std::vector<T>& buffer, int64_t rows_max, i
 // What the forward computation of a tile reads; shared by the forward and the recomputing backward.
 template <typename T>
 struct EdgeForward {
-  const T *a, *b, *x;
+  const T *a, *b, *x, *shift;  // shift: [E, 3] or null
   const int64_t *sender, *receiver;
   int64_t frames, hidden, features;
   const at::Tensor& edge_attr;
@@ -197,8 +215,10 @@ struct EdgeForward {
   at::TensorOptions opts;
 
   EdgeForward(const at::Tensor& a_, const at::Tensor& b_, const at::Tensor& x_, const at::Tensor& edge_attr_,
-              const EdgeWeights<T>& w_, const at::Tensor& sender_, const at::Tensor& receiver_)
-      : a(a_.data_ptr<T>()), b(b_.data_ptr<T>()), x(x_.data_ptr<T>()), sender(sender_.data_ptr<int64_t>()),
+              const EdgeWeights<T>& w_, const at::Tensor& sender_, const at::Tensor& receiver_,
+              const c10::optional<at::Tensor>& edge_shift)
+      : a(a_.data_ptr<T>()), b(b_.data_ptr<T>()), x(x_.data_ptr<T>()),
+        shift(edge_shift_data<T>(edge_shift, sender_.size(0))), sender(sender_.data_ptr<int64_t>()),
         receiver(receiver_.data_ptr<int64_t>()), frames(a_.size(1)), hidden(a_.size(2)),
         features(edge_attr_.size(1)), edge_attr(edge_attr_), w(w_), w2_t(w_.w2.t()), wc1_t(w_.wc1.t()),
         we_t(w_.we.t()), opts(a_.options()) {
@@ -220,7 +240,7 @@ struct EdgeForward {
       const int64_t i = receiver[k], j = sender[k];
       for (int64_t p = 0; p < frames; ++p) {
         const int64_t r = (k - e0) * frames + p;
-        const T d2 = relative_position(x, i, j, p, frames, rel + r * 3);
+        const T d2 = relative_position(x, shift != nullptr ? shift + k * 3 : nullptr, i, j, p, frames, rel + r * 3);
         first_layer_row(hidden, a + (i * frames + p) * hidden, b + (j * frames + p) * hidden, w.wd, d2,
                         ew != nullptr ? ew + (k - e0) * hidden : nullptr, pre_data + r * hidden);
       }
@@ -280,9 +300,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
     at::Tensor a, at::Tensor b, at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2,
     at::Tensor b2, at::Tensor wc1, at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr,
     at::Tensor sender, at::Tensor receiver, const at::Tensor& /*sender_rowptr*/, const at::Tensor& /*sender_perm*/,
-    bool store_activations, c10::optional<double> edge_clamp) {
+    bool store_activations, c10::optional<double> edge_clamp, c10::optional<at::Tensor> edge_shift) {
   // the transposed CSR is an input so that the registered backward receives it; the backward checks it
   make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver});
+  if (edge_shift.has_value()) edge_shift = edge_shift->contiguous();
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   check_inputs(a, b, x, edge_attr, rowptr, sender, receiver);
   at::Tensor msg_sum = at::empty_like(a), coord_sum = at::empty_like(x);
@@ -290,7 +311,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> egnn_edge_forward_cpu(
                                       : at::empty({0, sender.size(0), a.size(1), a.size(2)}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "egnn_edge_forward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, a.size(2), edge_attr.size(1));
-    forward_impl<scalar_t>(EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), rowptr,
+    forward_impl<scalar_t>(EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver, edge_shift), rowptr,
                            EdgeClamp<scalar_t>(edge_clamp), msg_sum, coord_sum, acts);
   });
   return {msg_sum, coord_sum, acts};
@@ -406,7 +427,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             const int64_t r = (k - e0) * frames + p;
             const T* gci = gc + (i * frames + p) * 3;
             T* rv = rel.data() + r * 3;
-            relative_position(px, i, j, p, frames, rv);
+            relative_position(px, f.shift != nullptr ? f.shift + k * 3 : nullptr, i, j, p, frames, rv);
             phi[r] = w.bc2 + dot(hidden, w.wc2, act3 + r * hidden);
             T* gcr = g_c.data() + r * 3;
             for (int c = 0; c < 3; ++c) gcr[c] = clamp.grad(gci[c], rv[c] * phi[r]);
@@ -485,9 +506,11 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
     const at::Tensor& g_msg, const at::Tensor& g_coord, const at::Tensor& acts, at::Tensor a, at::Tensor b,
     at::Tensor x, at::Tensor edge_attr, at::Tensor wd, at::Tensor we, at::Tensor w2, at::Tensor b2, at::Tensor wc1,
     at::Tensor bc1, at::Tensor wc2, at::Tensor bc2, at::Tensor rowptr, at::Tensor sender, at::Tensor receiver,
-    at::Tensor sender_rowptr, at::Tensor sender_perm, c10::optional<double> edge_clamp) {
+    at::Tensor sender_rowptr, at::Tensor sender_perm, c10::optional<double> edge_clamp,
+    c10::optional<at::Tensor> edge_shift) {
   make_contiguous({&a, &b, &x, &edge_attr, &wd, &we, &w2, &b2, &wc1, &bc1, &wc2, &bc2, &rowptr, &sender, &receiver,
                    &sender_rowptr, &sender_perm});
+  if (edge_shift.has_value()) edge_shift = edge_shift->contiguous();
   const at::AutoDispatchBelowADInplaceOrView below_autograd;  // plain ATen calls inside, no autograd
   TORCH_CHECK(acts.dim() == 4 && (acts.size(0) == 6 || acts.size(0) == 0) && acts.size(1) == sender.size(0) &&
                   acts.size(2) == x.size(1) && acts.is_contiguous(),
@@ -510,7 +533,8 @@ std::vector<at::Tensor> egnn_edge_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "egnn_edge_backward_cpu", [&] {
     const auto w = edge_weights<scalar_t>(wd, we, w2, b2, wc1, bc1, wc2, bc2, acts.size(3), edge_attr.size(1));
     backward_impl<scalar_t>(g_msg_c.to(x.scalar_type()), g_coord_c.to(x.scalar_type()), acts,
-                            EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver), x, edge_attr, w, rowptr,
+                            EdgeForward<scalar_t>(a, b, x, edge_attr, w, sender, receiver, edge_shift), x, edge_attr, w,
+                            rowptr,
                             sender, receiver, sender_rowptr, sender_perm, EdgeClamp<scalar_t>(edge_clamp), g_a, g_b,
                             g_x, g_edge_attr, part);
   });

@@ -40,6 +40,8 @@ def _require_finite_outputs(inputs, *outputs: Tensor) -> None:
                           f"positions and velocities (e.g. to nm or to the system's size) or use float64")
 
 
+VECTOR_CENTRES = ("mean", "input")  # see EGNO's vector_centre
+
 # torch.export.save and AOTInductor packages record the output type by name (the plain namedtuple support of
 # torch.utils._pytree has no name to record)
 if hasattr(pytree, "_register_namedtuple"):
@@ -69,6 +71,12 @@ class EGNO(nn.Module):
                        mean message's norm to 100: equivariant), "edge" (each component of every edge's message to
                        +-100, as EGNN variants with a per-message range do; not equivariant where it acts) or
                        "none". Every backend runs all four.
+        vector_centre: what the vector temporal convolution's position channel is centred on: "mean" (each graph's
+                       mean input position, the paper's: public checkpoints reproduce) or "input" (each atom's own
+                       input position). Periodic systems need "input": the lowest Fourier mode adds a multiple of
+                       the centred positions, so with "mean" moving one atom by a lattice vector (another image of
+                       the same system) changes every prediction; with "input" (and the graph's edge shifts) the
+                       predicted displacements do not depend on the images the atoms are given in.
         validate:      check the values of the inputs (finite values, edge index range) when the forward builds the
                        graph from ``edge_index``. A prebuilt :class:`Graph` was validated where it was built: the
                        forward then checks shapes only, and neither it nor the backward synchronises with the
@@ -79,7 +87,7 @@ class EGNO(nn.Module):
                  num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
                  temporal_channels: Iterable[str] = TEMPORAL_CHANNELS,
                  backend: Union[str, Dict[str, str]] = "auto",
-                 validate: bool = True, coord_clamp: str = "mean"):
+                 validate: bool = True, coord_clamp: str = "mean", vector_centre: str = "mean"):
         super().__init__()
         sizes = dict(node_dim=(node_dim, 0), edge_dim=(edge_dim, 0), hidden_dim=(hidden_dim, 1),
                      num_layers=(num_layers, 1), num_frames=(num_frames, 1), time_emb_dim=(time_emb_dim, 4))
@@ -109,6 +117,9 @@ class EGNO(nn.Module):
         if coord_clamp not in CLAMPS:
             raise ValueError(f"coord_clamp must be one of {list(CLAMPS)}, got {coord_clamp!r}")
         self.coord_clamp = coord_clamp
+        if vector_centre not in VECTOR_CENTRES:
+            raise ValueError(f"vector_centre must be one of {list(VECTOR_CENTRES)}, got {vector_centre!r}")
+        self.vector_centre = vector_centre
         options = EGNNOptions(clamp=coord_clamp)
         self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim, options=options)
                                             for _ in range(num_layers))
@@ -126,7 +137,7 @@ class EGNO(nn.Module):
         return dict(node_dim=self.node_dim, edge_dim=self.edge_dim, hidden_dim=self.hidden_dim,
                     num_layers=self.num_layers, num_frames=self.num_frames, num_modes=self.num_modes,
                     time_emb_dim=self.time_embedding.dim, temporal_channels=list(self.temporal_channels),
-                    coord_clamp=self.coord_clamp, backend=self._backend)
+                    coord_clamp=self.coord_clamp, vector_centre=self.vector_centre, backend=self._backend)
 
     @property
     def backend(self) -> Union[str, Dict[str, str]]:
@@ -152,7 +163,7 @@ class EGNO(nn.Module):
 
     def forward(self, x: Tensor, v: Tensor, h: Tensor, edge_index: Union[Tensor, Graph],
                 edge_attr: Optional[Tensor] = None, batch: Optional[Tensor] = None,
-                frame_times: Optional[Tensor] = None) -> EGNOOutput:
+                frame_times: Optional[Tensor] = None, edge_shift: Optional[Tensor] = None) -> EGNOOutput:
         """Predict the positions, velocities and features at the P output times.
 
         Args:
@@ -163,6 +174,8 @@ class EGNO(nn.Module):
             batch:       [N] sorted graph id of each node (None: one graph).
             frame_times: [P'] embedding indices of the output times (default 0..P-1); fractional values query
                          times between the training frames (zero-shot resampling).
+            edge_shift:  [E, 3] periodic shift of each edge, added to x_i - x_j (minimum images:
+                         :func:`~egno_fast.ops.periodic_radius_graph`), or None; a prebuilt Graph carries its own.
         Returns:
             EGNOOutput(x [P, N, 3], v [P, N, 3], h [P, N, H]).
         """
@@ -177,14 +190,14 @@ class EGNO(nn.Module):
             if not bool(torch.isfinite(frame_times).all()):
                 raise GraphInputError("frame_times contains NaN or infinite values")
         if isinstance(edge_index, Graph):
-            if edge_attr is not None or batch is not None:
-                raise GraphInputError("pass edge_attr and batch to build_graph, not with a prebuilt Graph")
+            if edge_attr is not None or batch is not None or edge_shift is not None:
+                raise GraphInputError("pass edge_attr, batch and edge_shift to build_graph, not with a prebuilt Graph")
             graph = edge_index
             if graph.num_nodes != num_nodes:
                 raise GraphInputError(f"the graph has {graph.num_nodes} nodes but x has {num_nodes} rows")
             self._check_shapes(x, v, h, graph)
         else:
-            graph = build_graph(edge_index, num_nodes, edge_attr, batch, validate=self.validate)
+            graph = build_graph(edge_index, num_nodes, edge_attr, batch, validate=self.validate, edge_shift=edge_shift)
             self._check_shapes(x, v, h, graph)
             if self.validate:
                 validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
@@ -197,7 +210,8 @@ class EGNO(nn.Module):
         embedding = self.time_embedding(times)  # [P, T]
         h = self.embedding(torch.cat([h[:, None, :].expand(-1, num_frames, -1),
                                       embedding[None].expand(num_nodes, -1, -1)], dim=-1))  # [N, P, H]
-        centre = graph_mean(x, graph)[:, None, :]  # [N, 1, 3] centre of each graph's input positions
+        # [N, 1, 3]: each graph's mean input position, or each atom's own (vector_centre)
+        centre = (graph_mean(x, graph) if self.vector_centre == "mean" else x)[:, None, :]
         x = x[:, None, :].expand(-1, num_frames, -1)
         v = v[:, None, :].expand(-1, num_frames, -1)
         for index, layer in enumerate(self.message_layers):

@@ -5,7 +5,7 @@ from typing import Optional
 from torch import Tensor, nn
 
 from ..backends import check_backend_name
-from ..graph import Graph
+from ..graph import Graph, GraphInputError
 from ..ops.egnn import EGNNLayerOutput, EGNNLayerWeights, EGNNOptions, EGNO_OPTIONS, egnn_layer
 from ..ops.weights import ACTIVATION_MODULES, LinearWeights, MLPWeights
 
@@ -57,10 +57,14 @@ class EGNNLayer(nn.Module):
     def forward(self, x: Tensor, v: Tensor, h: Tensor, graph: Graph, edge_shift: Optional[Tensor] = None,
                 frame_edge_attr: Optional[Tensor] = None) -> EGNNLayerOutput:
         """(x [N,P,3], v [N,P,3], h [N,P,H], graph[, edge_shift [E,3], frame_edge_attr [E,P,f']]) -> updated
-        (x, v, h)."""
+        (x, v, h). The periodic shifts are the graph's (``graph.edge_shift``) unless given here."""
         if graph.edge_attr.shape[1] != self.edge_dim:
             raise ValueError(f"the layer expects {self.edge_dim} edge features, the graph has "
                              f"{graph.edge_attr.shape[1]}")
+        if edge_shift is None:
+            edge_shift = graph.edge_shift
+        elif graph.edge_shift is not None:
+            raise GraphInputError("the graph carries its own edge_shift: pass the shifts once")
         return egnn_layer(x, v, h, graph, self.weights(), self.options, edge_shift, frame_edge_attr, self.backend)
 
     def extra_repr(self) -> str:

@@ -11,7 +11,8 @@ EGNN layer             :func:`egnn_layer` (egnn.py)    the two above            
 receiver CSR           :func:`sort_by_receiver`,       receiver_csr_cpu.cpp,            --
                        :func:`build_graph`             graph_cuda.cu
 neighbour lists        :func:`radius_graph`,           neighbor_graph_cpu.cpp,          --
-                       :func:`knn_graph`               graph_cuda.cu
+                       :func:`knn_graph`,              graph_cuda.cu (periodic: one
+                       :func:`periodic_radius_graph`   orthorhombic cell)
 =====================  ==============================  ===============================  ============================
 
 Ops take tensors and named weight structures (:mod:`.weights` and each op's NamedTuple) and return named results;
@@ -20,7 +21,9 @@ the nn modules (:mod:`egno_fast.nn`) own the parameters and call the ops.
 from .egnn import EGNNLayerOutput, EGNNLayerWeights, EGNNOptions, EGNO_OPTIONS, egnn_layer, egnn_layer_reference
 from .egnn_edge import EdgeSums, EGNNEdgeWeights, egnn_edge_reference, egnn_edge_sums
 from .egnn_node import EGNNNodeWeights, NodeUpdate, egnn_node_reference, egnn_node_update
-from .neighbor_graph import knn_graph, knn_graph_reference, radius_graph, radius_graph_reference
+from .neighbor_graph import (PeriodicEdges, knn_graph, knn_graph_reference, periodic_radius_graph,
+                             periodic_radius_graph_reference, perpendicular_widths, radius_graph,
+                             radius_graph_reference)
 from .receiver_csr import ReceiverCSR, build_graph, receiver_csr_reference, sort_by_receiver
 from .temporal_conv import temporal_conv_reference, temporal_residual, temporal_residual_reference
 from .weights import LinearWeights, MLPWeights
@@ -29,6 +32,7 @@ __all__ = ["EdgeSums", "EGNNEdgeWeights", "egnn_edge_sums", "egnn_edge_reference
            "EGNNLayerWeights",
            "EGNNOptions", "EGNO_OPTIONS", "egnn_layer", "egnn_layer_reference", "EGNNNodeWeights", "NodeUpdate",
            "egnn_node_update", "egnn_node_reference", "knn_graph", "knn_graph_reference", "radius_graph",
-           "radius_graph_reference", "ReceiverCSR", "build_graph", "sort_by_receiver", "receiver_csr_reference",
+           "radius_graph_reference", "PeriodicEdges", "periodic_radius_graph", "periodic_radius_graph_reference",
+           "perpendicular_widths", "ReceiverCSR", "build_graph", "sort_by_receiver", "receiver_csr_reference",
            "temporal_conv_reference", "temporal_residual", "temporal_residual_reference", "LinearWeights",
            "MLPWeights"]

@@ -31,7 +31,8 @@ from torch.nn import functional as F
 
 from ..backends import check_backend_name, get_op, register, resolve_backend
 from ..graph import Graph, GraphInputError
-from .egnn_edge import TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights, egnn_edge_cpp, egnn_edge_triton
+from .egnn_edge import (TRITON_MAX_FRAMES, TRITON_MAX_HIDDEN, EGNNEdgeWeights, check_edge_shift, egnn_edge_cpp,
+                        egnn_edge_triton)
 from .egnn_node import (CLAMP_MODES, COORD_CLAMP, EGNNNodeWeights, clamp_coordinate_update, egnn_node_cpp,
                         egnn_node_reference)
 from .weights import ACTIVATIONS, LinearWeights, MLPWeights, mlp
@@ -101,11 +102,10 @@ class EGNNLayerOutput(NamedTuple):
     h: Tensor
 
 
-def _check_edge_inputs(graph: Graph, num_frames: int, edge_shift: Optional[Tensor],
+def _check_edge_inputs(graph: Graph, x: Tensor, edge_shift: Optional[Tensor],
                        frame_edge_attr: Optional[Tensor]) -> None:
-    if edge_shift is not None and tuple(edge_shift.shape) != (graph.num_edges, 3):
-        raise GraphInputError(f"edge_shift must have shape [E, 3] = [{graph.num_edges}, 3], got "
-                              f"{list(edge_shift.shape)}")
+    check_edge_shift(edge_shift, graph, x)
+    num_frames = x.shape[1]
     if frame_edge_attr is not None and (frame_edge_attr.dim() != 3 or frame_edge_attr.shape[:2] != (
             graph.num_edges, num_frames)):
         raise GraphInputError(f"frame_edge_attr must have shape [E, P, f'] with E = {graph.num_edges}, "
@@ -123,17 +123,18 @@ def egnn_layer_reference(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights:
         graph:  receiver-sorted graph; its ``edge_attr`` [E, f] is shared by all frames.
         weights: :class:`EGNNLayerWeights`.
         options: :class:`EGNNOptions`.
-        edge_shift:      [E, 3] added to x_i - x_j of each edge (periodic images), graph order; or None.
+        edge_shift:      [E, 3] added to x_i - x_j of each edge (periodic images), graph order; or None. A constant:
+                         no gradient flows into it.
         frame_edge_attr: [E, P, f'] per-frame edge features, graph order; or None.
     Returns:
         :class:`EGNNLayerOutput`.
     """
-    _check_edge_inputs(graph, x.shape[1], edge_shift, frame_edge_attr)
+    _check_edge_inputs(graph, x, edge_shift, frame_edge_attr)
     receiver, sender = graph.receiver, graph.sender
     num_frames, act = x.shape[1], options.activation
     rel = x.index_select(0, receiver) - x.index_select(0, sender)  # [E, P, 3]
     if edge_shift is not None:
-        rel = rel + edge_shift.to(x.dtype)[:, None, :]
+        rel = rel + edge_shift.detach().to(x.dtype)[:, None, :]
     dist2 = (rel * rel).sum(dim=-1, keepdim=True)  # [E, P, 1]
     features = [dist2, h.index_select(0, receiver), h.index_select(0, sender),
                 graph.edge_attr.to(h.dtype)[:, None, :].expand(-1, num_frames, -1)]
@@ -172,8 +173,6 @@ def fused_unsupported(options: EGNNOptions, edge_shift: Optional[Tensor] = None,
                  if getattr(options, name) != getattr(EGNO_OPTIONS, name)]
     if different:
         return f"the fused EGNN layer runs EGNO's variant (any clamp); not supported: options {', '.join(different)}"
-    if edge_shift is not None:
-        return "the fused EGNN layer does not support edge_shift (periodic images) yet"
     if frame_edge_attr is not None:
         return "the fused EGNN layer does not support frame_edge_attr (per-frame edge features) yet"
     if weights is not None:
@@ -214,7 +213,7 @@ def _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, 
     a, b, edge_weights, node_weights = _split_weights(h, graph, weights, weight_dtype)
     clamp_edges = options.clamp == "edge"
     sums = edge_half(a, b, x.contiguous(), graph.edge_attr.to(h.dtype).contiguous(), graph, edge_weights,
-                     options.clamp_value if clamp_edges else None)
+                     options.clamp_value if clamp_edges else None, edge_shift)
     degree = graph.in_degree.clamp(min=1).to(x.dtype)
     x_new, h_new = node_half(x, v, h, sums, degree, node_weights, "none" if clamp_edges else options.clamp,
                              options.clamp_value)

@@ -3,13 +3,13 @@
 With the first edge layer split into node projections (docs/design.md §4.3: ``A = h W_a^T + b_1`` and
 ``B = h W_b^T``, computed once per node by the layer), for every edge j -> i and frame::
 
-    z1 = A_i + B_j + |r|^2 w_dist + e_ij W_edge^T          r = x_i - x_j
+    z1 = A_i + B_j + |r|^2 w_dist + e_ij W_edge^T          r = x_i - x_j (+ s_ij: edge_shift, periodic images)
     m  = silu(silu(z1) W_msg^T + b_msg)
     phi = silu(m W_coord_hidden^T + b_coord_hidden) . w_coord_out + b_coord_out
     msg_sum_i = sum_j m,    coord_sum_i = sum_j c,    c = r phi, each component clamped to +-edge_clamp if given
 
-(the EGNN layer's "edge" clamp). Entry points per backend, all ``(a, b, x, edge_attr, graph, weights, edge_clamp)
--> EdgeSums``: "reference" (plain PyTorch,
+(the EGNN layer's "edge" clamp). Entry points per backend, all ``(a, b, x, edge_attr, graph, weights, edge_clamp,
+edge_shift) -> EdgeSums``: "reference" (plain PyTorch,
 below), "cpp" (the operator ``egno_fast::egnn_edge_forward`` of csrc/cpu/egnn_edge_cpu.cpp; its autograd and fake
 kernels below), "triton" (the operator ``egno_fast::triton_egnn_edge_forward``, registered with its kernel, fake
 kernel and autograd in kernels/egnn_edge.py). :func:`egnn_edge_sums` dispatches. The weights' field names are the
@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from ..backends import check_backend_name, get_op, register, resolve_backend
-from ..graph import Graph
+from ..graph import Graph, GraphInputError
 
 logger = logging.getLogger("egno_fast")
 TRITON_MAX_FRAMES = 64  # what the Triton kernel's block table covers (kernels/egnn_edge.py)
@@ -59,8 +59,20 @@ def check_edge_clamp(edge_clamp: Optional[float]) -> None:
         raise ValueError(f"edge_clamp must be a positive number or None, got {edge_clamp!r}")
 
 
+def check_edge_shift(edge_shift: Optional[Tensor], graph: Graph, x: Tensor) -> None:
+    """GraphInputError unless ``edge_shift`` is None or an [E, 3] floating-point tensor on x's device."""
+    if edge_shift is None:
+        return
+    if tuple(edge_shift.shape) != (graph.num_edges, 3) or not edge_shift.is_floating_point():
+        raise GraphInputError(f"edge_shift must be a floating-point tensor [E, 3] = [{graph.num_edges}, 3], got "
+                              f"{edge_shift.dtype} {list(edge_shift.shape)}")
+    if edge_shift.device != x.device:
+        raise GraphInputError(f"edge_shift is on {edge_shift.device}, the positions on {x.device}")
+
+
 def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                        weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
+                        weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None,
+                        edge_shift: Optional[Tensor] = None) -> EdgeSums:
     """The edge half in plain PyTorch (module docstring).
 
     Args:
@@ -70,12 +82,16 @@ def egnn_edge_reference(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, grap
         graph:     the receiver-sorted CSR.
         weights:   :class:`EGNNEdgeWeights`.
         edge_clamp: the bound of each component of every coordinate message r phi, or None (no clamp).
+        edge_shift: [E, 3] added to r of each edge (graph order) in every frame, or None; no gradient flows into it.
     Returns:
         :class:`EdgeSums`.
     """
     check_edge_clamp(edge_clamp)
+    check_edge_shift(edge_shift, graph, x)
     receiver, sender = graph.receiver, graph.sender
     rel = x.index_select(0, receiver) - x.index_select(0, sender)  # [E, P, 3]
+    if edge_shift is not None:
+        rel = rel + edge_shift.detach().to(x.dtype)[:, None, :]
     dist2 = (rel * rel).sum(-1, keepdim=True)
     z1 = a.index_select(0, receiver) + b.index_select(0, sender) + dist2 * weights.w_dist \
         + F.linear(edge_attr, weights.w_edge)[:, None, :]
@@ -118,7 +134,7 @@ _NUM_WEIGHTS = len(EGNNEdgeWeights._fields)
 
 def _forward_fake(a, b, x, edge_attr, w_dist, w_edge, w_msg, b_msg, w_coord_hidden, b_coord_hidden, w_coord_out,
                   b_coord_out, rowptr, sender, receiver, sender_rowptr, sender_perm, store_activations,
-                  edge_clamp=None):
+                  edge_clamp=None, edge_shift=None):
     stored = 6 if store_activations else 0
     return a.new_empty(a.shape), x.new_empty(x.shape), a.new_empty((stored, sender.shape[0], a.shape[1], a.shape[2]))
 
@@ -132,20 +148,22 @@ def _backward_fake(g_msg, g_coord, activations, a, b, x, edge_attr, *args):
 def _setup_context(ctx, inputs, output):
     a, b, x, edge_attr, *rest = inputs
     weights, graph = rest[:_NUM_WEIGHTS], rest[_NUM_WEIGHTS:_NUM_WEIGHTS + len(GRAPH_INPUTS)]
-    ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph)
-    ctx.edge_clamp = rest[-1]  # the inputs are every schema argument, defaults filled in
+    edge_clamp, edge_shift = rest[-2:]  # the inputs are every schema argument, defaults filled in
+    ctx.save_for_backward(output[2], a, b, x, edge_attr, *weights, *graph, edge_shift)
+    ctx.edge_clamp = edge_clamp
     ctx.mark_non_differentiable(output[2])  # the stored activations [6, E, P, H]: no gradient flows into them
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None (handled below), not a zeros tensor
 
 
 def _backward(ctx, g_msg, g_coord, _g_activations):
-    activations, a, b, x, edge_attr, *rest = ctx.saved_tensors
+    activations, a, b, x, edge_attr, *rest, edge_shift = ctx.saved_tensors
     weights, graph = EGNNEdgeWeights(*rest[:_NUM_WEIGHTS]), dict(zip(GRAPH_INPUTS, rest[_NUM_WEIGHTS:]))
     g_msg = torch.zeros_like(a) if g_msg is None else g_msg
     g_coord = torch.zeros_like(x) if g_coord is None else g_coord
     g_a, g_b, g_x, g_edge_attr, *g_weights = torch.ops.egno_fast.egnn_edge_backward(
-        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph, edge_clamp=ctx.edge_clamp)
-    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(GRAPH_INPUTS)), None, None)
+        g_msg, g_coord, activations, a, b, x, edge_attr, **weights._asdict(), **graph, edge_clamp=ctx.edge_clamp,
+        edge_shift=edge_shift)
+    return (g_a, g_b, g_x, g_edge_attr, *g_weights, *([None] * len(GRAPH_INPUTS)), None, None, None)
 
 
 # Registered by :mod:`egno_fast.cpp` once the extension's operators exist: their fake (meta) kernels, so they trace
@@ -180,15 +198,18 @@ def _graph_inputs(graph: Graph) -> dict:
 
 
 def egnn_edge_cpp(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                  weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
+                  weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None,
+                  edge_shift: Optional[Tensor] = None) -> EdgeSums:
     """The edge half on CPU tensors (float32 or float64), the registered operator ``egno_fast::egnn_edge_forward``;
     contract of :func:`egnn_edge_reference`."""
     check_edge_clamp(edge_clamp)
+    check_edge_shift(edge_shift, graph, x)
     weights = EGNNEdgeWeights(*(w.to(a.dtype) for w in weights))
     store = _store_activations(a, graph, (a, b, x, edge_attr, *weights))
     msg_sum, coord_sum, _ = torch.ops.egno_fast.egnn_edge_forward(
         a, b, x, edge_attr, **weights._asdict(), **_graph_inputs(graph), store_activations=store,
-        edge_clamp=None if edge_clamp is None else float(edge_clamp))
+        edge_clamp=None if edge_clamp is None else float(edge_clamp),
+        edge_shift=None if edge_shift is None else edge_shift.detach().to(a.dtype))
     return EdgeSums(msg_sum, coord_sum)
 
 
@@ -216,7 +237,8 @@ def check_edge_shapes(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, weight
 
 
 def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph,
-                     weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None) -> EdgeSums:
+                     weights: EGNNEdgeWeights, edge_clamp: Optional[float] = None,
+                     edge_shift: Optional[Tensor] = None) -> EdgeSums:
     """The edge half with the Triton kernel (fp32, fp64; bf16/fp16 on GPU; 1 <= P <= 64, H <= 128), the registered
     operator ``egno_fast::triton_egnn_edge_forward``; contract of :func:`egnn_edge_reference`. The operators check
     the shapes (:func:`check_edge_shapes`) and, on CPU tensors (the interpreter), the graph's CSR invariants before
@@ -224,12 +246,14 @@ def egnn_edge_triton(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: 
     from ..kernels.egnn_edge import atomic_backward_enabled, forward_op
 
     check_edge_clamp(edge_clamp)
+    check_edge_shift(edge_shift, graph, x)
     if torch.are_deterministic_algorithms_enabled() and atomic_backward_enabled():
         raise RuntimeError("the atomic EGNN backward is on (use_atomic_backward(True)) while "
                            "torch.use_deterministic_algorithms(True) asks for deterministic results")
     msg_sum, coord_sum = forward_op(a, b, x, edge_attr, *weights, **_graph_inputs(graph),
                                     atomic_backward=atomic_backward_enabled(),
-                                    edge_clamp=None if edge_clamp is None else float(edge_clamp))
+                                    edge_clamp=None if edge_clamp is None else float(edge_clamp),
+                                    edge_shift=None if edge_shift is None else edge_shift.detach().to(x.dtype))
     return EdgeSums(msg_sum, coord_sum)
 
 
@@ -239,10 +263,11 @@ register("egnn_edge", "triton", egnn_edge_triton)
 
 
 def egnn_edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights,
-                   edge_clamp: Optional[float] = None, backend: str = "auto") -> EdgeSums:
+                   edge_clamp: Optional[float] = None, edge_shift: Optional[Tensor] = None,
+                   backend: str = "auto") -> EdgeSums:
     """The edge half on ``backend`` ("reference", "triton", "cpp" or "auto"); contract of
     :func:`egnn_edge_reference`. On CUDA the graph must be unchanged since it was validated."""
     if x.device.type == "cuda":
         graph.require_unchanged()
     chosen = resolve_backend(check_backend_name(backend), x.device, "egnn_edge")
-    return get_op("egnn_edge", chosen)(a, b, x, edge_attr, graph, weights, edge_clamp)
+    return get_op("egnn_edge", chosen)(a, b, x, edge_attr, graph, weights, edge_clamp, edge_shift)

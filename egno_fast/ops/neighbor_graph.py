@@ -6,10 +6,16 @@ edge_index [2, E] int64 with row 0 the sender j and row 1 the receiver i, edges 
 receiver, by sender; no self loops; distances in float64; with an orthorhombic periodic ``box`` [3] the minimum
 image of each pair is used (one edge per pair). Every backend divides the points (and the cutoff and box) by a power
 of two first (exact, so every tie stays), so that neither huge or tiny coordinates nor a huge cutoff overflow.
+
+Periodic cells of any shape (:func:`periodic_radius_graph`): ``cell`` [3, 3] (or one per graph, [B, 3, 3]) holds
+the lattice vectors as rows (ASE's convention); each edge j -> i comes with its shift s_ij, a lattice vector such that
+r_ij = x_i - x_j + s_ij is the minimum image, |r_ij| <= cutoff. The cutoff must be at most half the cell's smallest
+perpendicular width (then each pair has at most one image within it). "reference": brute force over the 27
+neighbouring images of every pair, any cell; "cpp": the cell-list search for orthorhombic (diagonal) cells.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -123,10 +129,83 @@ def knn_graph_cpp(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Opti
     return torch.ops.egno_fast.knn_graph(pos / scale, k, batch, None if box is None else box / scale)
 
 
+class PeriodicEdges(NamedTuple):
+    """edge_index [2, E] int64 (module conventions) and edge_shift [E, 3] in pos's dtype: the lattice vector s_ij
+    with r_ij = x_i - x_j + s_ij the minimum image of each edge j -> i (``build_graph(..., edge_shift=...)``)."""
+
+    edge_index: Tensor
+    edge_shift: Tensor
+
+
+_IMAGE_OFFSETS = torch.cartesian_prod(*[torch.tensor([0, -1, 1])] * 3).double()  # [27, 3], (0, 0, 0) first
+
+
+def periodic_radius_graph_reference(pos: Tensor, cutoff: float, cell: Tensor,
+                                    batch: Optional[Tensor] = None) -> PeriodicEdges:
+    """Minimum-image edges j -> i with |x_i - x_j + s_ij| <= cutoff in a periodic cell of any shape (brute force over
+    the 27 images next to the rounded fractional difference of each pair, O(27 N^2)); :func:`periodic_radius_graph`.
+
+    Args:
+        pos: [N, 3]; cutoff: the radius; cell: [1, 3, 3] (shared) or [B, 3, 3] lattice vectors (rows) of each
+        graph; batch: [N] or None.
+    Returns:
+        :class:`PeriodicEdges`.
+    """
+    positions = pos.double()
+    cells = cell.to(positions)
+    inverse = torch.linalg.inv(cells)
+    if cells.shape[0] > 1:  # one cell per graph
+        node_cell, node_inverse = cells[batch], inverse[batch]  # [N, 3, 3]
+    else:
+        node_cell, node_inverse = (c[0].expand(positions.shape[0], 3, 3) for c in (cells, inverse))
+    offsets = _IMAGE_OFFSETS.to(positions.device)
+    senders, receivers, shifts = [], [], []
+    for start in range(0, positions.shape[0], 64):
+        rows = torch.arange(start, min(start + 64, positions.shape[0]), device=pos.device)
+        diff = positions[rows, None, :] - positions[None, :, :]  # [R, N, 3] x_i - x_j
+        nearest = -torch.round(torch.einsum("rnc,rcd->rnd", diff, node_inverse[rows]))  # image counts [R, N, 3]
+        images = nearest[:, :, None, :] + offsets  # [R, N, 27, 3]
+        shift = torch.einsum("rnkc,rcd->rnkd", images, node_cell[rows])  # lattice vectors [R, N, 27, 3]
+        r = diff[:, :, None, :] + shift
+        d2 = (r * r).sum(-1)  # [R, N, 27]
+        best = d2.argmin(dim=-1)  # the first of equal minima: (0, 0, 0) offset first
+        closest = torch.gather(d2, 2, best[..., None])[..., 0]
+        keep = closest <= cutoff * cutoff
+        keep[torch.arange(len(rows)), rows] = False
+        if batch is not None:
+            keep &= batch[rows, None] == batch[None, :]
+        receiver, sender = torch.nonzero(keep, as_tuple=True)
+        senders.append(sender)
+        receivers.append(rows[receiver])
+        shifts.append(shift[receiver, sender, best[receiver, sender]])
+    edge_index = _edge_index(senders, receivers, pos.device)
+    edge_shift = torch.cat(shifts) if shifts else positions.new_zeros(0, 3)
+    return PeriodicEdges(edge_index, edge_shift.to(pos.dtype))
+
+
+def periodic_radius_graph_cpp(pos: Tensor, cutoff: float, cell: Tensor,
+                              batch: Optional[Tensor] = None) -> PeriodicEdges:
+    """The cell-list search (:func:`radius_graph_cpp` with the box) for one orthorhombic cell shared by all graphs;
+    the shifts are the minimum-image lattice vectors of the found edges."""
+    box = torch.diagonal(cell[0]).double()
+    edge_index = radius_graph_cpp(pos, cutoff, batch, box)
+    diff = pos.double()[edge_index[1]] - pos.double()[edge_index[0]]
+    return PeriodicEdges(edge_index, (-box * torch.round(diff / box)).to(pos.dtype))
+
+
+def _cpp_periodic_unsupported(cell: Optional[Tensor] = None) -> Optional[str]:
+    if cell is not None and (cell.shape[0] != 1 or bool((cell[0] != torch.diag(torch.diagonal(cell[0]))).any())):
+        return "the cpp periodic search runs one orthorhombic (diagonal) cell shared by all graphs"
+    return None
+
+
 register("radius_graph", "reference", radius_graph_reference)
 register("knn_graph", "reference", knn_graph_reference)
 register("radius_graph", "cpp", radius_graph_cpp, devices=cpp_device_types)
 register("knn_graph", "cpp", knn_graph_cpp, devices=cpp_device_types)
+register("periodic_radius_graph", "reference", periodic_radius_graph_reference)
+register("periodic_radius_graph", "cpp", periodic_radius_graph_cpp, devices=cpp_device_types,
+         unsupported=_cpp_periodic_unsupported)
 
 
 
@@ -191,3 +270,53 @@ def knn_graph(pos: Tensor, k: int, batch: Optional[Tensor] = None, box: Optional
     return graph_op("knn_graph", backend, pos.device)(pos, min(int(k), max(pos.shape[0] - 1, 1)), batch, box)
 
 
+
+
+def perpendicular_widths(cell: Tensor) -> Tensor:
+    """[..., 3] distances between opposite faces of each cell [..., 3, 3] (lattice vectors as rows): the volume over
+    the area of the face the other two vectors span."""
+    volume = torch.linalg.det(cell).abs()
+    faces = torch.stack([torch.linalg.cross(cell[..., 1, :], cell[..., 2, :]),
+                         torch.linalg.cross(cell[..., 2, :], cell[..., 0, :]),
+                         torch.linalg.cross(cell[..., 0, :], cell[..., 1, :])], dim=-2)
+    return volume[..., None] / faces.norm(dim=-1)
+
+
+def periodic_radius_graph(pos: Tensor, cutoff: float, cell: Tensor, batch: Optional[Tensor] = None,
+                          backend: str = "auto") -> PeriodicEdges:
+    """Minimum-image edges j -> i with |x_i - x_j + s_ij| <= cutoff in periodic cells of any shape (triclinic too).
+
+    Args:
+        pos:    [N, 3] positions (any image: wrapped or not).
+        cutoff: the radius (inclusive); at most half the cell's smallest perpendicular width.
+        cell:   [3, 3] lattice vectors as rows (a, b, c), or [B, 3, 3] one cell per graph of ``batch``.
+        batch:  [N] sorted graph id of each point, or None (one graph).
+        backend: "reference" (brute force, any cell), "cpp" (cell lists, one orthorhombic cell) or "auto" (cpp
+                 where it can, else the reference; the choice is logged once at INFO level).
+    Returns:
+        :class:`PeriodicEdges` (edge_index [2, E] sorted by receiver, then sender, no self loops; edge_shift
+        [E, 3] the lattice vector s_ij of each edge). ``build_graph(edge_index, N, edge_attr, batch,
+        edge_shift=edge_shift)`` gives the graph the model takes.
+    """
+    _check_points(pos, batch, None)
+    if not cutoff > 0 or cutoff == float("inf"):
+        raise GraphInputError(f"cutoff must be positive and finite, got {cutoff}")
+    if not isinstance(cell, Tensor) or not cell.is_floating_point() or cell.shape[-2:] != (3, 3) or cell.dim() > 3:
+        raise GraphInputError(f"cell must be a floating-point tensor [3, 3] (or [B, 3, 3]) of lattice vectors as rows, "
+                              f"got {list(cell.shape) if isinstance(cell, Tensor) else type(cell).__name__}")
+    cells = cell.double().reshape(-1, 3, 3).to(pos.device)
+    num_graphs = 1 if batch is None else (int(batch.max()) + 1 if batch.numel() else 1)
+    if cells.shape[0] not in (1, num_graphs) or (cells.shape[0] > 1 and batch is None):
+        raise GraphInputError(f"cell must be [3, 3] or one [3, 3] cell per graph ([{num_graphs}, 3, 3]), got "
+                              f"{list(cell.shape)}")
+    if not bool(torch.isfinite(cells).all()):
+        raise GraphInputError("cell contains NaN or infinite values")
+    widths = perpendicular_widths(cells)
+    if not bool((widths > 0).all()):
+        flat = cells[int(widths.min(-1).values.argmin())].tolist()
+        raise GraphInputError(f"the cell has zero volume: its lattice vectors {flat} are linearly dependent")
+    narrowest = float(widths.min())
+    if 2 * cutoff > narrowest:
+        raise GraphInputError(f"the cutoff ({cutoff}) must be at most half the cell's smallest perpendicular width "
+                              f"({narrowest:.6g}): a pair would have more than one image within it")
+    return graph_op("periodic_radius_graph", backend, pos.device, cell=cells)(pos, float(cutoff), cells, batch)

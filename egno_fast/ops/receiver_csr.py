@@ -69,10 +69,11 @@ register("receiver_csr", "cpp", receiver_csr_cpp, devices=cpp_device_types)
 _REPORTED = set()  # (op, device type) whose "auto" choice was logged
 
 
-def graph_op(op: str, backend: str, device: torch.device):
-    """The implementation of a graph op ("receiver_csr", "radius_graph", "knn_graph") for ``backend`` on
-    ``device``; an "auto" choice is logged once per op and device type."""
-    chosen = resolve_backend(check_backend_name(backend), device, op)
+def graph_op(op: str, backend: str, device: torch.device, **features):
+    """The implementation of a graph op (:data:`~egno_fast.backends.GRAPH_OPS`) for ``backend`` on ``device`` and
+    the call's ``features`` (what a backend may not support); an "auto" choice is logged once per op and device
+    type."""
+    chosen = resolve_backend(check_backend_name(backend), device, op, **features)
     key = (op, torch.device(device).type)
     if backend == "auto" and key not in _REPORTED:
         _REPORTED.add(key)
@@ -94,7 +95,7 @@ def sort_by_receiver(receiver: Tensor, num_nodes: int, backend: str = "auto") ->
 
 def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] = None,
                 batch: Optional[Tensor] = None, validate: bool = True, backend: str = "auto",
-                num_graphs: Optional[int] = None) -> Graph:
+                num_graphs: Optional[int] = None, edge_shift: Optional[Tensor] = None) -> Graph:
     """Convert a PyG-style batch into a receiver-sorted CSR :class:`Graph`, stamped as validated (unless
     ``validate=False`` and the reference sort ran: nothing then checked the indices; ``graph.validated()`` does).
 
@@ -108,9 +109,11 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
         backend:    who sorts the edges ("reference": torch.argsort, "cpp": counting sort, "auto": cpp if built);
                     every backend gives the same stable order.
         num_graphs: B; None: ``batch.max() + 1`` (one host synchronisation), or 1 without ``batch``.
+        edge_shift: [E, 3] periodic shift of each edge (added to x_i - x_j; e.g. from
+                    :func:`~egno_fast.ops.periodic_radius_graph`), in edge_index's order, or None.
     """
     if validate:
-        validate_graph_inputs(edge_index, num_nodes, edge_attr, batch)
+        validate_graph_inputs(edge_index, num_nodes, edge_attr, batch, edge_shift)
     device = edge_index.device
     edge_index = edge_index.long()
     sort = graph_op("receiver_csr", backend, device)
@@ -119,6 +122,7 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
     if edge_attr is None:
         edge_attr = torch.zeros(edge_index.shape[1], 0, device=device)
     edge_attr = edge_attr[edge_perm]
+    edge_shift = None if edge_shift is None else edge_shift.detach()[edge_perm]
     sender_rowptr, sender_perm = sort(sender, num_nodes)
     if batch is None:
         batch = torch.zeros(num_nodes, dtype=torch.int64, device=device)
@@ -132,7 +136,7 @@ def build_graph(edge_index: Tensor, num_nodes: int, edge_attr: Optional[Tensor] 
         0, batch, torch.ones_like(batch))
     graph = Graph(num_nodes=num_nodes, num_graphs=num_graphs, rowptr=rowptr, sender=sender, receiver=receiver,
                   edge_perm=edge_perm, edge_attr=edge_attr, batch=batch, sender_perm=sender_perm,
-                  sender_rowptr=sender_rowptr, nodes_per_graph=nodes_per_graph)
+                  sender_rowptr=sender_rowptr, nodes_per_graph=nodes_per_graph, edge_shift=edge_shift)
     if validate or sort is receiver_csr_cpp:  # the inputs were checked, or the counting sort checked the indices
         graph._set_stamp()
     return graph

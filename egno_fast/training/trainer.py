@@ -119,7 +119,7 @@ def build_model(config: ExperimentConfig, sample) -> EGNO:
     return EGNO(node_dim=sample.h.shape[1], edge_dim=sample.edge_attr.shape[1], hidden_dim=m.hidden_dim,
                 num_layers=m.num_layers, num_frames=config.data.num_frames, num_modes=m.num_modes,
                 time_emb_dim=m.time_emb_dim, temporal_channels=m.temporal_channels, coord_clamp=m.coord_clamp,
-                backend=m.backend)
+                vector_centre=m.vector_centre, backend=m.backend)
 
 
 @torch.no_grad()
