@@ -200,3 +200,28 @@ def test_the_graph_carries_its_shifts_through_pytrees_and_the_layers():
         build_graph(edges.edge_index, pos.shape[0], edge_shift=edges.edge_shift[:, :2])
     with pytest.raises(ValueError, match="vector_centre must be one of"):
         EGNO(node_dim=2, edge_dim=0, vector_centre="origin")
+
+
+@pytest.mark.skipif(unavailable_reason("cpp", "egnn_layer", "cpu") is not None, reason="needs the C++ extension")
+def test_a_periodic_model_compiles_and_exports_with_its_shifts():
+    """torch.compile (fullgraph) and torch.export of a model on a graph with edge shifts: the shifts are an input of
+    the program (a graph leaf) and the results equal eager on another batch."""
+    from egno_fast import export_for_inference
+
+    if not hasattr(torch.export, "ShapesCollection") or not hasattr(torch.export.Dim, "AUTO"):
+        pytest.skip("dynamic export needs torch >= 2.6")
+    model = periodic_model("cpp").float()
+
+    def system(seed, atoms):  # two periodic systems in one batch, each with its cell
+        parts = [periodic_system(atoms + k, seed + k, SKEWED * (1 + 0.1 * k)) for k in range(2)]
+        pos, vel, h = (torch.cat([part[i] for part in parts]).float() for i in range(3))
+        batch = torch.repeat_interleave(torch.arange(2), torch.tensor([atoms, atoms + 1]))
+        edges = periodic_radius_graph(pos, 2.6, torch.stack([SKEWED, SKEWED * 1.1]).float(), batch)
+        return pos, vel, h, build_graph(edges.edge_index, len(pos), torch.ones(edges.edge_index.shape[1], 1), batch,
+                                        edge_shift=edges.edge_shift)
+
+    example, other = system(0, 12), system(1, 15)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(*other).x, model(*other).x)
+    program = export_for_inference(model, *example)
+    torch.testing.assert_close(program.module()(*other).x, model(*other).x)
