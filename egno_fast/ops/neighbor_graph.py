@@ -138,6 +138,7 @@ class PeriodicEdges(NamedTuple):
 
 
 _IMAGE_OFFSETS = torch.cartesian_prod(*[torch.tensor([0, -1, 1])] * 3).double()  # [27, 3], (0, 0, 0) first
+_PERIODIC_BLOCK_VALUES = 2**22  # float64 values of a block of image vectors [rows, N, 27, 3]: 32 MB
 
 
 def periodic_radius_graph_reference(pos: Tensor, cutoff: float, cell: Tensor,
@@ -160,8 +161,9 @@ def periodic_radius_graph_reference(pos: Tensor, cutoff: float, cell: Tensor,
         node_cell, node_inverse = (c[0].expand(positions.shape[0], 3, 3) for c in (cells, inverse))
     offsets = _IMAGE_OFFSETS.to(positions.device)
     senders, receivers, shifts = [], [], []
-    for start in range(0, positions.shape[0], 64):
-        rows = torch.arange(start, min(start + 64, positions.shape[0]), device=pos.device)
+    chunk = max(1, _PERIODIC_BLOCK_VALUES // (27 * 3 * max(positions.shape[0], 1)))  # rows per block: bounded memory
+    for start in range(0, positions.shape[0], chunk):
+        rows = torch.arange(start, min(start + chunk, positions.shape[0]), device=pos.device)
         diff = positions[rows, None, :] - positions[None, :, :]  # [R, N, 3] x_i - x_j
         nearest = -torch.round(torch.einsum("rnc,rcd->rnd", diff, node_inverse[rows]))  # image counts [R, N, 3]
         images = nearest[:, :, None, :] + offsets  # [R, N, 27, 3]
