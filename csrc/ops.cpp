@@ -43,6 +43,10 @@ TORCH_LIBRARY(egno_fast, m) {
   m.def("receiver_csr(Tensor receiver, int num_nodes) -> (Tensor rowptr, Tensor perm)");
   m.def("radius_graph(Tensor pos, float cutoff, Tensor? batch=None, Tensor? box=None) -> Tensor");
   m.def("knn_graph(Tensor pos, int k, Tensor? batch=None, Tensor? box=None) -> Tensor");
+  // minimum images in cells of any shape ([G, 3, 3] lattice vectors as rows, and their inverses): edge_index and
+  // the integer images [E, 3] of each edge (cpu/periodic_graph_cpu.cpp)
+  m.def("periodic_radius_graph(Tensor pos, float cutoff, Tensor cell, Tensor inverse, Tensor? batch=None) "
+        "-> (Tensor edge_index, Tensor images)");
 }
 
 namespace {

@@ -132,7 +132,7 @@ def egnn_edge_kernel(
     gm_ptr, gc_ptr,
     node_out_ptr, coord_out_ptr, scatter_node_ptr, scatter_coord_ptr, g_ea_ptr,
     part_mat_ptr, part_we_ptr, part_vec_ptr,
-    N, P, H, F, num_programs, edge_clamp,
+    N, P, H, F, num_programs, clamp_ptr,
     BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, MODE: tl.constexpr, ATOMIC: tl.constexpr, CLAMP_EDGES: tl.constexpr,
     SHIFT: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC: tl.constexpr,
@@ -149,7 +149,8 @@ def egnn_edge_kernel(
     part_mat [G, NUM_MATS, BH, BH] (W2 if W2_GRADS, then Wc1 if WC1_GRADS), part_we [G, BH, F_pad] (EDGE_GRADS)
     and part_vec [G, 5, BH] (b2, bc1, wc2, wd, bc2 in column 0), and with EDGE_GRADS g_ea.
     CLAMP_EDGES: each component of every coordinate message r * phi is clamped to +-edge_clamp; the backward then
-    computes phi once more before its fused loop, for the clamp's gradient mask. SHIFT: shift [E, 3] (sorted edge
+    computes phi once more before its fused loop, for the clamp's gradient mask; the bound is clamp_ptr[0] (in the
+    accumulation dtype: an fp64 bound stays exact). SHIFT: shift [E, 3] (sorted edge
     order, x's dtype) is added to r = x_i - x_j of each edge.
 
     Registers hold [rows, BLOCK_H] activations and [BLOCK_K, BLOCK_H] slices of the [H, H] weights, never a whole
@@ -172,6 +173,8 @@ def egnn_edge_kernel(
     local_owner = tl.arange(0, BLOCK_R)
     tile_frames = tl.arange(0, BLOCK_P)
     bc2 = tl.load(bc2_ptr).to(ACC)
+    if CLAMP_EDGES:
+        edge_clamp = tl.load(clamp_ptr).to(ACC)
     b2 = tl.load(b2_ptr + cols, mask=col_ok, other=0.0).to(ACC)
     # the weight gradients are shared between the two deterministic backward passes (each visits every edge once),
     # which balances their registers: the receiver pass takes the coordinate MLP's (Wc1, bc1, wc2), the sender pass
@@ -419,12 +422,13 @@ def all_block_configs():
 
 
 KERNEL_SIGNATURE = {name: "*fp32" for name in (
-    "a_ptr", "b_ptr", "x_ptr", "ea_ptr", "shift_ptr", "wd_ptr", "we_ptr", "w2_ptr", "b2_ptr", "wc1_ptr", "bc1_ptr", "wc2_ptr",
+    "a_ptr", "b_ptr", "x_ptr", "ea_ptr", "shift_ptr", "wd_ptr", "we_ptr", "w2_ptr", "b2_ptr", "wc1_ptr", "bc1_ptr",
+    "wc2_ptr",
     "bc2_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr", "scatter_node_ptr", "scatter_coord_ptr",
     "g_ea_ptr", "part_mat_ptr", "part_we_ptr", "part_vec_ptr")}
 KERNEL_SIGNATURE.update({name: "*i64" for name in ("rowptr_ptr", "other_ptr", "perm_ptr")})
 KERNEL_SIGNATURE.update({name: "i32" for name in ("N", "P", "H", "F", "num_programs")})
-KERNEL_SIGNATURE["edge_clamp"] = "fp32"
+KERNEL_SIGNATURE["clamp_ptr"] = "*fp32"  # the bound, in the accumulation dtype (fp32 on a GPU)
 _NODE_POINTERS = ("a_ptr", "b_ptr", "x_ptr", "ea_ptr", "shift_ptr", "gm_ptr", "gc_ptr", "node_out_ptr", "coord_out_ptr",
                   "g_ea_ptr")
 # The variants the registered operators launch: (name, MODE, ATOMIC)
@@ -437,17 +441,18 @@ def aot_configurations(production_only: bool = False):
     launch on a GPU: each block configuration x each variant with fp32 node tensors and TF32 dots (production),
     plus (unless ``production_only``) exact fp32 ("ieee") and bf16 node tensors with bf16 dots for the
     deterministic variants (the opt-in atomic variant is compiled in the production setting). The per-edge clamp
-    ("edgeclamp" in the name) and the periodic shifts ("shift") are compiled for every variant in the production
-    setting."""
+    ("edgeclamp" in the name) and the periodic shifts ("shift"), alone and together, are compiled for every variant
+    in the production setting."""
     for cfg in all_block_configs():
         tag = "_".join(f"{k}{v}" for k, v in cfg.items())
         precisions = [("tf32", "*fp32", tl.float32, "tf32")]
         if not production_only:
             precisions += [("ieee", "*fp32", tl.float32, "ieee"), ("bf16", "*bf16", tl.bfloat16, "tf32")]
         for variant, mode, atomic in VARIANTS:
-            for clamp, shift in ((False, False), (True, False), (False, True)):
+            for clamp, shift in ((False, False), (True, False), (False, True), (True, True)):
                 optional = clamp or shift
-                for precision, pointer, dot_dtype, dot_precision in precisions[:1] if atomic or optional else precisions:
+                chosen = precisions[:1] if atomic or optional else precisions
+                for precision, pointer, dot_dtype, dot_precision in chosen:
                     signature = dict(KERNEL_SIGNATURE)
                     signature.update({name: pointer for name in _NODE_POINTERS})
                     constexprs = dict(cfg, MODE=mode, ATOMIC=atomic, CLAMP_EDGES=clamp, SHIFT=shift,
@@ -488,6 +493,11 @@ def _dot_constexprs(dtype: torch.dtype) -> Dict[str, object]:
     return dict(DOT_DTYPE=tl.float32, DOT_PRECISION="tf32" if tf32 else "ieee", ACC=tl.float32)
 
 
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernel's accumulation dtype (ACC) for node tensors of ``dtype``."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _launch_config(a: Tensor) -> Dict[str, int]:
     owners = 1 if a.device.type == "cuda" else INTERPRETER_OWNERS_PER_STEP
     return block_config(a.shape[1], a.shape[2], owners)
@@ -512,13 +522,15 @@ def _launch(mode: int, atomic: bool, edge_clamp: Optional[float], tensors: Dict[
     dummy = outputs["node_out"]
     shift = tensors.get("shift")
     egnn_edge_kernel[(num_programs,)](
-        a, tensors["b"], tensors["x"], tensors["ea"], dummy if shift is None else shift, tensors["wd"], tensors["we"], tensors["w2"], tensors["b2"],
+        a, tensors["b"], tensors["x"], tensors["ea"], dummy if shift is None else shift, tensors["wd"], tensors["we"],
+        tensors["w2"], tensors["b2"],
         tensors["wc1"], tensors["bc1"], tensors["wc2"], tensors["bc2"], rowptr, other, perm,
         tensors.get("gm", dummy), tensors.get("gc", dummy), outputs["node_out"], outputs["coord_out"],
         outputs.get("scatter_node", dummy), outputs.get("scatter_coord", dummy), outputs.get("g_ea", dummy),
         outputs.get("part_mat", dummy), outputs.get("part_we", dummy), outputs.get("part_vec", dummy),
         num_nodes, num_frames, hidden, tensors["ea"].shape[1], num_programs,
-        1.0 if edge_clamp is None else float(edge_clamp),
+        dummy if edge_clamp is None else torch.full((1,), edge_clamp, dtype=_accumulation_dtype(a.dtype),
+                                                    device=a.device),
         MODE=mode, ATOMIC=atomic, CLAMP_EDGES=edge_clamp is not None, SHIFT=shift is not None,
         **_dot_constexprs(a.dtype), **cfg,
         num_warps=num_warps(mode, cfg["BLOCK_H"]))
@@ -594,7 +606,7 @@ def _backward_kernels(g_msg, g_coord, a, b, x, edge_attr, w_dist, w_edge, w_msg,
     atomic, hidden = atomic_backward, a.shape[2]
     block_h, num_features = _launch_config(a)["BLOCK_H"], edge_attr.shape[1]
     programs = _num_programs(a, 2)
-    acc = torch.float64 if a.dtype == torch.float64 else torch.float32
+    acc = _accumulation_dtype(a.dtype)
     f_pad = triton.cdiv(num_features, BLOCK_F) * BLOCK_F
 
     def pass_outputs(num_mats: int, edge_grads: bool) -> Dict[str, Tensor]:

@@ -285,14 +285,17 @@ def test_patch_of_layers_outside_the_model_and_refusals(monkeypatch):
 
 # --------------------------------------------------------------------------------- ahead-of-time compilation
 
-# The backward passes of the per-edge clamp at H = 128 (which compute phi once more before the fused loop) spill a
-# few hundred bytes per thread, the opt-in atomic one at H = 64 with 8-frame tiles 32; the opt-in atomic pass with
-# periodic shifts at H = 128 16-24 (kernels/README.md); every other configuration is spill-free.
-SPILLING_CONFIGURATIONS = tuple(f"{variant}_edgeclamp_tf32_BLOCK_R1_BLOCK_E{e}_BLOCK_P{p}_BLOCK_H128"
-                                for variant in ("receiver_grad", "sender_grad", "receiver_grad_atomic")
-                                for e, p in ((4, 4), (2, 8))) + tuple(
-    f"receiver_grad_atomic_shift_tf32_BLOCK_R1_BLOCK_E{e}_BLOCK_P{p}_BLOCK_H128" for e, p in ((4, 4), (2, 8))) + \
-    ("receiver_grad_atomic_edgeclamp_tf32_BLOCK_R1_BLOCK_E2_BLOCK_P8_BLOCK_H64",)
+# The backward passes of the per-edge clamp at H = 128 (which compute phi once more before the fused loop; with or
+# without periodic shifts) spill a few hundred bytes per thread, its opt-in atomic pass at H = 64 with 8-frame tiles
+# 32; the opt-in atomic pass with periodic shifts at H = 128 16-24 (kernels/README.md); every other configuration is
+# spill-free.
+_H128 = [f"BLOCK_R1_BLOCK_E{e}_BLOCK_P{p}_BLOCK_H128" for e, p in ((4, 4), (2, 8))]
+SPILLING_CONFIGURATIONS = tuple(
+    f"{variant}_{extra}tf32_{tag}" for variant in ("receiver_grad", "sender_grad", "receiver_grad_atomic")
+    for extra in ("edgeclamp_", "edgeclamp_shift_") for tag in _H128) + tuple(
+    f"receiver_grad_atomic_shift_tf32_{tag}" for tag in _H128) + tuple(
+    f"receiver_grad_atomic_{extra}tf32_BLOCK_R1_BLOCK_E2_BLOCK_P8_BLOCK_H64"
+    for extra in ("edgeclamp_", "edgeclamp_shift_"))
 
 
 def test_every_configuration_compiles_for_sm90_without_spills_or_atomics():

@@ -9,7 +9,7 @@ import torch
 from conftest import random_orthogonal
 from egno_fast import EGNO, GraphInputError, build_graph, periodic_radius_graph
 from egno_fast.backends import unavailable_reason
-from egno_fast.ops import perpendicular_widths, radius_graph
+from egno_fast.ops import periodic_radius_graph_reference, perpendicular_widths, radius_graph
 
 ase = pytest.importorskip("ase")  # a test dependency
 from ase.neighborlist import neighbor_list  # noqa: E402
@@ -58,24 +58,40 @@ def test_minimum_image_edges_equal_ase(cell):
             result.edge_index[1] * 1000 + result.edge_index[0])])  # sorted by receiver, then sender
 
 
-def test_cpp_runs_orthorhombic_cells_and_auto_says_when_it_passes_over_it(caplog, monkeypatch):
-    from egno_fast import backends
-
-    monkeypatch.setattr(backends, "_REPORTED_SKIPS", set())  # said once per process: earlier tests may have
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_cpp_search_equals_the_reference_on_every_cell(dtype):
+    """Cell lists in fractional coordinates (any cell, one per graph or shared, bins fewer than 3 per axis or many,
+    a left-handed cell) give exactly the reference's edges and shifts."""
     if unavailable_reason("cpp", "periodic_radius_graph", "cpu") is not None:
         pytest.skip("the C++ extension is not built here")
     gen = torch.Generator().manual_seed(1)
-    box = torch.diag(torch.tensor([5.0, 6.0, 7.0], dtype=torch.float64))
-    pos = torch.rand(80, 3, generator=gen, dtype=torch.float64) @ box
-    cpp = periodic_radius_graph(pos, 2.4, box, backend="cpp")
-    reference = periodic_radius_graph(pos, 2.4, box, backend="reference")
-    assert torch.equal(cpp.edge_index, reference.edge_index)
-    torch.testing.assert_close(cpp.edge_shift, reference.edge_shift, rtol=0, atol=0)
-    with caplog.at_level(logging.INFO, logger="egno_fast"):
-        periodic_radius_graph(pos, 2.4, SKEWED, backend="auto")
-    assert "passes over 'cpp'" in caplog.text and "orthorhombic" in caplog.text
-    with pytest.raises(Exception, match="orthorhombic"):
-        periodic_radius_graph(pos, 2.4, SKEWED, backend="cpp")
+    cells = [SKEWED, rotated_cell(), torch.diag(torch.tensor([5.0, 6.0, 7.0])).double(), SKEWED * 4,
+             torch.diag(torch.tensor([-10.0, 10.0, 10.0])).double()]
+    for cell in cells:
+        pos = ((torch.rand(150, 3, generator=gen, dtype=torch.float64) * 1.4 - 0.2) @ cell).to(dtype)
+        cutoff = 0.45 * float(perpendicular_widths(cell).min()) / (4 if cell is cells[3] else 1)
+        cpp = periodic_radius_graph(pos, cutoff, cell, backend="cpp")
+        reference = periodic_radius_graph(pos, cutoff, cell, backend="reference")
+        assert torch.equal(cpp.edge_index, reference.edge_index) and cpp.edge_index.shape[1] > 0
+        assert torch.equal(cpp.edge_shift, reference.edge_shift) and cpp.edge_shift.dtype == dtype
+    batch = torch.repeat_interleave(torch.arange(3), torch.tensor([40, 1, 60]))
+    pos = torch.rand(101, 3, generator=gen, dtype=torch.float64) * 6
+    per_graph = torch.stack([SKEWED, rotated_cell(7), SKEWED * 1.2])
+    for cell in (SKEWED, per_graph):
+        cpp = periodic_radius_graph(pos, 2.5, cell, batch, backend="cpp")
+        reference = periodic_radius_graph(pos, 2.5, cell, batch, backend="reference")
+        assert torch.equal(cpp.edge_index, reference.edge_index) and torch.equal(cpp.edge_shift, reference.edge_shift)
+
+
+def test_auto_runs_the_cell_lists_on_the_cpu_for_any_cell():
+    if unavailable_reason("cpp", "periodic_radius_graph", "cpu") is not None:
+        pytest.skip("the C++ extension is not built here")
+    from egno_fast.ops.neighbor_graph import _cpp_periodic_unsupported
+
+    assert _cpp_periodic_unsupported(SKEWED[None], device_type="cpu") is None
+    # on CUDA the cpp search takes one orthorhombic cell: "auto" passes other cells to the reference, saying so
+    assert "orthorhombic" in _cpp_periodic_unsupported(SKEWED[None], device_type="cuda")
+    assert _cpp_periodic_unsupported(torch.diag(torch.tensor([5.0, 6.0, 7.0]))[None], device_type="cuda") is None
 
 
 def test_one_cell_per_graph_of_a_batch():
@@ -149,7 +165,7 @@ def test_predictions_do_not_depend_on_the_lattice_images_of_the_atoms(backend):
     torch.testing.assert_close(predict(model, moved, vel, h, SKEWED), predict(model, pos, vel, h, SKEWED),
                                rtol=1e-9, atol=1e-9)
     assert model.active_backend["egnn_layer"] == backend
-    mean_centred = periodic_model(backend, vector_centre="mean")
+    mean_centred = periodic_model(backend, vector_centre="mean")  # warns once that it is image-dependent
     assert not torch.allclose(predict(mean_centred, moved, vel, h, SKEWED), predict(mean_centred, pos, vel, h, SKEWED),
                               atol=1e-6)
 
@@ -225,3 +241,17 @@ def test_a_periodic_model_compiles_and_exports_with_its_shifts():
     torch.testing.assert_close(compiled(*other).x, model(*other).x)
     program = export_for_inference(model, *example)
     torch.testing.assert_close(program.module()(*other).x, model(*other).x)
+
+
+def test_the_paper_centring_on_a_periodic_graph_is_reported_once_and_odd_cells_take_the_reference(caplog):
+    pos, vel, h = periodic_system(seed=5)
+    model = periodic_model("reference", vector_centre="mean")
+    with caplog.at_level(logging.WARNING, logger="egno_fast"):
+        predict(model, pos, vel, h, SKEWED)
+        predict(model, pos, vel, h, SKEWED)
+    assert caplog.text.count("depend on which lattice image") == 1
+    negative = torch.diag(torch.tensor([-10.0, 10.0, 10.0], dtype=torch.float64))  # a left-handed box
+    points = torch.rand(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 10
+    auto = periodic_radius_graph(points, 2.0, negative)
+    reference = periodic_radius_graph_reference(points, 2.0, negative)  # a [3, 3] cell, as the wrapper takes
+    assert torch.equal(auto.edge_index, reference.edge_index) and torch.equal(auto.edge_shift, reference.edge_shift)

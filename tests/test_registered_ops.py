@@ -129,6 +129,9 @@ def triton_temporal_backward_args(convert=lambda value: value):
     return [convert(t) for t in (grad_out, x, weight)] + [leaky, True, True]
 
 
+SKEWED_CELL = torch.tensor([[4.0, 0.0, 0.0], [1.1, 3.6, 0.0], [-0.8, 0.9, 3.9]], dtype=torch.float64)
+
+
 def _points(seed=0, num_points=40):
     gen = torch.Generator().manual_seed(seed)
     pos = permuted(torch.rand(3, num_points, generator=gen, dtype=torch.float64).T * 4)
@@ -151,6 +154,8 @@ CASES = {
     "egno_fast::radius_graph": ("cpp", [lambda: [_points()[0], 1.0, _points()[1], None],
                                         lambda: [_points()[0], 1.5, None, torch.full((3,), 4.0, dtype=torch.float64)]]),
     "egno_fast::knn_graph": ("cpp", [lambda: [_points()[0], 4, _points()[1], None]]),
+    "egno_fast::periodic_radius_graph": ("cpp", [lambda: [_points()[0], 1.2, SKEWED_CELL[None],
+                                                          torch.linalg.inv(SKEWED_CELL)[None], _points()[1]]]),
     "egno_fast::triton_egnn_edge_forward": ("triton", [edge_forward_args(0, False),
                                                        edge_forward_args(1, True, strided),
                                                        edge_forward_args(2, False, edge_clamp=EDGE_CLAMP),

@@ -8,15 +8,7 @@
 #include <optional>
 #include <vector>
 
-// Distances as the reference computes them: each product and sum rounded on its own, in the order ((dx^2 + dy^2) +
-// dz^2), so that ties at the cutoff and between kNN candidates are decided the same way by every backend. The global
-// flags allow fused multiply-adds and reassociation (good for the EGNN kernels); not here. (The CUDA build compiles
-// the same code with --fmad=false.)
-#if defined(__clang__)
-#pragma STDC FP_CONTRACT OFF
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off", "no-associative-math")
-#endif
+#include "exact_arithmetic.h"  // distances rounded as the reference rounds them (before the shared cell-list code)
 #include "../common/cell_grid.h"
 #include "../graph_inputs.h"
 #include "counting_sort.h"

@@ -202,6 +202,7 @@ class EGNO(nn.Module):
             if self.validate:
                 validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
         self._report_backend(x.device)
+        self._warn_if_image_dependent(graph)
         inputs = (x, v, h)
 
         times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
@@ -223,6 +224,17 @@ class EGNO(nn.Module):
         if validating:
             _require_finite_outputs(inputs, x, v, h)
         return EGNOOutput(x.transpose(0, 1), v.transpose(0, 1), h.transpose(0, 1))
+
+    def _warn_if_image_dependent(self, graph: Graph) -> None:
+        """Say once per model when a periodic graph meets the paper's centring, whose predictions depend on the
+        lattice images the atoms are given in (see ``vector_centre``)."""
+        if graph.edge_shift is None or self.vector_centre != "mean" or "x" not in self.vector_channels \
+                or getattr(self, "_warned_image_dependence", False) or torch.compiler.is_compiling():
+            return
+        self._warned_image_dependence = True
+        logger.warning(
+            "EGNO(vector_centre='mean') on a periodic graph (edge shifts): its predictions depend on which lattice "
+            "image each atom is given in; build the model with vector_centre='input' for periodic systems")
 
     def _vector_block(self, conv: VectorTemporalConv, x: Tensor, v: Tensor, centre: Tensor):
         """Apply the vector temporal block to the channels of [x - centre, v] selected by ``temporal_channels``."""

@@ -263,8 +263,8 @@ register("egnn_edge", "triton", egnn_edge_triton)
 
 
 def egnn_edge_sums(a: Tensor, b: Tensor, x: Tensor, edge_attr: Tensor, graph: Graph, weights: EGNNEdgeWeights,
-                   edge_clamp: Optional[float] = None, edge_shift: Optional[Tensor] = None,
-                   backend: str = "auto") -> EdgeSums:
+                   backend: str = "auto", *, edge_clamp: Optional[float] = None,
+                   edge_shift: Optional[Tensor] = None) -> EdgeSums:
     """The edge half on ``backend`` ("reference", "triton", "cpp" or "auto"); contract of
     :func:`egnn_edge_reference`. On CUDA the graph must be unchanged since it was validated."""
     if x.device.type == "cuda":

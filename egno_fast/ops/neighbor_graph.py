@@ -11,7 +11,9 @@ Periodic cells of any shape (:func:`periodic_radius_graph`): ``cell`` [3, 3] (or
 the lattice vectors as rows (ASE's convention); each edge j -> i comes with its shift s_ij, a lattice vector such that
 r_ij = x_i - x_j + s_ij is the minimum image, |r_ij| <= cutoff. The cutoff must be at most half the cell's smallest
 perpendicular width (then each pair has at most one image within it). "reference": brute force over the 27
-neighbouring images of every pair, any cell; "cpp": the cell-list search for orthorhombic (diagonal) cells.
+neighbouring images of every pair; "cpp": cell lists in fractional coordinates (csrc/cpu/periodic_graph_cpu.cpp),
+any cell, on the CPU; on CUDA the cell-list search for one orthorhombic cell (graph_cuda.cu). Both decide each pair's
+image the same way and form the shifts from the integer images by the same code.
 """
 from __future__ import annotations
 
@@ -109,8 +111,6 @@ def _edge_index_fake(pos, *args):
     return pos.new_empty((2, num_edges), dtype=torch.int64)
 
 
-# The fake (meta) kernels of the extension's operators, registered by :mod:`egno_fast.cpp` once they exist.
-FAKE_KERNELS = {"egno_fast::radius_graph": _edge_index_fake, "egno_fast::knn_graph": _edge_index_fake}
 
 
 def radius_graph_cpp(pos: Tensor, cutoff: float, batch: Optional[Tensor] = None,
@@ -147,20 +147,20 @@ def periodic_radius_graph_reference(pos: Tensor, cutoff: float, cell: Tensor,
     the 27 images next to the rounded fractional difference of each pair, O(27 N^2)); :func:`periodic_radius_graph`.
 
     Args:
-        pos: [N, 3]; cutoff: the radius; cell: [1, 3, 3] (shared) or [B, 3, 3] lattice vectors (rows) of each
-        graph; batch: [N] or None.
+        pos: [N, 3]; cutoff: the radius; cell: [3, 3] or [1, 3, 3] (shared) or [B, 3, 3] lattice vectors (rows)
+        of each graph; batch: [N] or None.
     Returns:
         :class:`PeriodicEdges`.
     """
     positions = pos.double()
-    cells = cell.to(positions)
-    inverse = torch.linalg.inv(cells)
+    cells = cell.to(positions).reshape(-1, 3, 3)
+    inverse = _inverse(cells)
     if cells.shape[0] > 1:  # one cell per graph
         node_cell, node_inverse = cells[batch], inverse[batch]  # [N, 3, 3]
     else:
         node_cell, node_inverse = (c[0].expand(positions.shape[0], 3, 3) for c in (cells, inverse))
     offsets = _IMAGE_OFFSETS.to(positions.device)
-    senders, receivers, shifts = [], [], []
+    senders, receivers, chosen = [], [], []
     chunk = max(1, _PERIODIC_BLOCK_VALUES // (27 * 3 * max(positions.shape[0], 1)))  # rows per block: bounded memory
     for start in range(0, positions.shape[0], chunk):
         rows = torch.arange(start, min(start + chunk, positions.shape[0]), device=pos.device)
@@ -179,25 +179,55 @@ def periodic_radius_graph_reference(pos: Tensor, cutoff: float, cell: Tensor,
         receiver, sender = torch.nonzero(keep, as_tuple=True)
         senders.append(sender)
         receivers.append(rows[receiver])
-        shifts.append(shift[receiver, sender, best[receiver, sender]])
+        chosen.append(images[receiver, sender, best[receiver, sender]])
     edge_index = _edge_index(senders, receivers, pos.device)
-    edge_shift = torch.cat(shifts) if shifts else positions.new_zeros(0, 3)
-    return PeriodicEdges(edge_index, edge_shift.to(pos.dtype))
+    counts = torch.cat(chosen).long() if chosen else torch.zeros(0, 3, dtype=torch.long, device=pos.device)
+    return PeriodicEdges(edge_index, _lattice_shifts(counts, cells, batch, edge_index, pos.dtype))
+
+
+def _inverse(cells: Tensor) -> Tensor:
+    """[G, 3, 3] inverses of the cells (both backends take the same ones: the same fractional coordinates)."""
+    return torch.linalg.inv(cells)
+
+
+def _lattice_shifts(images: Tensor, cells: Tensor, batch: Optional[Tensor], edge_index: Tensor,
+                    dtype: torch.dtype) -> Tensor:
+    """[E, 3] shifts images @ cell of each edge's graph, in ``dtype`` (one formula for every backend)."""
+    edge_cells = cells[batch[edge_index[1]]] if cells.shape[0] > 1 else cells[0].expand(images.shape[0], 3, 3)
+    return torch.einsum("ec,ecd->ed", images.double(), edge_cells).to(dtype)
 
 
 def periodic_radius_graph_cpp(pos: Tensor, cutoff: float, cell: Tensor,
                               batch: Optional[Tensor] = None) -> PeriodicEdges:
-    """The cell-list search (:func:`radius_graph_cpp` with the box) for one orthorhombic cell shared by all graphs;
-    the shifts are the minimum-image lattice vectors of the found edges."""
-    box = torch.diagonal(cell[0]).double()
-    edge_index = radius_graph_cpp(pos, cutoff, batch, box)
-    diff = pos.double()[edge_index[1]] - pos.double()[edge_index[0]]
-    return PeriodicEdges(edge_index, (-box * torch.round(diff / box)).to(pos.dtype))
+    """Cell lists: on the CPU the extension's ``periodic_radius_graph`` (any cell, one per graph or shared); on
+    CUDA the orthorhombic search (:func:`radius_graph_cpp` with the box) for one diagonal cell."""
+    cells = cell.double()
+    if pos.device.type == "cpu":
+        edge_index, images = torch.ops.egno_fast.periodic_radius_graph(pos, cutoff, cells, _inverse(cells), batch)
+    else:
+        box = torch.diagonal(cells[0])
+        edge_index = radius_graph_cpp(pos, cutoff, batch, box)
+        diff = pos.double()[edge_index[1]] - pos.double()[edge_index[0]]
+        images = -torch.round(diff / box)
+    return PeriodicEdges(edge_index, _lattice_shifts(images, cells, batch, edge_index, pos.dtype))
 
 
-def _cpp_periodic_unsupported(cell: Optional[Tensor] = None) -> Optional[str]:
-    if cell is not None and (cell.shape[0] != 1 or bool((cell[0] != torch.diag(torch.diagonal(cell[0]))).any())):
-        return "the cpp periodic search runs one orthorhombic (diagonal) cell shared by all graphs"
+def _periodic_fake(pos, cutoff, cell, inverse, batch=None):
+    num_edges = torch.library.get_ctx().new_dynamic_size()
+    return pos.new_empty((2, num_edges), dtype=torch.int64), pos.new_empty((num_edges, 3), dtype=torch.int64)
+
+
+# The fake (meta) kernels of the extension's operators, registered by :mod:`egno_fast.cpp` once they exist.
+FAKE_KERNELS = {"egno_fast::radius_graph": _edge_index_fake, "egno_fast::knn_graph": _edge_index_fake,
+                "egno_fast::periodic_radius_graph": _periodic_fake}
+
+
+def _cpp_periodic_unsupported(cell: Optional[Tensor] = None, device_type: str = "cpu") -> Optional[str]:
+    if cell is not None and device_type != "cpu" and (
+            cell.shape[0] != 1 or bool((cell[0] != torch.diag(torch.diagonal(cell[0]))).any())
+            or not bool((torch.diagonal(cell[0]) > 0).all())):
+        return ("on CUDA the cpp periodic search runs one orthorhombic cell (diagonal, positive lengths) shared by "
+                "all graphs")
     return None
 
 
@@ -290,7 +320,8 @@ def periodic_radius_graph(pos: Tensor, cutoff: float, cell: Tensor, batch: Optio
 
     Args:
         pos:    [N, 3] positions (any image: wrapped or not).
-        cutoff: the radius (inclusive); at most half the cell's smallest perpendicular width.
+        cutoff: the radius (inclusive); at most half the cell's smallest perpendicular width (at exactly half, a
+                pair whose two images are both at the cutoff keeps one of them).
         cell:   [3, 3] lattice vectors as rows (a, b, c), or [B, 3, 3] one cell per graph of ``batch``.
         batch:  [N] sorted graph id of each point, or None (one graph).
         backend: "reference" (brute force, any cell), "cpp" (cell lists, one orthorhombic cell) or "auto" (cpp
@@ -321,4 +352,5 @@ def periodic_radius_graph(pos: Tensor, cutoff: float, cell: Tensor, batch: Optio
     if 2 * cutoff > narrowest:
         raise GraphInputError(f"the cutoff ({cutoff}) must be at most half the cell's smallest perpendicular width "
                               f"({narrowest:.6g}): a pair would have more than one image within it")
-    return graph_op("periodic_radius_graph", backend, pos.device, cell=cells)(pos, float(cutoff), cells, batch)
+    chosen = graph_op("periodic_radius_graph", backend, pos.device, cell=cells, device_type=pos.device.type)
+    return chosen(pos, float(cutoff), cells, batch)
