@@ -176,6 +176,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = ExperimentConfig.from_dict(state["config"])
     if args.data_dir:
         config.data.data_dir = args.data_dir
+    if args.overrides:
+        others = [item for item in args.overrides if not item.startswith("data.")]
+        if others:
+            raise CommandLineError(f"eval --set takes data settings only (the model is the checkpoint's), got "
+                                   f"{others[0]!r}")
+        config = apply_overrides(config, args.overrides)
     backend = args.backend or config.model.backend
     check_backend(backend, device)
     datasets = make_datasets(config.data, progress=not args.no_progress)
@@ -196,7 +202,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .training.trainer import git_commit
 
         record = dict(metrics, command=_command_line(args), checkpoint=str(args.checkpoint),
-                      checkpoint_epoch=state["epoch"], config=state["config"],
+                      checkpoint_epoch=state["epoch"], config=config.to_dict() if args.overrides else state["config"],
                       git_commit=git_commit())
         with atomic_path(args.output) as tmp:
             tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -290,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resample", type=int, default=1, metavar="K",
                           help="zero-shot: predict K x P uniform frames over the same span (default 1)")
     evaluate.add_argument("--output", help="also write the metrics, command and checkpoint epoch as JSON here")
+    evaluate.add_argument("--set", dest="overrides", action="append", default=[], metavar="data.KEY=VALUE",
+                          help="evaluate on other data than the checkpoint's: a data setting of its config, e.g. "
+                               "--set data.trajectory=other.dcd (repeatable; data settings only)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
 

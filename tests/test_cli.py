@@ -46,6 +46,14 @@ def test_default_train_then_eval(tmp_path, capsys, monkeypatch):
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "test: F-MSE" in out and (tmp_path / "eval.png").exists()
+    # on other data: data settings of the checkpoint's config (here another N-body stream), recorded in the output
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress", "--set",
+                 "data.generator_seed=44", "--output", str(tmp_path / "other.json")]) == 0
+    other = capsys.readouterr().out
+    assert "test: F-MSE" in other and other.split("F-MSE")[1] != out.split("F-MSE")[1]
+    assert json.loads((tmp_path / "other.json").read_text())["config"]["data"]["generator_seed"] == 44
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--set", "model.hidden_dim=8"]) == 2
+    assert "eval --set takes data settings only" in one_error_line(capsys.readouterr().err, "eval")
     # a NaN in the evaluated split: a non-zero exit naming the split, no metric printed or written
     poison_split(monkeypatch, "test")
     assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress", "--output",
