@@ -36,6 +36,19 @@ class DataConfig:
     topology: str = ""
     trajectory: str = ""
     cutoff: float = 10.0
+    # Any trajectory file ("trajectory", egno_fast/data/trajectory.py): the file(s) (a path, a glob, or several
+    # separated by commas: replicas), the reader ("auto", "ase", "mdanalysis"; a topology in data.topology where the
+    # format needs one), the atoms (MDAnalysis selection, or "all" / "element C N O" with ASE), Delta = span frames
+    # between input and last target, the step between sample starts, ps between frames (0: the reader's), and the
+    # element list of the one-hot node feature (empty: the training file's, then kept in the run's config).
+    path: str = ""
+    reader: str = "auto"
+    format: str = ""  # the ASE format name where the extension does not say it (e.g. "lammps-dump-text")
+    selection: str = "all"
+    span: int = 10
+    stride: int = 1
+    frame_interval: float = 0.0
+    elements: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -126,6 +139,8 @@ LIMITS = {
     "data.num_frames": _at_least(1), "data.max_train_samples": _at_least(1), "data.max_eval_samples": _at_least(1),
     "data.num_train": _at_least(1), "data.num_valid": _at_least(1), "data.num_test": _at_least(1),
     "data.generator_seed": _at_least(0), "data.cutoff": _POSITIVE,
+    "data.reader": ((lambda v: v in ("auto", "ase", "mdanalysis")), '"auto", "ase" or "mdanalysis"'),
+    "data.span": _at_least(1), "data.stride": _at_least(1), "data.frame_interval": _FINITE_NON_NEGATIVE,
     "data.discretisation": ((lambda v: v in ("uniform", "last")), '"uniform" or "last"'),
     "data.md17_source": ((lambda v: v in ("file", "standin")), '"file" or "standin"'),
     "model.hidden_dim": _at_least(1), "model.num_layers": _at_least(1), "model.num_modes": _at_least(0),

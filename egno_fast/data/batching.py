@@ -1,7 +1,7 @@
 """Samples and batches of graphs in PyTorch Geometric's convention (row 0 of edge_index = sender)."""
 from __future__ import annotations
 
-from typing import List, NamedTuple, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -12,7 +12,8 @@ from ..ops import build_graph
 
 
 class GraphSample(NamedTuple):
-    """One graph: x, v [n, 3]; h [n, k]; edge_index [2, e]; edge_attr [e, f]; target [P, n, 3]."""
+    """One graph: x, v [n, 3]; h [n, k]; edge_index [2, e]; edge_attr [e, f]; target [P, n, 3]; edge_shift [e, 3]
+    (periodic images) or None."""
 
     x: Tensor
     v: Tensor
@@ -20,6 +21,7 @@ class GraphSample(NamedTuple):
     edge_index: Tensor
     edge_attr: Tensor
     target: Tensor
+    edge_shift: Optional[Tensor] = None
 
 
 class StartFrameDataset(Dataset):
@@ -50,7 +52,7 @@ class StartFrameDataset(Dataset):
 
 class GraphBatch(NamedTuple):
     """Concatenated graphs: x, v [N, 3]; h [N, k]; edge_index [2, E]; edge_attr [E, f]; batch [N];
-    target [P, N, 3] (time-major, as the model's output)."""
+    target [P, N, 3] (time-major, as the model's output); edge_shift [E, 3] or None."""
 
     x: Tensor
     v: Tensor
@@ -59,18 +61,20 @@ class GraphBatch(NamedTuple):
     edge_attr: Tensor
     batch: Tensor
     target: Tensor
+    edge_shift: Optional[Tensor] = None
 
     @property
     def num_graphs(self) -> int:
         return int(self.batch[-1]) + 1 if self.batch.numel() else 0
 
     def to(self, device: torch.device | str) -> "GraphBatch":
-        return GraphBatch(*(t.to(device) for t in self))
+        return GraphBatch(*(None if t is None else t.to(device) for t in self))
 
     def graph(self, validate: bool = True) -> Graph:
         """The batch's receiver-sorted :class:`Graph` (build it once, reuse it for every layer; build it where the
         batch is, on the CPU, and move it with ``Graph.to``: its checks then cost no device wait)."""
-        return build_graph(self.edge_index, self.x.shape[0], self.edge_attr, self.batch, validate=validate)
+        return build_graph(self.edge_index, self.x.shape[0], self.edge_attr, self.batch, validate=validate,
+                           edge_shift=self.edge_shift)
 
 
 def complete_graph_edges(num_nodes: int) -> Tensor:
@@ -89,7 +93,10 @@ def collate_graphs(samples: List[GraphSample]) -> GraphBatch:
     offsets = torch.cumsum(sizes, 0) - sizes
     edge_index = torch.cat([s.edge_index + int(o) for s, o in zip(samples, offsets)], dim=1)
     batch = torch.repeat_interleave(torch.arange(len(samples)), sizes)
+    shifted = any(s.edge_shift is not None for s in samples)  # graphs without shifts get zeros beside periodic ones
+    edge_shift = torch.cat([s.edge_shift if s.edge_shift is not None else s.x.new_zeros(s.edge_index.shape[1], 3)
+                            for s in samples]) if shifted else None
     return GraphBatch(x=torch.cat([s.x for s in samples]), v=torch.cat([s.v for s in samples]),
                       h=torch.cat([s.h for s in samples]), edge_index=edge_index,
                       edge_attr=torch.cat([s.edge_attr for s in samples]), batch=batch,
-                      target=torch.cat([s.target for s in samples], dim=1))
+                      target=torch.cat([s.target for s in samples], dim=1), edge_shift=edge_shift)

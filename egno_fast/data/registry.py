@@ -14,8 +14,9 @@ from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
 from .protein import adk_test_files, protein_datasets
 from .protocol import SPLITS
+from .trajectory import trajectory_datasets
 
-DATASETS = ("nbody", "mocap", "md17", "protein")
+DATASETS = ("nbody", "mocap", "md17", "protein", "trajectory")
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -32,6 +33,8 @@ def data_location(config: DataConfig) -> str:
         return str(find_mocap_file(config.data_dir or None))
     if config.name == "protein":
         return f"{config.topology} with {config.trajectory}" if config.topology else "the AdK files of MDAnalysisTests"
+    if config.name == "trajectory":
+        return config.path + (f" with {config.topology}" if config.topology else "")
     return str(resolve_data_dir(config))
 
 
@@ -65,6 +68,8 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
         return protein_datasets(topology, trajectory, config.num_frames, cutoff=config.cutoff,
                                 max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
                                 discretisation=config.discretisation)
+    if config.name == "trajectory":
+        return trajectory_datasets(config, resolve_data_dir(config))
     raise ValueError(f"unknown dataset {config.name!r}; available: {DATASETS}")
 
 

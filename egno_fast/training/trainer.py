@@ -155,6 +155,8 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> Da
 
 
 def _check_resumable(saved: Dict, config: ExperimentConfig) -> None:
+    if not config.data.elements and saved["data"].get("elements"):  # filled from the file when the run began
+        config.data.elements = list(saved["data"]["elements"])
     new, defaults = config.to_dict(), ExperimentConfig().to_dict()  # keys added since the checkpoint: defaults
     changed = [(section, key) for section in ("data", "model", "train") for key in new[section]
                if saved[section].get(key, defaults[section][key]) != new[section][key]

@@ -1,0 +1,378 @@
+"""Any trajectory file: a user's own system, read through ASE or MDAnalysis into a memory-mapped cache.
+
+Readers (``data.reader``): "ase" (extxyz, xyz, PDB, LAMMPS dumps and every other format ``ase.io`` reads; no
+topology; ``data.format`` names the format where the file's extension does not, e.g. "lammps-dump-text"),
+"mdanalysis" (DCD, XTC, TRR, NetCDF, H5MD, ... with ``data.topology`` where the format needs one, and MDAnalysis'
+selection language), "auto" (MDAnalysis when a topology is given, else ASE). Selections with ASE: "all"
+or "element C N O" (the atoms of those elements).
+
+One sequential pass writes the cache (``<data folder>/trajectory/<key>/``, key: the files' paths, sizes and
+modification times and the reading options): float32 positions [T, n, 3] in Angstrom, unwrapped (each frame moved
+to the minimum image of the one before when the file has a periodic cell), the file's velocities [T, n, 3] when it
+has them, and the cells [T, 3, 3]; memory does not grow with T. Samples are read from the memory-mapped arrays.
+
+Protocol (EGNO's, as for the protein): each file (replica) is split chronologically 60 / 20 / 20 % and a sample of a
+split starts at a frame t of its part (every ``data.stride``-th) whose targets t + Delta * p // P (``data.span`` =
+Delta) and whose velocity frame stay inside the same part: no frame serves two splits. Velocities, in Angstrom per
+frame interval: the file's (converted from the reader's Angstrom per ps with ``data.frame_interval`` in ps, or the
+interval the reader reports), else the finite difference x[t+1] - x[t] of the unwrapped positions. Node features:
+one-hot of the element over ``data.elements`` (filled from the training file when empty and kept in the run's
+config, so that evaluation on another file uses the same encoding), mass / 100 u, charge (e), |v|. Graph: the radius
+graph of the input frame within ``data.cutoff`` (minimum images and edge shifts with a cell:
+:func:`egno_fast.ops.periodic_radius_graph`); edge features [d, d^2].
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..ops import periodic_radius_graph, perpendicular_widths, radius_graph
+from .batching import GraphSample
+from .io import MissingExtraError, generation_lock
+from .protein import split_frames
+from .protocol import SPLITS, check_split, target_offsets
+
+CACHE_VERSION = 1
+READERS = ("auto", "ase", "mdanalysis")
+MASS_UNIT = 100.0  # node feature: mass / 100 u
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame as a reader gives it: positions [n, 3] (Angstrom), cell [3, 3] (rows) or None, velocities [n, 3]
+    in Angstrom per ps or None."""
+
+    positions: np.ndarray
+    cell: Optional[np.ndarray]
+    velocities: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class Atoms:
+    """What the file says of the selected atoms: element (or type) names, masses (u), charges (e); and the time
+    between frames in ps, if the reader knows it."""
+
+    elements: List[str]
+    masses: np.ndarray
+    charges: np.ndarray
+    frame_dt: Optional[float]
+
+
+def trajectory_files(path: str) -> List[Path]:
+    """The files of ``data.path``: one file, a glob pattern, or several of either separated by commas (replicas,
+    in the order given; a glob's matches sorted)."""
+    files: List[Path] = []
+    for part in (p.strip() for p in path.split(",") if p.strip()):
+        matches = sorted(glob.glob(os.path.expanduser(part))) if any(c in part for c in "*?[") else [part]
+        if not matches:
+            raise FileNotFoundError(f"no trajectory file matches {part!r}")
+        files += [Path(m).expanduser() for m in matches]
+    if not files:
+        raise ValueError("data.path is empty: give the trajectory file (--set data.path=FILE)")
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"trajectory file not found: {file}")
+    return files
+
+
+def _import(name: str, extra: str):
+    try:
+        return __import__(name)
+    except ImportError as error:
+        raise MissingExtraError(f"reading this trajectory needs {extra}: pip install 'egno_fast[trajectory]' (in a "
+                                f"clone: pip install -e '.[trajectory]')") from error
+
+
+def _ase_selection(symbols: List[str], selection: str) -> np.ndarray:
+    words = selection.split()
+    if selection.strip() == "all":
+        return np.arange(len(symbols))
+    if words and words[0] == "element" and len(words) > 1:
+        return np.array([k for k, s in enumerate(symbols) if s in set(words[1:])], dtype=np.int64)
+    raise ValueError(f"with the ASE reader the selection must be 'all' or 'element X Y ...', got {selection!r}")
+
+
+def _read_ase(file: Path, selection: str, file_format: str = "") -> Tuple[Atoms, Iterator[Frame]]:
+    ase_io = _import("ase.io", "ase").io
+    from ase import units
+
+    def frames(first, rest, chosen):
+        for atoms in _chain(first, rest):
+            periodic = atoms.pbc
+            if periodic.any() and not periodic.all():
+                raise ValueError(f"{file}: periodic along some axes only ({periodic.tolist()}): not supported")
+            cell = np.array(atoms.cell.array, dtype=np.float64) if periodic.all() else None
+            velocities = None
+            if atoms.has("momenta"):
+                velocities = atoms.get_velocities()[chosen] * (units.fs * 1000.0)  # ASE units -> Angstrom / ps
+            yield Frame(np.asarray(atoms.positions[chosen], dtype=np.float64), cell, velocities)
+
+    try:
+        stream = ase_io.iread(str(file), index=":", format=file_format or None)
+        first = next(stream)
+    except StopIteration:
+        raise ValueError(f"{file}: no frame") from None
+    except Exception as error:  # the parsers raise many types on unreadable files
+        raise ValueError(f"ASE could not read {file}: {type(error).__name__}: {error}") from error
+    symbols = first.get_chemical_symbols()
+    chosen = _ase_selection(symbols, selection)
+    charges = first.get_initial_charges()[chosen] if first.has("initial_charges") else np.zeros(len(chosen))
+    atoms = Atoms([symbols[k] for k in chosen], np.asarray(first.get_masses()[chosen], dtype=np.float64),
+                  np.asarray(charges, dtype=np.float64), None)
+    return atoms, frames(first, stream, chosen)
+
+
+def _chain(first, rest):
+    yield first
+    try:
+        yield from rest
+    except Exception as error:  # a damaged frame later in the file
+        raise ValueError(f"a frame after the first could not be read: {type(error).__name__}: {error}") from error
+
+
+def _read_mdanalysis(file: Path, topology: str, selection: str) -> Tuple[Atoms, Iterator[Frame]]:
+    mda = _import("MDAnalysis", "MDAnalysis")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            universe = mda.Universe(topology, str(file)) if topology else mda.Universe(str(file))
+            chosen = universe.select_atoms(selection)
+    except Exception as error:
+        raise ValueError(f"MDAnalysis could not read {file}{' with ' + topology if topology else ''}: "
+                         f"{type(error).__name__}: {error}") from error
+    names = getattr(chosen, "elements", None)
+    names = list(names) if names is not None and all(names) else [str(t) for t in chosen.types]
+    try:
+        charges = np.asarray(chosen.charges, dtype=np.float64)
+    except Exception:  # no charges in the topology
+        charges = np.zeros(len(chosen))
+    try:
+        frame_dt = float(universe.trajectory.dt)
+    except Exception:
+        frame_dt = None
+
+    def frames():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for ts in universe.trajectory:
+                cell = None
+                if ts.dimensions is not None and np.all(np.asarray(ts.dimensions[:3]) > 0):
+                    cell = np.asarray(ts.triclinic_dimensions, dtype=np.float64)
+                velocities = np.asarray(chosen.velocities, dtype=np.float64) if ts.has_velocities else None
+                yield Frame(np.asarray(chosen.positions, dtype=np.float64), cell, velocities)
+
+    atoms = Atoms(names, np.asarray(chosen.masses, dtype=np.float64), charges, frame_dt)
+    return atoms, frames()
+
+
+def _open(file: Path, topology: str, selection: str, reader: str,
+          file_format: str = "") -> Tuple[Atoms, Iterator[Frame]]:
+    if reader not in READERS:
+        raise ValueError(f"data.reader must be one of {READERS}, got {reader!r}")
+    use_mda = reader == "mdanalysis" or (reader == "auto" and bool(topology))
+    atoms, frames = (_read_mdanalysis(file, str(Path(topology).expanduser()) if topology else "", selection)
+                     if use_mda else _read_ase(file, selection, file_format))
+    if len(atoms.elements) == 0:
+        raise ValueError(f"the selection {selection!r} matches no atom of {file}")
+    return atoms, frames
+
+
+def _minimum_image(delta: np.ndarray, cell: np.ndarray) -> np.ndarray:
+    """[n, 3] displacements moved to their minimum image in ``cell`` (by rounding fractional coordinates)."""
+    fractional = delta @ np.linalg.inv(cell)
+    return delta - np.round(fractional) @ cell
+
+
+def _cache_key(file: Path, topology: str, selection: str, reader: str, file_format: str) -> str:
+    stat = file.stat()
+    described = dict(version=CACHE_VERSION, file=str(file.resolve()), size=stat.st_size, mtime=stat.st_mtime_ns,
+                     topology=str(Path(topology).expanduser().resolve()) if topology else "", selection=selection,
+                     reader=reader, format=file_format)
+    if topology:
+        described["topology_mtime"] = Path(topology).expanduser().stat().st_mtime_ns
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class CachedTrajectory:
+    """A cached trajectory: positions [T, n, 3] float32 (unwrapped, Angstrom), velocities [T, n, 3] float32 in
+    Angstrom / ps or None, cells [T, 3, 3] float64 or None (memory-mapped), and the atoms."""
+
+    source: Path
+    positions: np.ndarray
+    velocities: Optional[np.ndarray]
+    cells: Optional[np.ndarray]
+    atoms: Atoms
+
+
+def _write_cache(folder: Path, file: Path, atoms: Atoms, frames: Iterator[Frame]) -> None:
+    """One pass over the frames into raw float files in ``folder`` (memory: a few frames), then meta.json."""
+    folder.mkdir(parents=True)
+    count, has_cell, has_velocities = 0, None, None
+    previous_raw = previous = None
+    with open(folder / "positions.f32", "wb") as pos_out, open(folder / "velocities.f32", "wb") as vel_out, \
+            open(folder / "cells.f64", "wb") as cell_out:
+        for frame in frames:
+            if frame.positions.shape != (len(atoms.elements), 3):
+                raise ValueError(f"{file}: frame {count} has {frame.positions.shape[0]} selected atoms, the first "
+                                 f"{len(atoms.elements)}")
+            if not np.isfinite(frame.positions).all():
+                raise ValueError(f"{file}: frame {count} has NaN or infinite coordinates")
+            if has_cell is None:
+                has_cell, has_velocities = frame.cell is not None, frame.velocities is not None
+            if (frame.cell is not None) != has_cell or (frame.velocities is not None) != has_velocities:
+                raise ValueError(f"{file}: frame {count} differs from the first in having a cell or velocities")
+            if has_cell:
+                if not np.isfinite(frame.cell).all() or abs(np.linalg.det(frame.cell)) <= 0:
+                    raise ValueError(f"{file}: frame {count} has a cell of zero volume or with NaN")
+                cell_out.write(frame.cell.astype(np.float64).tobytes())
+            unwrapped = frame.positions if previous is None or not has_cell else \
+                previous + _minimum_image(frame.positions - previous_raw, frame.cell)
+            pos_out.write(unwrapped.astype(np.float32).tobytes())
+            if has_velocities:
+                vel_out.write(np.asarray(frame.velocities, dtype=np.float32).tobytes())
+            previous_raw, previous = frame.positions, unwrapped
+            count += 1
+    meta = dict(version=CACHE_VERSION, source=str(file), frames=count, atoms=len(atoms.elements),
+                has_cell=bool(has_cell), has_velocities=bool(has_velocities), elements=atoms.elements,
+                masses=atoms.masses.tolist(), charges=atoms.charges.tolist(), frame_dt=atoms.frame_dt)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def load_trajectory(file: Path, cache_dir: Path, topology: str = "", selection: str = "all",
+                    reader: str = "auto", file_format: str = "") -> CachedTrajectory:
+    """The cached trajectory of ``file``, written on first use (one process writes, another waits; the cache
+    folder appears complete or not at all)."""
+    if topology and not Path(topology).expanduser().is_file():
+        raise FileNotFoundError(f"topology file not found: {topology}")
+    key = _cache_key(file, topology, selection, reader, file_format)
+    folder = cache_dir / "trajectory" / key
+    if not (folder / "meta.json").is_file():
+        with generation_lock(folder):
+            if not (folder / "meta.json").is_file():
+                atoms, frames = _open(file, topology, selection, reader, file_format)
+                partial = folder.with_name(f".{key}.partial-{os.getpid()}")
+                shutil.rmtree(partial, ignore_errors=True)
+                try:
+                    _write_cache(partial, file, atoms, frames)
+                    os.replace(partial, folder)
+                finally:
+                    shutil.rmtree(partial, ignore_errors=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    frames, n = meta["frames"], meta["atoms"]
+
+    def mapped(name, dtype, shape):
+        return np.memmap(folder / name, dtype=dtype, mode="r", shape=shape) if frames else np.zeros(shape, dtype)
+
+    atoms = Atoms(meta["elements"], np.array(meta["masses"]), np.array(meta["charges"]), meta["frame_dt"])
+    return CachedTrajectory(Path(meta["source"]), mapped("positions.f32", np.float32, (frames, n, 3)),
+                            mapped("velocities.f32", np.float32, (frames, n, 3)) if meta["has_velocities"] else None,
+                            mapped("cells.f64", np.float64, (frames, 3, 3)) if meta["has_cell"] else None, atoms)
+
+
+class TrajectoryDataset(Dataset):
+    """One split of one or more cached trajectories (module docstring for the protocol).
+
+    Args:
+        trajectories: :class:`CachedTrajectory` of each replica (the same atoms in each).
+        split:     "train", "valid" or "test".
+        elements:  the element (or type) names of the one-hot feature, in order.
+        num_frames, span, stride, cutoff, discretisation: P, Delta, the step between sample starts, the graph's
+                   radius in Angstrom, "uniform" or "last".
+        frame_interval: ps between frames, to convert the files' velocities (0: the reader's, else finite
+                   differences of positions).
+        max_samples: the first ``max_samples`` samples (None: all).
+    """
+
+    def __init__(self, trajectories: List[CachedTrajectory], split: str, elements: List[str], num_frames: int,
+                 span: int, stride: int = 1, cutoff: float = 5.0, discretisation: str = "uniform",
+                 frame_interval: float = 0.0, max_samples: Optional[int] = None):
+        check_split(split)
+        self.offsets = target_offsets(num_frames, span, discretisation)
+        self.trajectories, self.cutoff = trajectories, float(cutoff)
+        first = trajectories[0].atoms
+        unknown = sorted(set(first.elements) - set(elements))
+        if unknown:
+            raise ValueError(f"{trajectories[0].source}: elements {unknown} are not in the model's element list "
+                             f"{elements} (data.elements)")
+        index = {name: k for k, name in enumerate(elements)}
+        one_hot = np.zeros((len(first.elements), len(elements)), dtype=np.float32)
+        one_hot[np.arange(len(first.elements)), [index[e] for e in first.elements]] = 1.0
+        self.static = torch.as_tensor(np.concatenate([one_hot, (first.masses / MASS_UNIT)[:, None],
+                                                      first.charges[:, None]], axis=1), dtype=torch.float32)
+        self.samples: List[Tuple[int, int]] = []
+        self.velocity_scale: List[Optional[float]] = []
+        for replica, trajectory in enumerate(trajectories):
+            if trajectory.atoms.elements != first.elements:
+                raise ValueError(f"the replicas hold different atoms: {trajectory.source} and {trajectories[0].source}")
+            dt = frame_interval or trajectory.atoms.frame_dt
+            scale = dt if trajectory.velocities is not None and dt else None
+            self.velocity_scale.append(scale)
+            begin, end = split_frames(len(trajectory.positions))[split]
+            last = end - 1 - span - (0 if scale is not None else 1)  # the targets (and x[t+1]) stay in the part
+            self.samples += [(replica, t) for t in range(begin, last + 1, stride)]
+        self.samples = self.samples[:max_samples]
+        if not self.samples:
+            lengths = [len(t.positions) for t in trajectories]
+            raise ValueError(f"no {split} sample: trajectories of {lengths} frames are too short for a span of {span} "
+                             f"frames in the {split} part (60/20/20 %); give longer trajectories or a smaller "
+                             f"data.span")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> GraphSample:
+        replica, start = self.samples[index]
+        trajectory, scale = self.trajectories[replica], self.velocity_scale[replica]
+        x = torch.from_numpy(np.array(trajectory.positions[start]))
+        if scale is not None:
+            v = torch.from_numpy(np.array(trajectory.velocities[start])) * scale
+        else:
+            v = torch.from_numpy(np.array(trajectory.positions[start + 1])) - x
+        targets = torch.from_numpy(np.array(trajectory.positions[[start + o for o in self.offsets]]))
+        if trajectory.cells is not None:
+            cell = torch.from_numpy(np.array(trajectory.cells[start]))
+            edges = periodic_radius_graph(x.double(), self.cutoff, cell)
+            edge_index, shift = edges.edge_index, edges.edge_shift.float()
+            rel = x[edge_index[1]] - x[edge_index[0]] + shift
+        else:
+            edge_index, shift = radius_graph(x.double(), self.cutoff), None
+            rel = x[edge_index[1]] - x[edge_index[0]]
+        distance = rel.norm(dim=-1)
+        h = torch.cat([self.static, v.norm(dim=-1, keepdim=True)], dim=-1)
+        return GraphSample(x=x, v=v, h=h, edge_index=edge_index,
+                           edge_attr=torch.stack([distance, distance * distance], dim=-1), target=targets,
+                           edge_shift=shift)
+
+
+def trajectory_datasets(config, cache_dir: Path) -> Dict[str, TrajectoryDataset]:
+    """The train, valid and test splits of ``config.path`` (a :class:`~egno_fast.config.DataConfig`); fills
+    ``config.elements`` from the first file when it is empty (the encoding the run then keeps)."""
+    files = trajectory_files(config.path)
+    if not config.cutoff > 0:
+        raise ValueError(f"data.cutoff must be positive, got {config.cutoff}")
+    trajectories = [load_trajectory(f, cache_dir, config.topology, config.selection, config.reader, config.format)
+                    for f in files]
+    for trajectory in trajectories:  # a cutoff the cells cannot take is refused before any training
+        if trajectory.cells is not None and len(trajectory.cells):
+            narrowest = float(perpendicular_widths(torch.from_numpy(np.array(trajectory.cells))).min())
+            if 2 * config.cutoff > narrowest:
+                raise ValueError(f"{trajectory.source}: data.cutoff ({config.cutoff}) must be at most half the cell's "
+                                 f"smallest perpendicular width ({narrowest:.6g} Angstrom)")
+    if not config.elements:
+        config.elements = sorted(set(trajectories[0].atoms.elements))
+    limits = {"train": config.max_train_samples, "valid": config.max_eval_samples, "test": config.max_eval_samples}
+    return {split: TrajectoryDataset(trajectories, split, list(config.elements), config.num_frames, config.span,
+                                     config.stride, config.cutoff, config.discretisation, config.frame_interval,
+                                     limits[split]) for split in SPLITS}
