@@ -247,3 +247,15 @@ def test_a_lammps_dump_read_with_its_ase_format_name(tmp_path):
     assert sample.edge_shift is not None  # periodic: the dump's box
     torch.testing.assert_close(sample.target[-1] - sample.x, torch.tensor(
         positions[8] - positions[0], dtype=torch.float32), atol=1e-3, rtol=0)  # unwrapped across the box
+
+
+def test_a_missing_reader_library_names_the_extra(tmp_path, monkeypatch, capsys):
+    import sys
+
+    positions, elements = motion(num_frames=30)
+    path = write_extxyz(tmp_path / "a.extxyz", positions, elements)
+    monkeypatch.setitem(sys.modules, "ase.io", None)  # as if ASE were not installed
+    assert main(["train", "--config", "trajectory", "--run-dir", str(tmp_path / "run"), "--no-progress",
+                 "--set", f'data.path="{path}"', "--set", f'data.data_dir="{tmp_path / "cache"}"']) == 2
+    err = capsys.readouterr().err.strip()
+    assert "pip install 'egno_fast[trajectory]'" in err and len(err.splitlines()) == 1, err
