@@ -80,6 +80,7 @@ def test_velocities_from_the_file_or_by_finite_differences_and_the_split(tmp_pat
     plain = write_extxyz(tmp_path / "plain.extxyz", positions, elements, cell=None)
     data = make_datasets(config_for(plain, tmp_path).data, progress=False)
     first = data["train"][0]
+    assert data["train"].samples[0] == (0, 1)  # the backward difference needs the frame before
     torch.testing.assert_close(first.v, torch.tensor(positions[1] - positions[0], dtype=torch.float32), atol=1e-4,
                                rtol=0)
     assert first.edge_shift is None
@@ -111,7 +112,7 @@ def test_other_ase_formats(tmp_path, fmt):
     ase.io.write(str(path), [ase.Atoms(elements, positions=x) for x in positions], format=fmt)
     data = make_datasets(config_for(path, tmp_path).data, progress=False)
     assert len(data["train"]) > 0
-    np.testing.assert_allclose(data["train"][0].x.numpy(), positions[0], atol=1e-3)
+    np.testing.assert_allclose(data["train"][0].x.numpy(), positions[1], atol=1e-3)
 
 
 def test_mdanalysis_reads_a_dcd_with_its_topology(tmp_path):
@@ -126,7 +127,7 @@ def test_mdanalysis_reads_a_dcd_with_its_topology(tmp_path):
             writer.write(universe.atoms)
     config = config_for(tmp_path / "traj.dcd", tmp_path, f'data.topology="{topology}"')
     data = make_datasets(config.data, progress=False)
-    np.testing.assert_allclose(data["train"][0].x.numpy(), positions[0], atol=1e-3)
+    np.testing.assert_allclose(data["train"][0].x.numpy(), positions[1], atol=1e-3)
     assert config.data.elements == ["C", "H", "N", "O"]
 
 
@@ -164,6 +165,8 @@ def test_train_on_one_file_and_evaluate_on_another(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run / "model.pt"), "--set", f'data.path="{second}"',
                  "--no-progress"]) == 0
     assert "test: F-MSE" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run / "model.pt"), "--resample", "2", "--no-progress"]) == 0
+    assert "zero-shot 2 x 4 frames" in capsys.readouterr().out
 
 
 def test_bad_files_and_settings_are_refused_in_one_line_before_training(tmp_path, capsys):
@@ -226,7 +229,8 @@ def test_mdanalysis_formats(tmp_path, name):
     config = config_for(path, tmp_path, f'data.topology="{topology}"', "data.frame_interval=0.5")
     data = make_datasets(config.data, progress=False)
     sample = data["train"][0]
-    np.testing.assert_allclose(sample.x.numpy(), positions[0], atol=6e-3)  # XTC stores 0.01 Angstrom steps
+    start = data["train"].samples[0][1]  # frame 0, or 1 when velocities come from the frame before
+    np.testing.assert_allclose(sample.x.numpy(), positions[start], atol=6e-3)  # XTC stores 0.01 Angstrom steps
     if velocity is not None:  # the file's velocities (Angstrom / ps) times the frame interval (0.5 ps)
         np.testing.assert_allclose(sample.v.numpy(), velocity[0] * 0.5, atol=2e-3)
 
@@ -246,7 +250,7 @@ def test_a_lammps_dump_read_with_its_ase_format_name(tmp_path):
     sample = data["train"][0]
     assert sample.edge_shift is not None  # periodic: the dump's box
     torch.testing.assert_close(sample.target[-1] - sample.x, torch.tensor(
-        positions[8] - positions[0], dtype=torch.float32), atol=1e-3, rtol=0)  # unwrapped across the box
+        positions[9] - positions[1], dtype=torch.float32), atol=1e-3, rtol=0)  # unwrapped across the box
 
 
 def test_a_missing_reader_library_names_the_extra(tmp_path, monkeypatch, capsys):
@@ -259,3 +263,43 @@ def test_a_missing_reader_library_names_the_extra(tmp_path, monkeypatch, capsys)
                  "--set", f'data.path="{path}"', "--set", f'data.data_dir="{tmp_path / "cache"}"']) == 2
     err = capsys.readouterr().err.strip()
     assert "pip install 'egno_fast[trajectory]'" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_cell_that_changes_between_frames_gives_the_true_minimum_images(tmp_path):
+    """NPT-like: the cell grows after atoms have crossed its faces; each sample's edges and distances are those of
+    its frame in its own cell (ASE's neighbor_list on the frame as written), and r = x_i - x_j + shift."""
+    from ase.neighborlist import neighbor_list
+
+    positions, elements = motion(num_frames=60)
+    frames = []
+    for k, x in enumerate(positions):
+        atoms = ase.Atoms(elements, positions=x, cell=CELL * (1 + 0.004 * k), pbc=True)
+        atoms.wrap()
+        frames.append(atoms)
+    path = tmp_path / "npt.extxyz"
+    ase.io.write(str(path), frames, format="extxyz")
+    data = make_datasets(config_for(path, tmp_path).data, progress=False)
+    dataset = data["test"]
+    for index in (0, len(dataset) - 1):
+        sample, start = dataset[index], dataset.samples[index][1]
+        first, second, distance = neighbor_list("ijd", frames[start], 3.5)
+        expected = {(int(j), int(i)): d for i, j, d in zip(first, second, distance)}
+        found = {(int(s), int(r)): float(d) for (s, r), d in zip(sample.edge_index.T.tolist(), sample.edge_attr[:, 0])}
+        assert set(found) == set(expected)
+        assert max(abs(found[pair] - expected[pair]) for pair in found) < 1e-4
+        rel = sample.x[sample.edge_index[1]] - sample.x[sample.edge_index[0]] + sample.edge_shift
+        torch.testing.assert_close(rel.norm(dim=-1), sample.edge_attr[:, 0], atol=1e-4, rtol=0)
+
+
+def test_replicas_share_the_sample_budget_and_stale_partial_caches_are_removed(tmp_path):
+    positions, elements = motion(num_frames=60)
+    files = [write_extxyz(tmp_path / f"r{k}.extxyz", motion(num_frames=60, seed=k)[0], elements) for k in range(3)]
+    config = config_for(",".join(str(f) for f in files), tmp_path, "data.max_train_samples=6")
+    data = make_datasets(config.data, progress=False)
+    assert [replica for replica, _ in data["train"].samples] == [0, 1, 2, 0, 1, 2]
+    key_folder = next(p for p in (tmp_path / "cache" / "trajectory").iterdir() if not p.name.startswith("."))
+    stale = key_folder.with_name(f".{key_folder.name}.partial-99999")  # left by a killed process
+    stale.mkdir()
+    (key_folder / "meta.json").unlink()  # an incomplete cache folder: rewritten, and the stale partial removed
+    make_datasets(config.data, progress=False)
+    assert (key_folder / "meta.json").is_file() and not stale.exists()

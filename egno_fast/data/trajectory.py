@@ -15,7 +15,8 @@ Protocol (EGNO's, as for the protein): each file (replica) is split chronologica
 split starts at a frame t of its part (every ``data.stride``-th) whose targets t + Delta * p // P (``data.span`` =
 Delta) and whose velocity frame stay inside the same part: no frame serves two splits. Velocities, in Angstrom per
 frame interval: the file's (converted from the reader's Angstrom per ps with ``data.frame_interval`` in ps, or the
-interval the reader reports), else the finite difference x[t+1] - x[t] of the unwrapped positions. Node features:
+interval the reader reports), else the backward difference x[t] - x[t-1] of the unwrapped positions (never a target
+frame: no sample sees its first target in its input). Node features:
 one-hot of the element over ``data.elements`` (filled from the training file when empty and kept in the run's
 config, so that evaluation on another file uses the same encoding), mass / 100 u, charge (e), |v|. Graph: the radius
 graph of the input frame within ``data.cutoff`` (minimum images and edge shifts with a cell:
@@ -39,11 +40,11 @@ from torch.utils.data import Dataset
 
 from ..ops import periodic_radius_graph, perpendicular_widths, radius_graph
 from .batching import GraphSample
-from .io import MissingExtraError, generation_lock
+from .io import AtomicWriteError, MissingExtraError, generation_lock
 from .protein import split_frames
 from .protocol import SPLITS, check_split, target_offsets
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 READERS = ("auto", "ase", "mdanalysis")
 MASS_UNIT = 100.0  # node feature: mass / 100 u
 
@@ -94,6 +95,11 @@ def _import(name: str, extra: str):
                                 f"clone: pip install -e '.[trajectory]')") from error
 
 
+def _cell_or_none(cell: np.ndarray) -> Optional[np.ndarray]:
+    """The cell, or None for PDB's placeholder of "no cell" (CRYST1 1 1 1 90 90 90: a 1 Angstrom cube)."""
+    return None if np.array_equal(cell, np.eye(3)) else cell
+
+
 def _ase_selection(symbols: List[str], selection: str) -> np.ndarray:
     words = selection.split()
     if selection.strip() == "all":
@@ -112,7 +118,7 @@ def _read_ase(file: Path, selection: str, file_format: str = "") -> Tuple[Atoms,
             periodic = atoms.pbc
             if periodic.any() and not periodic.all():
                 raise ValueError(f"{file}: periodic along some axes only ({periodic.tolist()}): not supported")
-            cell = np.array(atoms.cell.array, dtype=np.float64) if periodic.all() else None
+            cell = _cell_or_none(np.array(atoms.cell.array, dtype=np.float64)) if periodic.all() else None
             velocities = None
             if atoms.has("momenta"):
                 velocities = atoms.get_velocities()[chosen] * (units.fs * 1000.0)  # ASE units -> Angstrom / ps
@@ -157,20 +163,33 @@ def _read_mdanalysis(file: Path, topology: str, selection: str) -> Tuple[Atoms, 
         charges = np.asarray(chosen.charges, dtype=np.float64)
     except Exception:  # no charges in the topology
         charges = np.zeros(len(chosen))
-    try:
-        frame_dt = float(universe.trajectory.dt)
+    try:  # MDAnalysis says 1 ps, with a warning, when the file records no time: then it is unknown
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frame_dt = float(universe.trajectory.dt)
+        if any("dt" in str(w.message) or "time" in str(w.message).lower() for w in caught):
+            frame_dt = None
     except Exception:
         frame_dt = None
 
     def frames():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for ts in universe.trajectory:
-                cell = None
-                if ts.dimensions is not None and np.all(np.asarray(ts.dimensions[:3]) > 0):
-                    cell = np.asarray(ts.triclinic_dimensions, dtype=np.float64)
-                velocities = np.asarray(chosen.velocities, dtype=np.float64) if ts.has_velocities else None
-                yield Frame(np.asarray(chosen.positions, dtype=np.float64), cell, velocities)
+            try:
+                yield from read_all()
+            except ValueError:
+                raise
+            except Exception as error:  # a truncated or damaged frame
+                raise ValueError(f"MDAnalysis could not read a frame of {file}: {type(error).__name__}: "
+                                 f"{error}") from error
+
+    def read_all():
+        for ts in universe.trajectory:
+            cell = None
+            if ts.dimensions is not None and np.all(np.asarray(ts.dimensions[:3]) > 0):
+                cell = _cell_or_none(np.asarray(ts.triclinic_dimensions, dtype=np.float64))
+            velocities = np.asarray(chosen.velocities, dtype=np.float64) if ts.has_velocities else None
+            yield Frame(np.asarray(chosen.positions, dtype=np.float64), cell, velocities)
 
     atoms = Atoms(names, np.asarray(chosen.masses, dtype=np.float64), charges, frame_dt)
     return atoms, frames()
@@ -207,22 +226,26 @@ def _cache_key(file: Path, topology: str, selection: str, reader: str, file_form
 @dataclass(frozen=True)
 class CachedTrajectory:
     """A cached trajectory: positions [T, n, 3] float32 (unwrapped, Angstrom), velocities [T, n, 3] float32 in
-    Angstrom / ps or None, cells [T, 3, 3] float64 or None (memory-mapped), and the atoms."""
+    Angstrom / ps or None, cells [T, 3, 3] float64 and the file's own positions [T, n, 3] float32 or None (no cell),
+    memory-mapped, and the atoms."""
 
     source: Path
     positions: np.ndarray
     velocities: Optional[np.ndarray]
     cells: Optional[np.ndarray]
+    raw: Optional[np.ndarray]
     atoms: Atoms
 
 
 def _write_cache(folder: Path, file: Path, atoms: Atoms, frames: Iterator[Frame]) -> None:
-    """One pass over the frames into raw float files in ``folder`` (memory: a few frames), then meta.json."""
+    """One pass over the frames into raw float files in ``folder`` (memory: a few frames), then meta.json: the
+    unwrapped positions, the positions as the file gives them (with a cell: the graph's minimum images are taken
+    from them, right even when the cell changes between frames), the velocities and the cells."""
     folder.mkdir(parents=True)
     count, has_cell, has_velocities = 0, None, None
     previous_raw = previous = None
     with open(folder / "positions.f32", "wb") as pos_out, open(folder / "velocities.f32", "wb") as vel_out, \
-            open(folder / "cells.f64", "wb") as cell_out:
+            open(folder / "cells.f64", "wb") as cell_out, open(folder / "raw.f32", "wb") as raw_out:
         for frame in frames:
             if frame.positions.shape != (len(atoms.elements), 3):
                 raise ValueError(f"{file}: frame {count} has {frame.positions.shape[0]} selected atoms, the first "
@@ -237,6 +260,7 @@ def _write_cache(folder: Path, file: Path, atoms: Atoms, frames: Iterator[Frame]
                 if not np.isfinite(frame.cell).all() or abs(np.linalg.det(frame.cell)) <= 0:
                     raise ValueError(f"{file}: frame {count} has a cell of zero volume or with NaN")
                 cell_out.write(frame.cell.astype(np.float64).tobytes())
+                raw_out.write(frame.positions.astype(np.float32).tobytes())
             unwrapped = frame.positions if previous is None or not has_cell else \
                 previous + _minimum_image(frame.positions - previous_raw, frame.cell)
             pos_out.write(unwrapped.astype(np.float32).tobytes())
@@ -262,11 +286,16 @@ def load_trajectory(file: Path, cache_dir: Path, topology: str = "", selection: 
         with generation_lock(folder):
             if not (folder / "meta.json").is_file():
                 atoms, frames = _open(file, topology, selection, reader, file_format)
+                for stale in folder.parent.glob(f".{key}.partial-*"):  # left by a killed process
+                    shutil.rmtree(stale, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)  # a folder without meta.json is incomplete
                 partial = folder.with_name(f".{key}.partial-{os.getpid()}")
-                shutil.rmtree(partial, ignore_errors=True)
                 try:
                     _write_cache(partial, file, atoms, frames)
                     os.replace(partial, folder)
+                except OSError as error:
+                    raise AtomicWriteError(f"could not write the trajectory cache {folder} "
+                                           f"({error.strerror or error}); nothing was kept") from error
                 finally:
                     shutil.rmtree(partial, ignore_errors=True)
     meta = json.loads((folder / "meta.json").read_text())
@@ -278,7 +307,8 @@ def load_trajectory(file: Path, cache_dir: Path, topology: str = "", selection: 
     atoms = Atoms(meta["elements"], np.array(meta["masses"]), np.array(meta["charges"]), meta["frame_dt"])
     return CachedTrajectory(Path(meta["source"]), mapped("positions.f32", np.float32, (frames, n, 3)),
                             mapped("velocities.f32", np.float32, (frames, n, 3)) if meta["has_velocities"] else None,
-                            mapped("cells.f64", np.float64, (frames, 3, 3)) if meta["has_cell"] else None, atoms)
+                            mapped("cells.f64", np.float64, (frames, 3, 3)) if meta["has_cell"] else None,
+                            mapped("raw.f32", np.float32, (frames, n, 3)) if meta["has_cell"] else None, atoms)
 
 
 class TrajectoryDataset(Dataset):
@@ -300,6 +330,7 @@ class TrajectoryDataset(Dataset):
                  frame_interval: float = 0.0, max_samples: Optional[int] = None):
         check_split(split)
         self.offsets = target_offsets(num_frames, span, discretisation)
+        self.span = span
         self.trajectories, self.cutoff = trajectories, float(cutoff)
         first = trajectories[0].atoms
         unknown = sorted(set(first.elements) - set(elements))
@@ -311,7 +342,7 @@ class TrajectoryDataset(Dataset):
         one_hot[np.arange(len(first.elements)), [index[e] for e in first.elements]] = 1.0
         self.static = torch.as_tensor(np.concatenate([one_hot, (first.masses / MASS_UNIT)[:, None],
                                                       first.charges[:, None]], axis=1), dtype=torch.float32)
-        self.samples: List[Tuple[int, int]] = []
+        per_replica: List[List[Tuple[int, int]]] = []
         self.velocity_scale: List[Optional[float]] = []
         for replica, trajectory in enumerate(trajectories):
             if trajectory.atoms.elements != first.elements:
@@ -320,8 +351,11 @@ class TrajectoryDataset(Dataset):
             scale = dt if trajectory.velocities is not None and dt else None
             self.velocity_scale.append(scale)
             begin, end = split_frames(len(trajectory.positions))[split]
-            last = end - 1 - span - (0 if scale is not None else 1)  # the targets (and x[t+1]) stay in the part
-            self.samples += [(replica, t) for t in range(begin, last + 1, stride)]
+            first_start = begin + (0 if scale is not None else 1)  # x[t - 1] of the velocity stays in the part
+            per_replica.append([(replica, t) for t in range(first_start, end - span, stride)])  # targets too
+        # replicas interleaved (sample k of each, then k + 1), so that max_samples takes from every replica
+        longest = max(len(samples) for samples in per_replica)
+        self.samples = [samples[k] for k in range(longest) for samples in per_replica if k < len(samples)]
         self.samples = self.samples[:max_samples]
         if not self.samples:
             lengths = [len(t.positions) for t in trajectories]
@@ -339,13 +373,17 @@ class TrajectoryDataset(Dataset):
         if scale is not None:
             v = torch.from_numpy(np.array(trajectory.velocities[start])) * scale
         else:
-            v = torch.from_numpy(np.array(trajectory.positions[start + 1])) - x
+            v = x - torch.from_numpy(np.array(trajectory.positions[start - 1]))
         targets = torch.from_numpy(np.array(trajectory.positions[[start + o for o in self.offsets]]))
         if trajectory.cells is not None:
-            cell = torch.from_numpy(np.array(trajectory.cells[start]))
-            edges = periodic_radius_graph(x.double(), self.cutoff, cell)
-            edge_index, shift = edges.edge_index, edges.edge_shift.float()
-            rel = x[edge_index[1]] - x[edge_index[0]] + shift
+            # minimum images of the frame as the file gives it, in its cell (right when the cell changes between
+            # frames); the shift added to the unwrapped x_i - x_j makes it that vector
+            raw = torch.from_numpy(np.array(trajectory.raw[start])).double()
+            edges = periodic_radius_graph(raw, self.cutoff, torch.from_numpy(np.array(trajectory.cells[start])))
+            edge_index = edges.edge_index
+            true = raw[edge_index[1]] - raw[edge_index[0]] + edges.edge_shift
+            shift = (true - (x[edge_index[1]] - x[edge_index[0]]).double()).float()
+            rel = true.float()
         else:
             edge_index, shift = radius_graph(x.double(), self.cutoff), None
             rel = x[edge_index[1]] - x[edge_index[0]]
