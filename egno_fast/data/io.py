@@ -39,6 +39,11 @@ def generation_lock(path: str | Path, say: Callable[[str], None] = logger.warnin
         yield
 
 
+def default_data_dir() -> Path:
+    """Where data sets are cached unless a config says: $EGNO_FAST_DATA, else ~/.cache/egno_fast."""
+    return Path(os.environ.get("EGNO_FAST_DATA", Path.home() / ".cache" / "egno_fast")).expanduser()
+
+
 class MissingExtraError(ImportError):
     """A data set needs an optional dependency that is not installed; the message names the extra to install."""
 

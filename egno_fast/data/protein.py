@@ -9,12 +9,13 @@ pairs within ``cutoff``, 10 Angstrom as in the paper; the reference code used 8)
 [|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds are kept in ``bonds`` for
 hierarchical backbones (EGHNO's pooling network).
 
-Needs MDAnalysis (extra ``protein``); the tests run on the AdK trajectories that the
-MDAnalysisTests package ships (adk.psf with adk_dims.dcd, 98 frames).
+A preset of the trajectory loader (:mod:`.trajectory`): the files are read by its MDAnalysis reader into its
+memory-mapped cache (selection "backbone", with the topology's bonds); this module adds the protein protocol above.
+Needs MDAnalysis (extra ``protein``); the tests run on the AdK trajectories that the MDAnalysisTests package ships
+(adk.psf with adk_dims.dcd, 98 frames).
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -24,57 +25,33 @@ from torch.utils.data import Dataset
 
 from ..ops import radius_graph
 from .batching import GraphSample
-from .io import MissingExtraError
-from .protocol import SPLITS, check_split, target_offsets
+from .io import MissingExtraError, default_data_dir
+from .protocol import SPLITS, check_split, split_frames, target_offsets
+from .trajectory import load_trajectory
 
-SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 CONTACT_CUTOFF = 10.0
 SELECTION = "backbone"
 
 
-def _import_mdanalysis():
-    try:
-        import MDAnalysis
-    except ImportError as error:
-        raise MissingExtraError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]' (in a clone: "
-                                "pip install -e '.[protein]')") from error
-    return MDAnalysis
-
-
-def load_backbone(topology: str | Path, trajectory: str | Path, selection: str = SELECTION):
-    """(positions [T, n, 3] float64 in Angstrom, charges [n], bonds [2, b] within the selection) of ``selection``.
+def load_backbone(topology: str | Path, trajectory: str | Path, selection: str = SELECTION,
+                  cache_dir: Optional[str | Path] = None):
+    """(positions [T, n, 3] float64 in Angstrom, charges [n], bonds [2, b] within the selection) of ``selection``,
+    through the trajectory loader's cache in ``cache_dir`` (default: the data folder).
 
     Raises FileNotFoundError for a missing file and ValueError for an unreadable one, an empty selection or
     non-finite coordinates.
     """
-    mda = _import_mdanalysis()
     for path in (topology, trajectory):
         if not Path(path).is_file():
             raise FileNotFoundError(f"protein data file not found: {path}")
     try:
-        with warnings.catch_warnings():  # MDAnalysis' own deprecation notes (e.g. its DCD reader's) are not ours
-            warnings.simplefilter("ignore", DeprecationWarning)
-            universe = mda.Universe(str(topology), str(trajectory))
-            atoms = universe.select_atoms(selection)
-            positions = np.stack([atoms.positions.astype(np.float64) for _ in universe.trajectory])
-    except Exception as error:  # the parsers raise OSError, IndexError, ValueError, ... on damaged files
-        raise ValueError(f"MDAnalysis could not read {topology} with {trajectory}: "
-                         f"{type(error).__name__}: {error}") from error
-    if len(atoms) == 0:
-        raise ValueError(f"the selection {selection!r} matches no atom of {topology}")
-    if not np.isfinite(positions).all():
-        raise ValueError(f"{trajectory}: coordinates contain NaN or infinite values")
-    charges = atoms.charges.astype(np.float64) if hasattr(atoms, "charges") else np.zeros(len(atoms))
-    local = {index: k for k, index in enumerate(atoms.indices)}
-    pairs = [(local[a], local[b]) for a, b in universe.bonds.indices if a in local and b in local]
-    bonds = np.array(pairs, dtype=np.int64).T.reshape(2, -1)
-    return positions, charges, np.concatenate([bonds, bonds[::-1]], axis=1)
-
-
-def split_frames(num_frames: int) -> Dict[str, Tuple[int, int]]:
-    """The chronological [begin, end) frame range of each split for ``num_frames`` frames (60 / 20 / 20 %)."""
-    bounds = np.round(np.cumsum((0.0,) + SPLIT_FRACTIONS) * num_frames).astype(int)
-    return {split: (int(bounds[k]), int(bounds[k + 1])) for k, split in enumerate(SPLITS)}
+        import MDAnalysis  # noqa: F401
+    except ImportError as error:
+        raise MissingExtraError("the protein loader needs MDAnalysis: pip install 'egno_fast[protein]' (in a clone: "
+                                "pip install -e '.[protein]')") from error
+    cached = load_trajectory(Path(trajectory), Path(cache_dir) if cache_dir else default_data_dir(), str(topology),
+                             selection, reader="mdanalysis")
+    return np.asarray(cached.positions, dtype=np.float64), cached.atoms.charges, cached.atoms.bonds
 
 
 class ProteinDataset(Dataset):
@@ -128,10 +105,10 @@ class ProteinDataset(Dataset):
 
 def protein_datasets(topology: str | Path, trajectory: str | Path, num_frames: int = 4, span: int = 15,
                      cutoff: float = CONTACT_CUTOFF, max_train_samples: Optional[int] = None,
-                     max_eval_samples: Optional[int] = None,
-                     discretisation: str = "uniform") -> Dict[str, ProteinDataset]:
-    """The train, valid and test splits of one trajectory, read once."""
-    arrays = load_backbone(topology, trajectory)
+                     max_eval_samples: Optional[int] = None, discretisation: str = "uniform",
+                     cache_dir: Optional[str | Path] = None) -> Dict[str, ProteinDataset]:
+    """The train, valid and test splits of one trajectory, read once (cached in ``cache_dir``)."""
+    arrays = load_backbone(topology, trajectory, cache_dir=cache_dir)
     limits = {"train": max_train_samples, "valid": max_eval_samples, "test": max_eval_samples}
     return {split: ProteinDataset(None, None, split, num_frames, span, cutoff, limits[split], discretisation, arrays)
             for split in SPLITS}

@@ -1,14 +1,13 @@
 """Datasets by name, built from a :class:`~egno_fast.config.DataConfig`."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict
 
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
-from .io import generation_lock
+from .io import default_data_dir, generation_lock
 from .md17 import MD17Dataset, generate_md17_standin, is_current_standin, md17_path
 from .mocap import find_mocap_file, mocap_datasets
 from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
@@ -21,9 +20,7 @@ DATASETS = ("nbody", "mocap", "md17", "protein", "trajectory")
 
 def resolve_data_dir(config: DataConfig) -> Path:
     """``config.data_dir``, else $EGNO_FAST_DATA, else ~/.cache/egno_fast."""
-    if config.data_dir:
-        return Path(config.data_dir).expanduser()
-    return Path(os.environ.get("EGNO_FAST_DATA", Path.home() / ".cache" / "egno_fast")).expanduser()
+    return Path(config.data_dir).expanduser() if config.data_dir else default_data_dir()
 
 
 def data_location(config: DataConfig) -> str:
@@ -65,7 +62,8 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
         if bool(config.topology) != bool(config.trajectory):
             raise ValueError("give both data.topology and data.trajectory, or neither (the AdK test trajectory)")
         topology, trajectory = (config.topology, config.trajectory) if config.topology else adk_test_files()
-        return protein_datasets(topology, trajectory, config.num_frames, cutoff=config.cutoff,
+        return protein_datasets(topology, trajectory, config.num_frames, cache_dir=resolve_data_dir(config),
+                                cutoff=config.cutoff,
                                 max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
                                 discretisation=config.discretisation)
     if config.name == "trajectory":

@@ -30,7 +30,7 @@ import json
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -41,10 +41,9 @@ from torch.utils.data import Dataset
 from ..ops import periodic_radius_graph, perpendicular_widths, radius_graph
 from .batching import GraphSample
 from .io import AtomicWriteError, MissingExtraError, generation_lock
-from .protein import split_frames
-from .protocol import SPLITS, check_split, target_offsets
+from .protocol import SPLITS, check_split, split_frames, target_offsets
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 READERS = ("auto", "ase", "mdanalysis")
 MASS_UNIT = 100.0  # node feature: mass / 100 u
 
@@ -61,13 +60,15 @@ class Frame:
 
 @dataclass(frozen=True)
 class Atoms:
-    """What the file says of the selected atoms: element (or type) names, masses (u), charges (e); and the time
-    between frames in ps, if the reader knows it."""
+    """What the file says of the selected atoms: element (or type) names, masses (u), charges (e), the time between
+    frames in ps if the reader knows it, and the topology's bonds within the selection ([2, b], both directions;
+    empty without a topology that has bonds)."""
 
     elements: List[str]
     masses: np.ndarray
     charges: np.ndarray
     frame_dt: Optional[float]
+    bonds: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), dtype=np.int64))
 
 
 def trajectory_files(path: str) -> List[Path]:
@@ -191,7 +192,14 @@ def _read_mdanalysis(file: Path, topology: str, selection: str) -> Tuple[Atoms, 
             velocities = np.asarray(chosen.velocities, dtype=np.float64) if ts.has_velocities else None
             yield Frame(np.asarray(chosen.positions, dtype=np.float64), cell, velocities)
 
-    atoms = Atoms(names, np.asarray(chosen.masses, dtype=np.float64), charges, frame_dt)
+    try:
+        local = {index: k for k, index in enumerate(chosen.indices)}
+        pairs = [(local[a], local[b]) for a, b in universe.bonds.indices if a in local and b in local]
+    except Exception:  # a topology without bonds
+        pairs = []
+    bonds = np.array(pairs, dtype=np.int64).T.reshape(2, -1)
+    atoms = Atoms(names, np.asarray(chosen.masses, dtype=np.float64), charges, frame_dt,
+                  np.concatenate([bonds, bonds[::-1]], axis=1))
     return atoms, frames()
 
 
@@ -270,7 +278,8 @@ def _write_cache(folder: Path, file: Path, atoms: Atoms, frames: Iterator[Frame]
             count += 1
     meta = dict(version=CACHE_VERSION, source=str(file), frames=count, atoms=len(atoms.elements),
                 has_cell=bool(has_cell), has_velocities=bool(has_velocities), elements=atoms.elements,
-                masses=atoms.masses.tolist(), charges=atoms.charges.tolist(), frame_dt=atoms.frame_dt)
+                masses=atoms.masses.tolist(), charges=atoms.charges.tolist(), frame_dt=atoms.frame_dt,
+                bonds=atoms.bonds.tolist())
     (folder / "meta.json").write_text(json.dumps(meta))
 
 
@@ -304,7 +313,8 @@ def load_trajectory(file: Path, cache_dir: Path, topology: str = "", selection: 
     def mapped(name, dtype, shape):
         return np.memmap(folder / name, dtype=dtype, mode="r", shape=shape) if frames else np.zeros(shape, dtype)
 
-    atoms = Atoms(meta["elements"], np.array(meta["masses"]), np.array(meta["charges"]), meta["frame_dt"])
+    atoms = Atoms(meta["elements"], np.array(meta["masses"]), np.array(meta["charges"]), meta["frame_dt"],
+                  np.array(meta["bonds"], dtype=np.int64).reshape(2, -1))
     return CachedTrajectory(Path(meta["source"]), mapped("positions.f32", np.float32, (frames, n, 3)),
                             mapped("velocities.f32", np.float32, (frames, n, 3)) if meta["has_velocities"] else None,
                             mapped("cells.f64", np.float64, (frames, 3, 3)) if meta["has_cell"] else None,
