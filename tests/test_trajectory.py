@@ -66,6 +66,13 @@ def test_a_wrapped_and_an_unwrapped_file_of_one_motion_give_the_same_samples(tmp
             torch.testing.assert_close(a.edge_attr, b.edge_attr, atol=1e-4, rtol=0)
     sample = sets[0]["train"][0]
     assert sample.edge_shift is not None and bool((sample.edge_shift != 0).any())  # edges across the faces
+    from egno_fast.training.trainer import build_model, evaluate, make_loader
+
+    config = config_for(wrapped, tmp_path, "model.hidden_dim=16", "model.num_layers=2")
+    torch.manual_seed(0)
+    model = build_model(config, sets[0]["train"][0])
+    metrics = [evaluate(model, make_loader(s["test"], 4, False, 0), "cpu")["f_mse"] for s in sets]
+    assert abs(metrics[0] - metrics[1]) <= 1e-5 * metrics[1]  # the same metrics
     cached = load_trajectory(wrapped, tmp_path / "cache")  # unwrapped on reading: continuous from the first frame
     np.testing.assert_allclose(cached.positions - cached.positions[:1], positions - positions[:1], atol=1e-4)
 
@@ -175,6 +182,8 @@ def test_bad_files_and_settings_are_refused_in_one_line_before_training(tmp_path
     short = write_extxyz(tmp_path / "short.extxyz", positions[:6], elements)
     nan = positions.copy()
     nan[3, 2, 1] = np.nan
+    flat = write_extxyz(tmp_path / "flat.extxyz", positions, elements, wrapped=False,
+                        cell=np.array([[8.0, 0, 0], [0, 8.0, 0], [8.0, 8.0, 0]]))
     (tmp_path / "garbage.extxyz").write_text("this is not a trajectory\n")
     cases = {
         (f'data.path="{tmp_path / "missing.extxyz"}"',): "trajectory file not found",
@@ -185,6 +194,7 @@ def test_bad_files_and_settings_are_refused_in_one_line_before_training(tmp_path
         (f'data.path="{good}"', 'data.selection="element Xe"'): "matches no atom",
         (f'data.path="{good}"', f'data.topology="{tmp_path / "none.psf"}"'): "topology file not found",
         ('data.path=""',): "data.path is empty",
+        (f'data.path="{flat}"',): "zero volume",
     }
     for settings, expected in cases.items():
         args = [arg for item in settings for arg in ("--set", item)]
@@ -193,7 +203,7 @@ def test_bad_files_and_settings_are_refused_in_one_line_before_training(tmp_path
                      f'data.data_dir="{tmp_path / "cache"}"', "--set", "data.cutoff=3.5", *args]) == 2, settings
         err = capsys.readouterr().err.strip()
         assert expected in err and len(err.splitlines()) == 1, (settings, err)
-        assert not (run / "last.pt").exists() and not (run / "metrics.jsonl").exists()
+        assert not run.exists()  # no run folder is written
 
 
 def _write_mdanalysis(tmp_path, name, positions, elements, velocities=None, cell=None, dt=0.5):

@@ -23,7 +23,8 @@ class RunFolderInUse(FileExistsError):
 @contextmanager
 def run_folder_lock(run_dir: str | Path, enabled: bool = True) -> Iterator[None]:
     """Hold the lock of ``run_dir`` (created if needed) while the body runs; ``enabled=False`` (the other ranks of a
-    distributed run, whose rank 0 holds it) does nothing.
+    distributed run, whose rank 0 holds it) does nothing. A folder this call created is removed again if the body
+    fails before writing anything into it (a mistake found before training leaves no run folder).
 
     Raises:
         RunFolderInUse: another live process holds it (its PID and host are named).
@@ -32,6 +33,7 @@ def run_folder_lock(run_dir: str | Path, enabled: bool = True) -> Iterator[None]
         yield
         return
     run_dir = Path(run_dir)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOCK_NAME, "a+") as handle:
         try:
@@ -47,6 +49,12 @@ def run_folder_lock(run_dir: str | Path, enabled: bool = True) -> Iterator[None]
         handle.flush()
         try:
             yield
+        except BaseException:
+            if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+                (run_dir / LOCK_NAME).unlink()  # while still locked: no other process can have started in it
+                run_dir.rmdir()
+            raise
         finally:
-            handle.seek(0)
-            handle.truncate()  # unlocked when the file closes
+            if run_dir.exists():
+                handle.seek(0)
+                handle.truncate()  # unlocked when the file closes
