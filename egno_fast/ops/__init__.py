@@ -11,8 +11,9 @@ EGNN layer             :func:`egnn_layer` (egnn.py)    the two above            
 receiver CSR           :func:`sort_by_receiver`,       receiver_csr_cpu.cpp,            --
                        :func:`build_graph`             graph_cuda.cu
 neighbour lists        :func:`radius_graph`,           neighbor_graph_cpu.cpp,          --
-                       :func:`knn_graph`,              graph_cuda.cu (periodic: one
-                       :func:`periodic_radius_graph`   orthorhombic cell)
+                       :func:`knn_graph`,              periodic_graph_cpu.cpp,
+                       :func:`periodic_radius_graph`   graph_cuda.cu (periodic: one
+                                                       orthorhombic cell)
 =====================  ==============================  ===============================  ============================
 
 Ops take tensors and named weight structures (:mod:`.weights` and each op's NamedTuple) and return named results;
