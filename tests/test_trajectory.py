@@ -160,7 +160,7 @@ def test_train_on_one_file_and_evaluate_on_another(tmp_path, capsys):
             "--set", f'data.data_dir="{tmp_path / "cache"}"', "--set", "model.hidden_dim=16",
             "--set", "model.num_layers=2", "--set", "train.epochs=2"]
     run = tmp_path / "run"
-    assert main(["train", "--config", "trajectory", "--set", f'data.path="{first}"', "--run-dir", str(run),
+    assert main(["train", "--config", "trajectory", "--set", f"data.path={first}", "--run-dir", str(run),
                  "--no-progress", *sets]) == 0
     saved = json.loads((run / "config.json").read_text())
     assert saved["data"]["elements"] == ["C", "H", "N", "O"] and saved["model"]["vector_centre"] == "input"
@@ -169,7 +169,8 @@ def test_train_on_one_file_and_evaluate_on_another(tmp_path, capsys):
     assert main(["train", "--config", "trajectory", "--set", f'data.path="{first}"', "--run-dir", str(run),
                  "--no-progress", *more]) == 0
     assert "resuming" in capsys.readouterr().err
-    assert main(["eval", "--checkpoint", str(run / "model.pt"), "--set", f'data.path="{second}"',
+    # as a user types it: the training checkpoint, and the path without JSON quotes
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--set", f"data.path={second}",
                  "--no-progress"]) == 0
     assert "test: F-MSE" in capsys.readouterr().out
     assert main(["eval", "--checkpoint", str(run / "model.pt"), "--resample", "2", "--no-progress"]) == 0
