@@ -12,6 +12,11 @@
    and of the parameter gradients.
 2. Radius graph by cell lists vs scipy.spatial.cKDTree (tree build included; ``query_pairs``, which returns each
    unordered pair once, and ``query_ball_point`` with every worker) on uniform points at about 30 neighbours each.
+3. Periodic radius graph in a triclinic cell (``periodic_radius_graph``: the cell lists in fractional coordinates vs
+   the brute-force reference where it is small enough, and ASE's ``neighbor_list``), uniform points at about 30
+   neighbours each; the edges (and their shifts) are checked against ASE's first.
+
+    python -m benchmarks.cpp_target --cases --points --periodic-points 2000 20000
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ import torch
 import egno_fast.cpp
 from egno_fast import EGNO, build_graph
 from egno_fast.data.batching import complete_graph_edges
-from egno_fast.ops import radius_graph
+from egno_fast.ops import periodic_radius_graph, radius_graph
 
 from .cases import knn_graph
 
@@ -115,14 +120,45 @@ def radius_point(num_points: int, repeats: int) -> Dict:
                     lambda: cKDTree(array).query_ball_point(array, cutoff, workers=-1), repeats))
 
 
+SKEW = ((1.0, 0.0, 0.0), (0.3, 0.95, 0.0), (-0.2, 0.25, 0.9))  # a triclinic cell's shape (rows: lattice vectors)
+REFERENCE_LIMIT = 5000  # points up to which the O(27 N^2) reference is timed too
+
+
+def periodic_point(num_points: int, repeats: int) -> Dict:
+    from ase import Atoms
+    from ase.neighborlist import neighbor_list
+
+    gen = torch.Generator().manual_seed(0)
+    shape = torch.tensor(SKEW, dtype=torch.float64)
+    cell = shape * (num_points / float(torch.linalg.det(shape))) ** (1 / 3)  # density 1
+    cutoff = (NEIGHBOURS / (4 / 3 * torch.pi)) ** (1 / 3)
+    pos = torch.rand(num_points, 3, generator=gen, dtype=torch.float64) @ cell
+    atoms = Atoms(positions=pos.numpy(), cell=cell.numpy(), pbc=True)
+    edges = periodic_radius_graph(pos, cutoff, cell, backend="cpp")
+    first, second, images = neighbor_list("ijS", atoms, cutoff)
+    found = {(int(s), int(r)) for s, r in edges.edge_index.T.tolist()}
+    if found != {(int(j), int(i)) for i, j in zip(first, second)}:
+        raise AssertionError("the cell lists' edges differ from ASE's neighbor_list")
+    point = dict(points=num_points, edges=edges.edge_index.shape[1], mean_neighbours=edges.edge_index.shape[1] /
+                 num_points, cpp_s=_median_seconds(lambda: periodic_radius_graph(pos, cutoff, cell, backend="cpp"),
+                                                   repeats),
+                 ase_s=_median_seconds(lambda: neighbor_list("ijS", atoms, cutoff), repeats))
+    if num_points <= REFERENCE_LIMIT:
+        point["reference_s"] = _median_seconds(
+            lambda: periodic_radius_graph(pos, cutoff, cell, backend="reference"), 1)
+    return point
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cases", nargs="+", default=["protein", "nbody"], choices=["protein", "nbody"])
+    parser.add_argument("--cases", nargs="*", default=["protein", "nbody"], choices=["protein", "nbody"])
     parser.add_argument("--points", nargs="*", type=int, default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--periodic-points", nargs="*", type=int, default=[2_000, 20_000])
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": [], "radius_graph": []}
+    report = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": [], "radius_graph": [],
+              "periodic_radius_graph": []}
     for name in args.cases:
         point = model_point(name, args.repeats)
         report["model"].append(point)
@@ -136,6 +172,13 @@ def main(argv: List[str] | None = None) -> int:
         print(f"radius graph {num_points} points ({point['mean_neighbours']:.1f} neighbours): cpp "
               f"{point['cpp_s'] * 1e3:.1f} ms, cKDTree query_pairs {point['ckdtree_pairs_s'] * 1e3:.1f} ms, "
               f"query_ball_point {point['ckdtree_ball_s'] * 1e3:.1f} ms", flush=True)
+    for num_points in args.periodic_points:
+        point = periodic_point(num_points, max(1, args.repeats // 2))
+        report["periodic_radius_graph"].append(point)
+        reference = f", reference {point['reference_s'] * 1e3:.0f} ms" if "reference_s" in point else ""
+        print(f"periodic radius graph, triclinic cell, {num_points} points ({point['mean_neighbours']:.1f} "
+              f"neighbours): cpp {point['cpp_s'] * 1e3:.1f} ms, ASE neighbor_list {point['ase_s'] * 1e3:.1f} ms"
+              f"{reference}", flush=True)
     if args.output:
         with open(args.output + ".tmp", "w") as handle:
             json.dump(report, handle, indent=1)

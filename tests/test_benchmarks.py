@@ -100,7 +100,10 @@ def test_cpp_target_reports_paired_speedups(tmp_path):
     from benchmarks import cpp_target
 
     output = tmp_path / "target.json"
-    assert cpp_target.main(["--repeats", "3", "--cases", "nbody", "--points", "--output", str(output)]) == 0
+    assert cpp_target.main(["--repeats", "3", "--cases", "nbody", "--points", "--periodic-points", "300",
+                            "--output", str(output)]) == 0
+    periodic = json.loads(output.read_text())["periodic_radius_graph"][0]  # its edges were checked against ASE's
+    assert periodic["points"] == 300 and periodic["cpp_s"] > 0 and periodic["ase_s"] > 0 and periodic["reference_s"] > 0
     point = json.loads(output.read_text())["model"][0]
     assert point["case"] == "nbody" and len(point["pair_speedups"]) == 3
     assert point["speedup"] == statistics.median(point["pair_speedups"])
