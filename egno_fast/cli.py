@@ -26,6 +26,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
 _MAX_MESSAGE = 1500  # characters of an error message printed (--debug shows all)
 
 
+MODEL_DATA_SETTINGS = ("data.name", "data.num_frames", "data.elements")  # what the model's shapes depend on
+
+
 class CommandLineError(Exception):
     """A mistake in the command line or its environment; the message names the problem and the fix."""
 
@@ -181,6 +184,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if others:
             raise CommandLineError(f"eval --set takes data settings only (the model is the checkpoint's), got "
                                    f"{others[0]!r}")
+        fixed = [item for item in args.overrides if item.split("=", 1)[0] in MODEL_DATA_SETTINGS]
+        if fixed:
+            raise CommandLineError(f"eval --set cannot change {fixed[0].split('=', 1)[0]}: the checkpoint's model was "
+                                   f"built for it (--resample evaluates other frame counts)")
         config = apply_overrides(config, args.overrides)
     backend = args.backend or config.model.backend
     check_backend(backend, device)

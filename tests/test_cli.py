@@ -54,6 +54,8 @@ def test_default_train_then_eval(tmp_path, capsys, monkeypatch):
     assert json.loads((tmp_path / "other.json").read_text())["config"]["data"]["generator_seed"] == 44
     assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--set", "model.hidden_dim=8"]) == 2
     assert "eval --set takes data settings only" in one_error_line(capsys.readouterr().err, "eval")
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--set", "data.num_frames=3"]) == 2
+    assert "eval --set cannot change data.num_frames" in one_error_line(capsys.readouterr().err, "eval")
     # a NaN in the evaluated split: a non-zero exit naming the split, no metric printed or written
     poison_split(monkeypatch, "test")
     assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress", "--output",

@@ -77,13 +77,17 @@ def test_a_wrapped_and_an_unwrapped_file_of_one_motion_give_the_same_samples(tmp
     np.testing.assert_allclose(cached.positions - cached.positions[:1], positions - positions[:1], atol=1e-4)
 
 
-def test_velocities_from_the_file_or_by_finite_differences_and_the_split(tmp_path):
+def test_velocities_from_the_file_or_by_finite_differences_and_the_split(tmp_path, caplog):
     positions, elements = motion(num_frames=50)
     velocity = np.gradient(positions, axis=0) / 0.5  # Angstrom per ps at 0.5 ps a frame
     with_v = write_extxyz(tmp_path / "v.extxyz", positions, elements, velocities=velocity)
     data = make_datasets(config_for(with_v, tmp_path, "data.frame_interval=0.5").data, progress=False)
     first = data["train"][0]
     torch.testing.assert_close(first.v, torch.tensor(velocity[0] * 0.5, dtype=torch.float32), atol=1e-4, rtol=0)
+    with caplog.at_level("WARNING", logger="egno_fast"):  # the same file without an interval: not used, and said
+        unused = make_datasets(config_for(with_v, tmp_path).data, progress=False)
+    assert "has velocities but no time between frames" in caplog.text
+    assert unused["train"].samples[0] == (0, 1)  # velocities from the positions: the frame before is needed
     plain = write_extxyz(tmp_path / "plain.extxyz", positions, elements, cell=None)
     data = make_datasets(config_for(plain, tmp_path).data, progress=False)
     first = data["train"][0]

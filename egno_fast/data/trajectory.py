@@ -27,6 +27,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import warnings
@@ -44,6 +45,7 @@ from .io import AtomicWriteError, MissingExtraError, generation_lock
 from .protocol import SPLITS, check_split, split_frames, target_offsets
 
 CACHE_VERSION = 3
+logger = logging.getLogger("egno_fast")
 READERS = ("auto", "ase", "mdanalysis")
 MASS_UNIT = 100.0  # node feature: mass / 100 u
 
@@ -418,6 +420,10 @@ def trajectory_datasets(config, cache_dir: Path) -> Dict[str, TrajectoryDataset]
             if 2 * config.cutoff > narrowest:
                 raise ValueError(f"{trajectory.source}: data.cutoff ({config.cutoff}) must be at most half the cell's "
                                  f"smallest perpendicular width ({narrowest:.6g} Angstrom)")
+    for trajectory in trajectories:
+        if trajectory.velocities is not None and not (config.frame_interval or trajectory.atoms.frame_dt):
+            logger.warning("%s has velocities but no time between frames: they are not used (velocities from the "
+                           "positions instead); give data.frame_interval in ps to use them", trajectory.source)
     if not config.elements:
         config.elements = sorted(set(trajectories[0].atoms.elements))
     limits = {"train": config.max_train_samples, "valid": config.max_eval_samples, "test": config.max_eval_samples}

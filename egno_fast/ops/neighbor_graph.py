@@ -324,8 +324,9 @@ def periodic_radius_graph(pos: Tensor, cutoff: float, cell: Tensor, batch: Optio
                 pair whose two images are both at the cutoff keeps one of them).
         cell:   [3, 3] lattice vectors as rows (a, b, c), or [B, 3, 3] one cell per graph of ``batch``.
         batch:  [N] sorted graph id of each point, or None (one graph).
-        backend: "reference" (brute force, any cell), "cpp" (cell lists, one orthorhombic cell) or "auto" (cpp
-                 where it can, else the reference; the choice is logged once at INFO level).
+        backend: "reference" (brute force, any cell), "cpp" (cell lists: any cell on the CPU, one orthorhombic
+                 cell on CUDA) or "auto" (cpp where it can, else the reference; the choice is logged once at INFO
+                 level).
     Returns:
         :class:`PeriodicEdges` (edge_index [2, E] sorted by receiver, then sender, no self loops; edge_shift
         [E, 3] the lattice vector s_ij of each edge). ``build_graph(edge_index, N, edge_attr, batch,
