@@ -12,20 +12,28 @@ from torch import Tensor, nn
 from ..backends import OPS, check_backend_name, resolve_backend
 from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
+from ..nn.temporal_conv import vector_temporal_block
 from ..ops.egnn import CLAMPS, EGNNOptions
 from ..ops.receiver_csr import build_graph
+from .eghn import EGHNBackbone
 
 logger = logging.getLogger("egno_fast")
 
 TEMPORAL_CHANNELS = ("h", "x", "v")
+BACKBONES = ("egnn", "eghn")
+# the keyword arguments of the "eghn" backbone and their defaults (EGHN's AdK configuration)
+EGHN_DEFAULTS = dict(num_clusters=20, pooling_layers=4, decoder_layers=2, link_weight=2.0, assignment="per_frame",
+                     cluster_inputs="input")
 
 
 class EGNOOutput(NamedTuple):
-    """Predicted trajectory, time-major: x [P, N, 3], v [P, N, 3], h [P, N, H]."""
+    """Predicted trajectory, time-major: x [P, N, 3], v [P, N, 3], h [P, N, H]; aux_loss: a scalar the training loss
+    adds (the "eghn" backbone's weighted link loss), None for the "egnn" backbone. Metrics exclude it."""
 
     x: Tensor
     v: Tensor
     h: Tensor
+    aux_loss: Optional[Tensor] = None
 
 
 def _require_finite_outputs(inputs, *outputs: Tensor) -> None:
@@ -49,7 +57,7 @@ if hasattr(pytree, "_register_namedtuple"):
 
 
 class EGNO(nn.Module):
-    """EGNO with an EGNN message-passing backbone.
+    """EGNO with an EGNN message-passing backbone, or EGHNO with the hierarchical EGHN backbone.
 
     Args:
         node_dim:      k, width of the input node features h0.
@@ -77,6 +85,15 @@ class EGNO(nn.Module):
                        the centred positions, so with "mean" moving one atom by a lattice vector (another image of
                        the same system) changes every prediction; with "input" (and the graph's edge shifts) the
                        predicted displacements do not depend on the images the atoms are given in.
+        backbone:      "egnn" (EGNO: ``num_layers`` blocks of temporal convolutions and one EGNN layer) or "eghn"
+                       (EGHNO, :mod:`egno_fast.models.eghn`: ``num_layers`` such blocks on the atoms, soft pooling to
+                       ``num_clusters`` clusters per graph by a ``pooling_layers``-layer scoring network on the bond
+                       graph, ``num_layers`` blocks on the clusters, unpooling and a ``decoder_layers``-layer decoder;
+                       ``num_layers`` is EGHN's layers per level). The "eghn" backbone adds ``link_weight`` times
+                       the link loss as ``aux_loss``; ``assignment`` ("per_frame" or "shared") and
+                       ``cluster_inputs`` ("input" or "node_level") choose between readings of the paper
+                       (docs/eghno.md). Its cluster level runs the reference EGNN layer (reported as
+                       "cluster_egnn_layer"). Periodic graphs are not supported by "eghn".
         validate:      check the values of the inputs (finite values, edge index range) when the forward builds the
                        graph from ``edge_index``. A prebuilt :class:`Graph` was validated where it was built: the
                        forward then checks shapes only, and neither it nor the backward synchronises with the
@@ -87,10 +104,20 @@ class EGNO(nn.Module):
                  num_frames: int = 5, num_modes: int = 2, time_emb_dim: int = 32,
                  temporal_channels: Iterable[str] = TEMPORAL_CHANNELS,
                  backend: Union[str, Dict[str, str]] = "auto",
-                 validate: bool = True, coord_clamp: str = "mean", vector_centre: str = "mean"):
+                 validate: bool = True, coord_clamp: str = "mean", vector_centre: str = "mean",
+                 backbone: str = "egnn", num_clusters: int = EGHN_DEFAULTS["num_clusters"],
+                 pooling_layers: int = EGHN_DEFAULTS["pooling_layers"],
+                 decoder_layers: int = EGHN_DEFAULTS["decoder_layers"],
+                 link_weight: float = EGHN_DEFAULTS["link_weight"], assignment: str = EGHN_DEFAULTS["assignment"],
+                 cluster_inputs: str = EGHN_DEFAULTS["cluster_inputs"]):
         super().__init__()
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
         sizes = dict(node_dim=(node_dim, 0), edge_dim=(edge_dim, 0), hidden_dim=(hidden_dim, 1),
                      num_layers=(num_layers, 1), num_frames=(num_frames, 1), time_emb_dim=(time_emb_dim, 4))
+        if backbone == "eghn":
+            sizes.update(num_clusters=(num_clusters, 1), pooling_layers=(pooling_layers, 1),
+                         decoder_layers=(decoder_layers, 1))
         for name, (value, least) in sizes.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
@@ -121,14 +148,24 @@ class EGNO(nn.Module):
             raise ValueError(f"vector_centre must be one of {list(VECTOR_CENTRES)}, got {vector_centre!r}")
         self.vector_centre = vector_centre
         options = EGNNOptions(clamp=coord_clamp)
-        self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim, options=options)
-                                            for _ in range(num_layers))
-        self.scalar_convs, self.vector_convs = nn.ModuleList(), nn.ModuleList()
-        for _ in range(num_layers):  # interleaved, as the reference code draws them: same seed, same weights
-            if "h" in self.temporal_channels:
-                self.scalar_convs.append(TemporalConv(hidden_dim, num_modes))
-            if self.vector_channels:
-                self.vector_convs.append(VectorTemporalConv(len(self.vector_channels), num_modes))
+        self.backbone = backbone
+        if backbone == "eghn":
+            if not (isinstance(link_weight, (int, float)) and not isinstance(link_weight, bool)
+                    and 0 <= link_weight < float("inf")):
+                raise ValueError(f"link_weight must be a finite number >= 0, got {link_weight!r}")
+            self.link_weight = float(link_weight)
+            self.hierarchy = EGHNBackbone(hidden_dim, edge_dim, num_layers, num_clusters, pooling_layers,
+                                          decoder_layers, num_modes, self.temporal_channels, options, assignment,
+                                          cluster_inputs)
+        else:
+            self.message_layers = nn.ModuleList(EGNNLayer(hidden_dim, edge_dim, options=options)
+                                                for _ in range(num_layers))
+            self.scalar_convs, self.vector_convs = nn.ModuleList(), nn.ModuleList()
+            for _ in range(num_layers):  # interleaved, as the reference code draws them: same seed, same weights
+                if "h" in self.temporal_channels:
+                    self.scalar_convs.append(TemporalConv(hidden_dim, num_modes))
+                if self.vector_channels:
+                    self.vector_convs.append(VectorTemporalConv(len(self.vector_channels), num_modes))
         self.backend = backend
 
     @property
@@ -137,7 +174,16 @@ class EGNO(nn.Module):
         return dict(node_dim=self.node_dim, edge_dim=self.edge_dim, hidden_dim=self.hidden_dim,
                     num_layers=self.num_layers, num_frames=self.num_frames, num_modes=self.num_modes,
                     time_emb_dim=self.time_embedding.dim, temporal_channels=list(self.temporal_channels),
-                    coord_clamp=self.coord_clamp, vector_centre=self.vector_centre, backend=self._backend)
+                    coord_clamp=self.coord_clamp, vector_centre=self.vector_centre, backend=self._backend,
+                    **self._backbone_config())
+
+    def _backbone_config(self) -> Dict[str, object]:
+        if self.backbone == "egnn":  # the keys of models saved before the backbone choice
+            return {}
+        hierarchy = self.hierarchy
+        return dict(backbone="eghn", num_clusters=hierarchy.num_clusters, pooling_layers=len(hierarchy.scorer.node_mlps),
+                    decoder_layers=len(hierarchy.decoder.layers), link_weight=self.link_weight,
+                    assignment=hierarchy.assignment, cluster_inputs=hierarchy.cluster_inputs)
 
     @property
     def backend(self) -> Union[str, Dict[str, str]]:
@@ -160,10 +206,14 @@ class EGNO(nn.Module):
                 module.backend = per_op["egnn_layer"]
             elif isinstance(module, (TemporalConv, VectorTemporalConv)):
                 module.backend = per_op["temporal_residual"]
+        if self.backbone == "eghn":  # per-frame edge features: the reference layer only (class docstring)
+            for layer in self.hierarchy.cluster_layers:
+                layer.backend = "reference"
 
     def forward(self, x: Tensor, v: Tensor, h: Tensor, edge_index: Union[Tensor, Graph],
                 edge_attr: Optional[Tensor] = None, batch: Optional[Tensor] = None,
-                frame_times: Optional[Tensor] = None, edge_shift: Optional[Tensor] = None) -> EGNOOutput:
+                frame_times: Optional[Tensor] = None, edge_shift: Optional[Tensor] = None,
+                bonds: Optional[Tensor] = None) -> EGNOOutput:
         """Predict the positions, velocities and features at the P output times.
 
         Args:
@@ -176,8 +226,10 @@ class EGNO(nn.Module):
                          times between the training frames (zero-shot resampling).
             edge_shift:  [E, 3] periodic shift of each edge, added to x_i - x_j (minimum images:
                          :func:`~egno_fast.ops.periodic_radius_graph`), or None; a prebuilt Graph carries its own.
+            bonds:       [2, b] integer bond graph of the "eghn" backbone's scoring network (row 0 = sender; bonds
+                         within the graphs), or None: the message-passing graph. The "egnn" backbone ignores it.
         Returns:
-            EGNOOutput(x [P, N, 3], v [P, N, 3], h [P, N, H]).
+            EGNOOutput(x [P, N, 3], v [P, N, 3], h [P, N, H], aux_loss: [] or None).
         """
         num_nodes = x.shape[0] if x.dim() > 0 else 0
         validating = self.validate and not isinstance(edge_index, Graph)
@@ -203,6 +255,8 @@ class EGNO(nn.Module):
                 validate_node_inputs(graph.num_nodes, x=x, v=v, h=h)
         self._report_backend(x.device)
         self._warn_if_image_dependent(graph)
+        if self.backbone == "eghn":
+            self._check_hierarchy_inputs(graph, bonds)
         inputs = (x, v, h)
 
         times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
@@ -213,17 +267,45 @@ class EGNO(nn.Module):
                                       embedding[None].expand(num_nodes, -1, -1)], dim=-1))  # [N, P, H]
         # [N, 1, 3]: each graph's mean input position, or each atom's own (vector_centre)
         centre = (graph_mean(x, graph) if self.vector_centre == "mean" else x)[:, None, :]
+        if self.backbone == "eghn":
+            out = self.hierarchy(x, v, h, graph, centre, bonds)
+            if validating:
+                _require_finite_outputs(inputs, out.x, out.v, out.h)
+            return EGNOOutput(out.x.transpose(0, 1), out.v.transpose(0, 1), out.h.transpose(0, 1),
+                              self.link_weight * out.link_loss)
         x = x[:, None, :].expand(-1, num_frames, -1)
         v = v[:, None, :].expand(-1, num_frames, -1)
         for index, layer in enumerate(self.message_layers):
             if self.scalar_convs:
                 h = self.scalar_convs[index](h)
             if self.vector_convs:
-                x, v = self._vector_block(self.vector_convs[index], x, v, centre)
+                x, v = vector_temporal_block(self.vector_convs[index], self.vector_channels, x, v, centre)
             x, v, h = layer(x, v, h, graph)
         if validating:
             _require_finite_outputs(inputs, x, v, h)
         return EGNOOutput(x.transpose(0, 1), v.transpose(0, 1), h.transpose(0, 1))
+
+    def _check_hierarchy_inputs(self, graph: Graph, bonds: Optional[Tensor]) -> None:
+        """What the "eghn" backbone needs beyond EGNO's inputs: no periodic shifts, and a bond graph [2, b] of
+        integers inside the graphs (values checked when ``validate``)."""
+        if graph.edge_shift is not None:
+            raise GraphInputError("the 'eghn' backbone does not support periodic graphs (edge shifts): its clusters "
+                                  "pool absolute positions; use backbone='egnn'")
+        if bonds is None:
+            return
+        if not isinstance(bonds, Tensor) or bonds.dim() != 2 or bonds.shape[0] != 2 or bonds.is_floating_point() \
+                or bonds.dtype == torch.bool:
+            raise GraphInputError(f"bonds must be an integer tensor of shape [2, b], got "
+                                  f"{list(bonds.shape) if isinstance(bonds, Tensor) else type(bonds).__name__}")
+        if self.validate and bonds.numel():
+            low, high = (int(value) for value in torch.aminmax(bonds))
+            if low < 0 or high >= graph.num_nodes:
+                raise GraphInputError(f"bonds hold node indices in [{low}, {high}], outside [0, {graph.num_nodes})")
+            crossing = graph.batch[bonds[0]] != graph.batch[bonds[1]]
+            if bool(crossing.any()):
+                first = int(crossing.nonzero()[0, 0])
+                raise GraphInputError(f"bond {first} ({int(bonds[0, first])} -> {int(bonds[1, first])}) joins two "
+                                      f"different graphs of the batch")
 
     def _warn_if_image_dependent(self, graph: Graph) -> None:
         """Say once per model when a periodic graph meets the paper's centring, whose predictions depend on the
@@ -235,13 +317,6 @@ class EGNO(nn.Module):
         logger.warning(
             "EGNO(vector_centre='mean') on a periodic graph (edge shifts): its predictions depend on which lattice "
             "image each atom is given in; build the model with vector_centre='input' for periodic systems")
-
-    def _vector_block(self, conv: VectorTemporalConv, x: Tensor, v: Tensor, centre: Tensor):
-        """Apply the vector temporal block to the channels of [x - centre, v] selected by ``temporal_channels``."""
-        channels = {"x": x - centre, "v": v}
-        z = conv(torch.stack([channels[name] for name in self.vector_channels], dim=-1))  # [N, P, 3, C]
-        out = dict(zip(self.vector_channels, z.unbind(-1)))
-        return (out["x"] + centre if "x" in out else x), out.get("v", v)
 
     def _check_shapes(self, x: Tensor, v: Tensor, h: Tensor, graph: Graph) -> None:
         """Shapes, dtypes and the graph's feature width (metadata only: no device synchronisation)."""
@@ -257,6 +332,8 @@ class EGNO(nn.Module):
 
     def _report_backend(self, device: torch.device) -> None:
         chosen = {op: resolve_backend(name, device, op) for op, name in self._per_op_backend.items()}
+        if self.backbone == "eghn":
+            chosen["cluster_egnn_layer"] = "reference"
         if chosen != self.active_backend:
             if not torch.compiler.is_compiling():  # torch.compile traces no logging call (the eager run reports)
                 logger.info("EGNO backend: requested %r, running %s on %s", self._backend,

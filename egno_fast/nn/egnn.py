@@ -32,16 +32,20 @@ class EGNNLayer(nn.Module):
 
     Parameters: ``edge_mlp`` Linear(1+2H+f, H), act, Linear(H, H), act; ``coord_mlp`` Linear(H, H), act,
     Linear(H, 1) (no bias with ``coord_bias=False``); ``velocity_mlp`` Linear(H, H), act, Linear(H, 1); ``node_mlp``
-    Linear(2H, H), act, Linear(H, H); with ``options.attention`` also ``attention`` Linear(H, 1).
-    Shapes: x, v [N, P, 3]; h [N, P, H]; the graph's edge_attr [E, f].
+    Linear(2H, H), act, Linear(H, H); with ``options.attention`` also ``attention`` Linear(H, 1). With
+    ``frame_edge_dim`` f' > 0 the edge MLP also takes f' per-frame edge features (``frame_edge_attr``; the
+    reference backend only) and its first layer is Linear(1+2H+f+f', H).
+    Shapes: x, v [N, P, 3]; h [N, P, H]; the graph's edge_attr [E, f]; frame_edge_attr [E, P, f'].
     """
 
     def __init__(self, hidden_dim: int, edge_dim: int = 0, backend: str = "reference",
-                 options: EGNNOptions = EGNO_OPTIONS, coord_bias: bool = True):
+                 options: EGNNOptions = EGNO_OPTIONS, coord_bias: bool = True, frame_edge_dim: int = 0):
         super().__init__()
         self.hidden_dim, self.edge_dim, self.options = hidden_dim, edge_dim, options
+        self.frame_edge_dim = frame_edge_dim
         act = options.activation
-        self.edge_mlp = _mlp(1 + 2 * hidden_dim + edge_dim, hidden_dim, hidden_dim, act, last_activation=True)
+        self.edge_mlp = _mlp(1 + 2 * hidden_dim + edge_dim + frame_edge_dim, hidden_dim, hidden_dim, act,
+                             last_activation=True)
         self.coord_mlp = _mlp(hidden_dim, hidden_dim, 1, act, last_activation=False, out_bias=coord_bias)
         self.velocity_mlp = _mlp(hidden_dim, hidden_dim, 1, act, last_activation=False)
         self.node_mlp = _mlp(2 * hidden_dim, hidden_dim, hidden_dim, act, last_activation=False)
@@ -61,6 +65,9 @@ class EGNNLayer(nn.Module):
         if graph.edge_attr.shape[1] != self.edge_dim:
             raise ValueError(f"the layer expects {self.edge_dim} edge features, the graph has "
                              f"{graph.edge_attr.shape[1]}")
+        given = 0 if frame_edge_attr is None else frame_edge_attr.shape[-1]
+        if given != self.frame_edge_dim:
+            raise ValueError(f"the layer expects {self.frame_edge_dim} per-frame edge features, got {given}")
         if edge_shift is None:
             edge_shift = graph.edge_shift
         elif graph.edge_shift is not None:

@@ -60,3 +60,15 @@ class VectorTemporalConv(_SpectralBlock):
     def forward(self, z: Tensor) -> Tensor:
         """z: [N, P, 3, C] -> [N, P, 3, C]."""
         return self._residual_block(z)
+
+
+def vector_temporal_block(conv: VectorTemporalConv, channels, x: Tensor, v: Tensor, centre: Tensor):
+    """Apply ``conv`` to the channels of ``[x - centre, v]`` named in ``channels`` (a sub-sequence of ("x", "v")).
+
+    Shapes: x, v [N, P, 3]; centre [N, 1, 3] or [N, P, 3]. Returns (x, v) [N, P, 3]; a channel not named passes
+    unchanged.
+    """
+    inputs = {"x": x - centre, "v": v}
+    z = conv(torch.stack([inputs[name] for name in channels], dim=-1))  # [N, P, 3, C]
+    out = dict(zip(channels, z.unbind(-1)))
+    return (out["x"] + centre if "x" in out else x), out.get("v", v)
