@@ -31,7 +31,9 @@ def _step_records(config, dataset, device, backends, steps, batches_per_epoch) -
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
-                frame_mse(model(batch.x, batch.v, batch.h, graph).x, batch.target).mean().backward()
+                out = model(batch.x, batch.v, batch.h, graph, bonds=batch.bonds)
+                loss = frame_mse(out.x, batch.target).mean()
+                (loss if out.aux_loss is None else loss + out.aux_loss).backward()
                 optimizer.step()
 
             seconds = statistics.median(time_samples(step, device, 1, steps))

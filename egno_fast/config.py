@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# The "eghn" backbone's settings and their defaults (EGHN's AdK configuration; docs/eghno.md): EGNO's keyword
+# arguments and the model config's keys.
+EGHN_DEFAULTS: Dict[str, Any] = dict(num_clusters=20, pooling_layers=4, decoder_layers=2, link_weight=2.0,
+                                     assignment="per_frame", cluster_inputs="input")
+BACKBONES = ("egnn", "eghn")
+ASSIGNMENTS = ("per_frame", "shared")
+CLUSTER_INPUTS = ("input", "node_level")
 
 
 @dataclass
@@ -63,6 +70,14 @@ class ModelConfig:
     coord_clamp: str = "mean"  # "mean" (the public code's), "norm" (equivariant), "edge" or "none": see EGNO
     vector_centre: str = "mean"  # "mean" (the paper's) or "input" (each atom's own: periodic systems), see EGNO
     backend: Union[str, Dict[str, str]] = "auto"  # or op -> backend
+    # "egnn" (EGNO) or "eghn" (EGHNO: num_layers EGNN layers per level, the rest below; see EGNO and docs/eghno.md)
+    backbone: str = "egnn"
+    num_clusters: int = EGHN_DEFAULTS["num_clusters"]
+    pooling_layers: int = EGHN_DEFAULTS["pooling_layers"]
+    decoder_layers: int = EGHN_DEFAULTS["decoder_layers"]
+    link_weight: float = EGHN_DEFAULTS["link_weight"]
+    assignment: str = EGHN_DEFAULTS["assignment"]  # "per_frame" or "shared"
+    cluster_inputs: str = EGHN_DEFAULTS["cluster_inputs"]  # "input" or "node_level"
 
 
 @dataclass
@@ -147,6 +162,11 @@ LIMITS = {
     "model.time_emb_dim": _at_least(4),
     "model.coord_clamp": ((lambda v: v in ("mean", "norm", "edge", "none")), '"mean", "norm", "edge" or "none"'),
     "model.vector_centre": ((lambda v: v in ("mean", "input")), '"mean" or "input"'),
+    "model.backbone": ((lambda v: v in BACKBONES), '"egnn" or "eghn"'),
+    "model.num_clusters": _at_least(1), "model.pooling_layers": _at_least(1), "model.decoder_layers": _at_least(1),
+    "model.link_weight": _FINITE_NON_NEGATIVE,
+    "model.assignment": ((lambda v: v in ASSIGNMENTS), '"per_frame" or "shared"'),
+    "model.cluster_inputs": ((lambda v: v in CLUSTER_INPUTS), '"input" or "node_level"'),
     "model.temporal_channels": ((lambda v: set(v) <= {"h", "x", "v"} and len(set(v)) == len(v)),
                                 'a list of distinct channels among "h", "x", "v"'),
     "train.epochs": _at_least(1), "train.batch_size": _at_least(1), "train.lr": _POSITIVE,

@@ -13,7 +13,8 @@ from ..ops import build_graph
 
 class GraphSample(NamedTuple):
     """One graph: x, v [n, 3]; h [n, k]; edge_index [2, e]; edge_attr [e, f]; target [P, n, 3]; edge_shift [e, 3]
-    (periodic images) or None."""
+    (periodic images) or None; bonds [2, b] (row 0 = sender: the chemical bonds or skeleton bones that the "eghn"
+    backbone's scoring network runs on) or None."""
 
     x: Tensor
     v: Tensor
@@ -22,16 +23,19 @@ class GraphSample(NamedTuple):
     edge_attr: Tensor
     target: Tensor
     edge_shift: Optional[Tensor] = None
+    bonds: Optional[Tensor] = None
 
 
 class StartFrameDataset(Dataset):
     """Samples that start from one input frame: ``x``, ``v`` [S, n, 3], ``targets`` [S, P, n, 3] and one
-    ``edge_index`` [2, e] shared by every sample; subclasses give the node and edge features in :meth:`features`."""
+    ``edge_index`` [2, e] shared by every sample (and ``bonds`` [2, b] or None); subclasses give the node and edge
+    features in :meth:`features`."""
 
     x: Tensor
     v: Tensor
     targets: Tensor
     edge_index: Tensor
+    bonds: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -42,7 +46,7 @@ class StartFrameDataset(Dataset):
         rel = x[receiver] - x[sender]
         h, edge_attr = self.features(index, x, v, sender, receiver, (rel * rel).sum(-1))
         return GraphSample(x=x, v=v, h=h, edge_index=self.edge_index, edge_attr=edge_attr,
-                           target=self.targets[index])
+                           target=self.targets[index], bonds=self.bonds)
 
     def features(self, index: int, x: Tensor, v: Tensor, sender: Tensor, receiver: Tensor,
                  dist2: Tensor) -> Tuple[Tensor, Tensor]:
@@ -52,7 +56,8 @@ class StartFrameDataset(Dataset):
 
 class GraphBatch(NamedTuple):
     """Concatenated graphs: x, v [N, 3]; h [N, k]; edge_index [2, E]; edge_attr [E, f]; batch [N];
-    target [P, N, 3] (time-major, as the model's output); edge_shift [E, 3] or None."""
+    target [P, N, 3] (time-major, as the model's output); edge_shift [E, 3] or None; bonds [2, B'] (offset per graph,
+    as edge_index) or None."""
 
     x: Tensor
     v: Tensor
@@ -62,6 +67,7 @@ class GraphBatch(NamedTuple):
     batch: Tensor
     target: Tensor
     edge_shift: Optional[Tensor] = None
+    bonds: Optional[Tensor] = None
 
     @property
     def num_graphs(self) -> int:
@@ -96,7 +102,11 @@ def collate_graphs(samples: List[GraphSample]) -> GraphBatch:
     shifted = any(s.edge_shift is not None for s in samples)  # graphs without shifts get zeros beside periodic ones
     edge_shift = torch.cat([s.edge_shift if s.edge_shift is not None else s.x.new_zeros(s.edge_index.shape[1], 3)
                             for s in samples]) if shifted else None
+    bonded = [s.bonds is not None for s in samples]
+    if any(bonded) and not all(bonded):
+        raise ValueError("cannot collate graphs with bonds and graphs without")
+    bonds = torch.cat([s.bonds + int(o) for s, o in zip(samples, offsets)], dim=1) if all(bonded) else None
     return GraphBatch(x=torch.cat([s.x for s in samples]), v=torch.cat([s.v for s in samples]),
                       h=torch.cat([s.h for s in samples]), edge_index=edge_index,
                       edge_attr=torch.cat([s.edge_attr for s in samples]), batch=batch,
-                      target=torch.cat([s.target for s in samples], dim=1), edge_shift=edge_shift)
+                      target=torch.cat([s.target for s in samples], dim=1), edge_shift=edge_shift, bonds=bonds)

@@ -83,6 +83,7 @@ class MocapDataset(StartFrameDataset):
         self.v = positions[first + 1] - positions[first]
         self.targets = positions[first[:, None] + torch.as_tensor(offsets)[None]]  # [S, P, J, 3]
         self.edge_index, self.hop = skeleton_edges(arrays["bones"], positions.shape[1])
+        self.bonds = self.edge_index[:, self.hop == 1]  # the bones, both directions ("eghn" scoring network)
 
     def features(self, index, x, v, sender, receiver, dist2):
         h = torch.stack([v.norm(dim=-1), x[:, 1] / self.height_scale], dim=-1)

@@ -6,8 +6,8 @@ sample of a split starts at a frame t of its part whose targets t + Delta * p //
 +15) stay inside the same part, so no frame serves two splits. Graph: the contact graph of the input frame (backbone
 pairs within ``cutoff``, 10 Angstrom as in the paper; the reference code used 8), built per sample by cell lists
 (:func:`egno_fast.ops.radius_graph`). Edge features [d, d^2] of the input frame; node features
-[|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds are kept in ``bonds`` for
-hierarchical backbones (EGHNO's pooling network).
+[|v|, charge / max |charge|] (partial charges from the topology). The backbone bonds (both directions) are each
+sample's ``bonds``: the bond graph of the "eghn" backbone's scoring network.
 
 A preset of the trajectory loader (:mod:`.trajectory`): the files are read by its MDAnalysis reader into its
 memory-mapped cache (selection "backbone", with the topology's bonds); this module adds the protein protocol above.
@@ -100,7 +100,8 @@ class ProteinDataset(Dataset):
         distance = (x[receiver] - x[sender]).norm(dim=-1)
         h = torch.stack([v.norm(dim=-1), self.charge], dim=-1)
         return GraphSample(x=x, v=v, h=h, edge_index=edge_index,
-                           edge_attr=torch.stack([distance, distance * distance], dim=-1), target=self.targets[index])
+                           edge_attr=torch.stack([distance, distance * distance], dim=-1), target=self.targets[index],
+                           bonds=self.bonds)
 
 
 def protein_datasets(topology: str | Path, trajectory: str | Path, num_frames: int = 4, span: int = 15,

@@ -352,6 +352,8 @@ class TrajectoryDataset(Dataset):
         index = {name: k for k, name in enumerate(elements)}
         one_hot = np.zeros((len(first.elements), len(elements)), dtype=np.float32)
         one_hot[np.arange(len(first.elements)), [index[e] for e in first.elements]] = 1.0
+        # the topology's bonds (both directions) for the "eghn" backbone; none: it uses the message-passing graph
+        self.bonds = torch.as_tensor(first.bonds) if first.bonds.size else None
         self.static = torch.as_tensor(np.concatenate([one_hot, (first.masses / MASS_UNIT)[:, None],
                                                       first.charges[:, None]], axis=1), dtype=torch.float32)
         per_replica: List[List[Tuple[int, int]]] = []
@@ -403,7 +405,7 @@ class TrajectoryDataset(Dataset):
         h = torch.cat([self.static, v.norm(dim=-1, keepdim=True)], dim=-1)
         return GraphSample(x=x, v=v, h=h, edge_index=edge_index,
                            edge_attr=torch.stack([distance, distance * distance], dim=-1), target=targets,
-                           edge_shift=shift)
+                           edge_shift=shift, bonds=self.bonds)
 
 
 def trajectory_datasets(config, cache_dir: Path) -> Dict[str, TrajectoryDataset]:

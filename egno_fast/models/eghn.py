@@ -22,6 +22,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..config import ASSIGNMENTS, CLUSTER_INPUTS
 from ..graph import Graph, graph_mean
 from ..nn import EGNNLayer, TemporalConv, VectorTemporalConv
 from ..nn.eghn import ClusterScorer, EquivariantDecoder
@@ -30,8 +31,6 @@ from ..ops.cluster_pooling import (assign_clusters, cluster_edge_features, compl
                                    pool_to_clusters, pooled_adjacency, unpool_to_nodes)
 from ..ops.egnn import EGNNOptions
 
-ASSIGNMENTS = ("per_frame", "shared")
-CLUSTER_INPUTS = ("input", "node_level")
 
 
 class EGHNOutput(NamedTuple):

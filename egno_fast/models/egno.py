@@ -10,6 +10,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from ..backends import OPS, check_backend_name, resolve_backend
+from ..config import BACKBONES, EGHN_DEFAULTS
 from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
 from ..nn.temporal_conv import vector_temporal_block
@@ -20,10 +21,6 @@ from .eghn import EGHNBackbone
 logger = logging.getLogger("egno_fast")
 
 TEMPORAL_CHANNELS = ("h", "x", "v")
-BACKBONES = ("egnn", "eghn")
-# the keyword arguments of the "eghn" backbone and their defaults (EGHN's AdK configuration)
-EGHN_DEFAULTS = dict(num_clusters=20, pooling_layers=4, decoder_layers=2, link_weight=2.0, assignment="per_frame",
-                     cluster_inputs="input")
 
 
 class EGNOOutput(NamedTuple):

@@ -119,7 +119,9 @@ def build_model(config: ExperimentConfig, sample) -> EGNO:
     return EGNO(node_dim=sample.h.shape[1], edge_dim=sample.edge_attr.shape[1], hidden_dim=m.hidden_dim,
                 num_layers=m.num_layers, num_frames=config.data.num_frames, num_modes=m.num_modes,
                 time_emb_dim=m.time_emb_dim, temporal_channels=m.temporal_channels, coord_clamp=m.coord_clamp,
-                vector_centre=m.vector_centre, backend=m.backend)
+                vector_centre=m.vector_centre, backend=m.backend, backbone=m.backbone, num_clusters=m.num_clusters,
+                pooling_layers=m.pooling_layers, decoder_layers=m.decoder_layers, link_weight=m.link_weight,
+                assignment=m.assignment, cluster_inputs=m.cluster_inputs)
 
 
 @torch.no_grad()
@@ -132,7 +134,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     for batch in loader:
         graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
         batch = batch.to(device)
-        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times).x
+        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times, bonds=batch.bonds).x
         errors = frame_squared_error(pred, batch.target)
         squared = errors if squared is None else squared + errors
         count += batch.target.shape[1] * batch.target.shape[2]
@@ -326,9 +328,10 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
                 graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                losses = frame_mse(trained(batch.x, batch.v, batch.h, graph).x, batch.target)
-                loss = losses.mean()
-                loss.backward()
+                out = trained(batch.x, batch.v, batch.h, graph, bonds=batch.bonds)
+                losses = frame_mse(out.x, batch.target)
+                loss = losses.mean()  # the A-MSE; the "eghn" backbone's weighted link loss adds to what is minimised
+                (loss if out.aux_loss is None else loss + out.aux_loss).backward()
                 if cfg.grad_clip_norm is not None:  # no host sync: the norm stays a tensor
                     torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip_norm)
                 optimizer.step()
