@@ -21,7 +21,8 @@ from egno_fast.training.trainer import git_commit
 
 from .cases import Case
 
-OPS = ("temporal_conv", "vector_temporal_conv", "egnn_layer", "model")
+OPS = ("temporal_conv", "vector_temporal_conv", "egnn_layer", "model", "eghno_model")
+MODELS = ("model", "eghno_model")  # EGNO, and EGHNO (the "eghn" backbone: see Workload)
 MODES = ("forward", "backward", "forward+backward")
 BACKENDS = ("reference", "compile_reference", "triton", "cpp", "compile", "auto")
 # torch.compile(fullgraph=True) of the module on a backend: the reference in plain PyTorch, or "auto", whose fused ops
@@ -79,7 +80,12 @@ def measure_ceilings(device: torch.device) -> Dict[str, float]:
 # ------------------------------------------------------------------------------------------- workloads
 
 class Workload:
-    """A module and its inputs for one (op, case); ``forward()`` returns the tensors that enter the loss."""
+    """A module and its inputs for one (op, case); ``forward()`` returns the tensors that enter the loss.
+
+    "model" is EGNO with 4 layers; "eghno_model" is EGHNO with 4 EGNN layers per level, 4 scoring and 2 decoder
+    layers (EGHN's AdK configuration) and K = 20 clusters per graph (3 for graphs under 100 nodes, EGHN's mocap
+    setting), its bond graph a chain through each graph's nodes (about one bond per atom, as a protein backbone).
+    """
 
     def __init__(self, op: str, case: Case, device: torch.device):
         gen = torch.Generator().manual_seed(1)
@@ -87,6 +93,7 @@ class Workload:
         rand = lambda *shape: torch.randn(*shape, generator=gen).to(device)
         torch.manual_seed(0)
         self.graph = case.graph.to(device)
+        self.keywords = {}
         if op == "temporal_conv":
             self.module, self.inputs = TemporalConv(h, num_modes=min(2, p // 2 + 1)), (rand(n, p, h),)
         elif op == "vector_temporal_conv":
@@ -95,8 +102,17 @@ class Workload:
             self.module = EGNNLayer(h, case.edge_dim)
             self.inputs = (rand(n, p, 3), rand(n, p, 3), rand(n, p, h), self.graph)
         else:
+            hierarchy = {}
+            if op == "eghno_model":
+                smallest = int(case.graph.nodes_per_graph.min())
+                hierarchy = dict(backbone="eghn", num_clusters=20 if smallest >= 100 else 3, pooling_layers=4,
+                                 decoder_layers=2)
+                batch = case.graph.batch
+                chain = torch.nonzero(batch[1:] == batch[:-1]).flatten()
+                self.keywords["bonds"] = torch.cat([torch.stack([chain, chain + 1]),
+                                                    torch.stack([chain + 1, chain])], dim=1).to(device)
             self.module = EGNO(node_dim=case.node_dim, edge_dim=case.edge_dim, hidden_dim=h, num_layers=4,
-                               num_frames=p, num_modes=min(2, p // 2 + 1), validate=False)
+                               num_frames=p, num_modes=min(2, p // 2 + 1), validate=False, **hierarchy)
             self.inputs = (rand(n, 3), rand(n, 3), rand(n, case.node_dim), self.graph)
         self.module.to(device)
         for t in self.inputs:
@@ -112,12 +128,13 @@ class Workload:
             self.call = torch.compile(self.module, fullgraph=True)
 
     def forward(self):
-        out = self.call(*self.inputs)
+        out = self.call(*self.inputs, **self.keywords)
         return tuple(out) if isinstance(out, tuple) else (out,)
 
 
 def _loss(outputs) -> torch.Tensor:
-    return sum(o.float().square().mean() for o in outputs)
+    """The benchmarks' loss: the mean square of every output tensor (EGNO's aux_loss is None, EGHNO's a scalar)."""
+    return sum(o.float().square().mean() for o in outputs if o is not None)
 
 
 def _gb_moved(op: str, case: Case, mode: str) -> Optional[float]:
@@ -150,7 +167,7 @@ def run_point(workload: Workload, reference_out, op: str, case: Case, backend: s
     try:
         if backend == "triton" and device.type != "cuda":
             raise BackendUnavailableError("Triton on CPU runs only in its interpreter: not a speed measurement")
-        if backend not in (*COMPILED, "auto") and op != "model":
+        if backend not in (*COMPILED, "auto") and op not in MODELS:
             resolve_backend(backend, device, _OP_NAME[op])
         workload.set_backend(backend)
         out = workload.forward()
@@ -162,7 +179,7 @@ def run_point(workload: Workload, reference_out, op: str, case: Case, backend: s
     except Exception as error:  # a backend that fails or disagrees is a result, not a crash of the sweep
         reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
         return [dict(base, mode=m, status="failed", reason=reason) for m in MODES]
-    ran = (workload.module.active_backend if op == "model"
+    ran = (workload.module.active_backend if op in MODELS
            else resolve_backend(COMPILED.get(backend, backend), device, _OP_NAME[op]))
     records = []
     holder = {}

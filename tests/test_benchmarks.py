@@ -100,12 +100,31 @@ def test_cpp_target_reports_paired_speedups(tmp_path):
     from benchmarks import cpp_target
 
     output = tmp_path / "target.json"
-    assert cpp_target.main(["--repeats", "3", "--cases", "nbody", "--points", "--periodic-points", "300",
-                            "--output", str(output)]) == 0
+    assert cpp_target.main(["--repeats", "3", "--cases", "nbody", "eghno_nbody", "--points", "--periodic-points",
+                            "300", "--output", str(output)]) == 0
     periodic = json.loads(output.read_text())["periodic_radius_graph"][0]  # its edges were checked against ASE's
     assert periodic["points"] == 300 and periodic["cpp_s"] > 0 and periodic["ase_s"] > 0 and periodic["reference_s"] > 0
-    point = json.loads(output.read_text())["model"][0]
-    assert point["case"] == "nbody" and len(point["pair_speedups"]) == 3
-    assert point["speedup"] == statistics.median(point["pair_speedups"])
-    assert point["ratio_of_medians"] == point["reference_s"] / point["cpp_s"]
-    assert point["output_rel_diff"] < 1e-4 and point["grad_rel_diff"] < 1e-4
+    points = json.loads(output.read_text())["model"]
+    assert [point["case"] for point in points] == ["nbody", "eghno_nbody"]
+    for point in points:
+        assert len(point["pair_speedups"]) == 3
+        assert point["speedup"] == statistics.median(point["pair_speedups"])
+        assert point["ratio_of_medians"] == point["reference_s"] / point["cpp_s"]
+        assert point["output_rel_diff"] < 1e-4 and point["grad_diff_of_largest"] < 1e-5
+    assert points[0]["grad_rel_diff"] < 1e-4  # EGNO: every gradient tensor to 1e-4 of its own largest entry
+    assert points[1]["ran"] == {"temporal_residual": "cpp", "egnn_layer": "cpp", "cluster_egnn_layer": "reference"}
+    assert points[1]["clusters"] == 3
+
+
+def test_the_sweep_times_eghno_on_every_backend_it_reports():
+    """The "eghno_model" op: EGHNO's forward+backward, checked against its reference output before it is timed; the
+    fused backend runs the node level, the cluster level stays on the reference (as recorded)."""
+    if unavailable_reason("cpp", "egnn_layer", "cpu") is not None:
+        pytest.skip("the cpp backend is unavailable here")
+    result = run_sweep(make_cases("smoke")[:1], torch.device("cpu"), backends=("reference", "cpp"),
+                       ops=("eghno_model",), warmup=0, repeats=1, log=lambda _: None)
+    records = result["records"]
+    assert len(records) == 2 * len(MODES) and all(r["status"] == "measured" for r in records), records
+    ran = {r["backend"]: json.loads(r["ran"]) for r in records}
+    assert ran["cpp"] == {"temporal_residual": "cpp", "egnn_layer": "cpp", "cluster_egnn_layer": "reference"}
+    assert ran["reference"]["egnn_layer"] == "reference"
