@@ -14,6 +14,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 # arguments and the model config's keys.
 EGHN_DEFAULTS: Dict[str, Any] = dict(num_clusters=20, pooling_layers=4, decoder_layers=2, link_weight=2.0,
                                      assignment="per_frame", cluster_inputs="input")
+# The most clusters per graph: the cluster level is a complete graph (K^2 edges per graph and frame, on the reference
+# EGNN layer) and the assignment is dense (N x K per frame); docs/eghno.md, "cost".
+MAX_CLUSTERS = 128
 BACKBONES = ("egnn", "eghn")
 ASSIGNMENTS = ("per_frame", "shared")
 CLUSTER_INPUTS = ("input", "node_level")
@@ -163,7 +166,7 @@ LIMITS = {
     "model.coord_clamp": ((lambda v: v in ("mean", "norm", "edge", "none")), '"mean", "norm", "edge" or "none"'),
     "model.vector_centre": ((lambda v: v in ("mean", "input")), '"mean" or "input"'),
     "model.backbone": ((lambda v: v in BACKBONES), '"egnn" or "eghn"'),
-    "model.num_clusters": _at_least(1), "model.pooling_layers": _at_least(1), "model.decoder_layers": _at_least(1),
+    "model.num_clusters": ((lambda v: 1 <= v <= MAX_CLUSTERS), f"an integer in [1, {MAX_CLUSTERS}]"), "model.pooling_layers": _at_least(1), "model.decoder_layers": _at_least(1),
     "model.link_weight": _FINITE_NON_NEGATIVE,
     "model.assignment": ((lambda v: v in ASSIGNMENTS), '"per_frame" or "shared"'),
     "model.cluster_inputs": ((lambda v: v in CLUSTER_INPUTS), '"input" or "node_level"'),

@@ -313,6 +313,7 @@ def test_bad_inputs_and_settings_raise_clear_errors():
         model(x, v, h, edge_index, edge_attr, empty_graph, bonds=bonds)
     for bad, message in ((dict(num_clusters=0), "num_clusters must be an integer >= 1"),
                          (dict(decoder_layers=0), "decoder_layers must be an integer >= 1"),
+                         (dict(num_clusters=129), "num_clusters = 129 is above the limit of 128"),
                          (dict(link_weight=-1.0), "link_weight must be a finite number >= 0"),
                          (dict(assignment="global"), "assignment must be one of"),
                          (dict(cluster_inputs="output"), "cluster_inputs must be one of"),

@@ -262,10 +262,15 @@ def paper_key(record: dict, letter: str) -> Optional[str]:
         else:
             return {"F": "nbody_f_mse", "A": "nbody_a_mse"}[letter]
         return key if letter == "F" else None  # those studies report the F-MSE only
+    backbone = model.get("backbone", "egnn")  # absent from logs written before the option existed: EGNO's
     if data["name"] == "mocap":
-        return {"F": "mocap_run_f_mse", "A": "mocap_run_a_mse"}[letter]
+        return {"F": "mocap_run_f_mse", "A": "mocap_run_a_mse"}[letter] if backbone == "egnn" else None
     if data["name"] == "protein":
-        return "protein_adk_f_mse" if letter == "F" else None
+        if letter != "F":
+            return None
+        if backbone == "eghn":
+            return "protein_adk_f_mse_eghn" if model["num_modes"] == 0 else "protein_adk_f_mse_eghno"
+        return "protein_adk_f_mse"
     return None  # the MD17 stand-in is not the paper's data
 
 
@@ -427,6 +432,14 @@ def label_problems(label: str, record: dict) -> List[str]:
     version = 2 if "md17v2" in record["path"].parent.name else 1
     if data["name"] == "md17" and not said(r"\bv\d+\b"):
         problems += equal(1, version, "Experiment: stand-in generator version")
+    # the model: a label naming EGHNO (temporal convolutions) or EGHN (none) is a run of the "eghn" backbone, and
+    # such a run's label names one of them
+    backbone = model.get("backbone", "egnn")
+    hierarchy = "EGHNO" if said(r"\bEGHNO\b") else "EGHN" if said(r"\bEGHN\b") else None
+    expected = None if backbone == "egnn" else "EGHN" if model["num_modes"] == 0 else "EGHNO"
+    problems += equal(hierarchy, expected, "Experiment: the model named (EGHNO, EGHN or EGNO)")
+    if backbone == "eghn" and not said(r"\bK = \d+"):
+        problems += equal(model["num_clusters"], shipped["model"].get("num_clusters"), "Experiment: clusters K")
     key = paper_key(record, "F")
     source = paper_numbers().get(key, {}).get("source") if key else None
 
@@ -445,6 +458,9 @@ def label_problems(label: str, record: dict) -> List[str]:
         (r"\bv(\d+)\b", lambda m: equal(int(m.group(1)), version, "stand-in generator version (md17v2 runs)")),
         (r"\bEGNO-([LU])\b", lambda m: equal({"L": "last", "U": "uniform"}[m.group(1)], data["discretisation"],
                                             "target frames")),
+        (r"\bK = (\d+)", lambda m: equal(int(m.group(1)), model.get("num_clusters"), "clusters K")),
+        (r"\b(\d+)-minute budget", lambda m: equal(float(m.group(1)), train.get("max_minutes"),
+                                                   "the training-time budget (train.max_minutes)")),
     ]
     return problems + apply_rules(label, rules, "Experiment")
 

@@ -10,7 +10,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor, nn
 
 from ..backends import OPS, check_backend_name, resolve_backend
-from ..config import BACKBONES, EGHN_DEFAULTS
+from ..config import BACKBONES, EGHN_DEFAULTS, MAX_CLUSTERS
 from ..graph import Graph, GraphInputError, graph_mean, validate_node_inputs
 from ..nn import EGNNLayer, SinusoidalTimeEmbedding, TemporalConv, VectorTemporalConv
 from ..nn.temporal_conv import vector_temporal_block
@@ -151,6 +151,10 @@ class EGNO(nn.Module):
                     and 0 <= link_weight < float("inf")):
                 raise ValueError(f"link_weight must be a finite number >= 0, got {link_weight!r}")
             self.link_weight = float(link_weight)
+            if num_clusters > MAX_CLUSTERS:
+                raise ValueError(f"num_clusters = {num_clusters} is above the limit of {MAX_CLUSTERS}: the cluster "
+                                 f"level is a complete graph of K^2 edges per graph and frame and the assignment a "
+                                 f"dense N x K matrix (docs/eghno.md, cost)")
             self.hierarchy = EGHNBackbone(hidden_dim, edge_dim, num_layers, num_clusters, pooling_layers,
                                           decoder_layers, num_modes, self.temporal_channels, options, assignment,
                                           cluster_inputs)
