@@ -34,6 +34,7 @@ import torch
 import egno_fast.cpp
 from egno_fast import EGNO, build_graph
 from egno_fast.data.batching import complete_graph_edges
+from egno_fast.data.io import atomic_path
 from egno_fast.ops import periodic_radius_graph, radius_graph
 
 from .cases import knn_graph
@@ -201,10 +202,8 @@ def main(argv: List[str] | None = None) -> int:
               f"neighbours): cpp {point['cpp_s'] * 1e3:.1f} ms, ASE neighbor_list {point['ase_s'] * 1e3:.1f} ms"
               f"{reference}", flush=True)
     if args.output:
-        with open(args.output + ".tmp", "w") as handle:
-            json.dump(report, handle, indent=1)
-        import os
-        os.replace(args.output + ".tmp", args.output)
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(json.dumps(report, indent=1))
     return 0
 
 

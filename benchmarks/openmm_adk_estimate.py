@@ -18,6 +18,8 @@ import os
 import platform
 import time
 
+from egno_fast.data.io import atomic_path
+
 SPAN_NS = 1004.64  # the paper's trajectory: 4187 frames, 240 ps apart (MDAnalysisData adk_equilibrium)
 FRAMES = 4187
 STEP_FS = 2.0
@@ -66,9 +68,8 @@ def main(argv=None) -> int:
           f"with {args.threads} threads ({point['ns_per_day']:.3f} ns/day); {SPAN_NS:.0f} ns = {total_steps:.3g} steps "
           f"= {point['days_for_span']:.0f} days")
     if args.output:
-        with open(args.output + ".tmp", "w") as handle:
-            json.dump(point, handle, indent=1)
-        os.replace(args.output + ".tmp", args.output)
+        with atomic_path(args.output) as tmp:
+            tmp.write_text(json.dumps(point, indent=1))
     return 0
 
 
