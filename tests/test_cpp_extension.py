@@ -97,7 +97,8 @@ def test_unwritable_build_folder_is_named(tmp_path, monkeypatch):
 
 
 def test_build_cache_key_covers_sources_flags_and_torch(monkeypatch, tmp_path):
-    """The cache folder changes with the sources, the -march flag and torch's version; it is stable otherwise."""
+    """The cache folder changes with the sources, their folder, the -march flag and torch's version; it is stable
+    otherwise."""
     from egno_fast.cpp import build
 
     monkeypatch.setenv("EGNO_FAST_CUDA", "0")
@@ -107,10 +108,13 @@ def test_build_cache_key_covers_sources_flags_and_torch(monkeypatch, tmp_path):
     shutil.copytree(build.source_root(), edited)
     assert build.build_plan().directory == first.directory
     monkeypatch.setattr(build, "source_root", lambda: edited)
-    assert build.build_plan().directory == first.directory  # the same sources elsewhere: the same build
+    # the same sources elsewhere (another clone, a git worktree): a folder of their own, since torch writes the
+    # sources' paths into the build folder and would otherwise recompile each tree's objects for the other
+    elsewhere = build.build_plan().directory
+    assert elsewhere != first.directory and build.build_plan().directory == elsewhere
     with open(edited / "cpu" / "tiles.h", "a") as header:  # a header counts too
         header.write("\n")
-    assert build.build_plan().directory != first.directory
+    assert build.build_plan().directory not in (first.directory, elsewhere)
     monkeypatch.undo()
     monkeypatch.setenv("EGNO_FAST_CUDA", "0")
     assert first.directory.parent == build.cache_root() and "-march=native" in first.cxx_flags

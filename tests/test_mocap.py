@@ -110,3 +110,22 @@ def test_a_damaged_file_is_refused_naming_the_array_and_entry(mocap_path, tmp_pa
     with pytest.raises(ValueError, match=message) as raised:
         mocap_datasets(path)
     assert str(raised.value).startswith(f"{path}: ") and "\n" not in str(raised.value)
+
+
+def test_eghno_mocap_uses_the_bones_and_trains(tmp_path, splits):
+    """The skeleton's bones (both directions) are each sample's bond graph; `--config eghno_mocap` (shrunk) trains
+    with the link loss in its objective and writes a model file that evaluates."""
+    from egno_fast.cli import main
+
+    sample = splits["train"][0]
+    bones = {tuple(pair) for pair in sample.bonds.T.tolist()}
+    assert len(bones) == sample.bonds.shape[1] == 2 * 30 and all((j, i) in bones for i, j in bones)
+    hop = splits["train"].hop
+    assert bones == {tuple(pair) for pair in sample.edge_index[:, hop == 1].T.tolist()}
+    batch = collate_graphs([splits["train"][i] for i in range(3)])
+    assert torch.equal(batch.bonds[:, -sample.bonds.shape[1]:], sample.bonds + 62)  # offset per graph
+    run_dir = tmp_path / "run"
+    settings = ["train.epochs=1", "model.hidden_dim=8", "data.max_train_samples=12", "data.max_eval_samples=12"]
+    assert main(["train", "--config", "eghno_mocap", "--run-dir", str(run_dir), "--no-progress",
+                 *[a for s in settings for a in ("--set", s)]]) == 0
+    assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress"]) == 0

@@ -103,3 +103,31 @@ def test_protein_config_and_smoke_training(tmp_path):
     assert result.epochs_run == 2 and np.isfinite(result.test_f_mse)
     with pytest.raises(ValueError, match="both"):
         make_datasets(apply_overrides(config, ['data.topology="adk.psf"']).data)
+
+
+def test_eghno_protein_trains_and_evaluates_from_the_command_line(adk, tmp_path, capsys):
+    """`egno-fast train --config eghno_protein` (shrunk) and `egno-fast eval` of its model file: the backbone and
+    its settings travel in the model file; each sample carries the topology's backbone bonds."""
+    import json
+
+    from egno_fast.cli import main
+
+    config = load_config("eghno_protein")
+    assert (config.model.backbone, config.model.num_clusters, config.model.pooling_layers,
+            config.model.decoder_layers, config.model.link_weight) == ("eghn", 20, 4, 2, 2.0)
+    sample = make_datasets(apply_overrides(config, ["data.max_train_samples=1"]).data)["train"][0]
+    _, _, (_, _, bonds) = adk
+    assert torch.equal(sample.bonds, torch.as_tensor(bonds))
+    run_dir = tmp_path / "run"
+    settings = ["train.epochs=1", "model.hidden_dim=8", "model.num_layers=1", "model.pooling_layers=1",
+                "model.decoder_layers=1", "data.max_train_samples=2", "data.max_eval_samples=1",
+                "train.batch_size=2", "train.plot_samples=1", f'data.data_dir="{tmp_path}"']
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert main(["train", "--config", "eghno_protein", "--run-dir", str(run_dir), "--no-progress",
+                     *[a for s in settings for a in ("--set", s)]]) == 0
+        assert "cluster_egnn_layer=reference" in capsys.readouterr().out
+        assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress", "--output",
+                     str(tmp_path / "eval.json")]) == 0
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["config"]["model"]["backbone"] == "eghn" and np.isfinite(evaluation["f_mse"])

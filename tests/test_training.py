@@ -436,3 +436,18 @@ def test_a_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(data_dir,
     from egno_fast.cli import _user_error
 
     assert _user_error(raised.value) == str(raised.value)  # a user-facing line (exit 2), not a traceback
+
+
+def test_the_link_loss_enters_the_objective_but_not_the_metrics(tmp_path, data_dir):
+    """The "eghn" backbone's aux_loss (link_weight x link loss) is minimised with the A-MSE: a large weight changes
+    the training from its first step on; the logged training A-MSE and the evaluations are the position errors
+    alone (the link loss is about 1 per graph, so a weight of 1e4 in the logged loss would show)."""
+    curves = {}
+    for weight in (0.0, 1e4):
+        config = tiny_config(data_dir, "train.epochs=2", 'model.backbone="eghn"', "model.num_clusters=2",
+                             "model.pooling_layers=1", "model.decoder_layers=1", f"model.link_weight={weight}")
+        train(config, tmp_path / str(weight), progress=False)
+        records = [json.loads(line) for line in (tmp_path / str(weight) / "metrics.jsonl").read_text().splitlines()]
+        curves[weight] = [(r["train_a_mse"], r["val_f_mse"]) for r in records if r["event"] == "eval"]
+    assert curves[0.0] != curves[1e4]
+    assert all(loss < 100 and val < 100 for loss, val in curves[1e4])

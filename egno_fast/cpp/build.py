@@ -9,8 +9,9 @@ reinstall of the package does not rebuild it.
 
 The cache folder is ``$EGNO_FAST_BUILD_DIR`` (default ``~/.cache/egno_fast/extensions``), one subfolder per key: a
 hash of the sources (everything in ``csrc/``), the compiler flags, the compiler's version, torch's and Python's
-versions, CUDA's, and (since the default flags include ``-march=native``) the CPU model and feature flags, so a build
-is never loaded on a machine or torch it was not made for. Concurrent processes (torchrun ranks, test workers) wait
+versions, CUDA's, the source folder's path (each clone or worktree builds once, in its own folder), and (since the
+default flags include ``-march=native``) the CPU model and feature flags, so a build is never loaded on a machine or
+torch it was not made for. Concurrent processes (torchrun ranks, test workers) wait
 for one build (torch's file lock in the build folder).
 
 Switches (environment): ``EGNO_FAST_NO_EXTENSION=1`` never builds (the "cpp" backend reports itself unavailable);
@@ -162,7 +163,9 @@ def build_plan() -> BuildPlan:
     key = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh")):
         key.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    facts = [torch.__version__, str(torch.version.cuda), sys.version, platform.platform(), _compiler_version(cxx),
+    # the source folder too: torch writes its paths into the folder's build.ninja, so two trees of the same sources
+    # (a clone and a git worktree) sharing one folder would rebuild each other's objects on every first use
+    facts = [str(root.resolve()), torch.__version__, str(torch.version.cuda), sys.version, platform.platform(), _compiler_version(cxx),
              repr(cxx_flags), repr(cuda_flags), repr(link_flags), os.environ.get("TORCH_CUDA_ARCH_LIST", "")]
     if arch == "native":
         facts.append(cpu_fingerprint())
