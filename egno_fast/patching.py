@@ -39,8 +39,10 @@ def patch(model: nn.Module, backend: str = "triton", ops: Iterable[str] = OPS) -
     if backend != "auto":
         for op in ops:
             resolve_backend(backend, _device(model), op)  # raises, naming the reason
+    # EGNN layers with per-frame edge features (EGHNO's cluster level) run on the reference only: not targets
     targets = {name: module for name, module in model.named_modules()
-               if isinstance(module, EGNO) or (type(module) in _LAYER_OP and _LAYER_OP[type(module)] in ops)}
+               if isinstance(module, EGNO) or (type(module) in _LAYER_OP and _LAYER_OP[type(module)] in ops
+                                               and not getattr(module, "frame_edge_dim", 0))}
     if not targets:
         raise ValueError("the model holds no egno_fast EGNN layers or temporal convolutions to patch")
     saved: Dict[str, Union[str, Dict[str, str]]] = {name: module.backend for name, module in targets.items()}

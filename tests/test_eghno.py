@@ -320,3 +320,20 @@ def test_bad_inputs_and_settings_raise_clear_errors():
                          (dict(backbone="gmn"), "backbone must be one of")):
         with pytest.raises(ValueError, match=message):
             make_eghno(**bad)
+
+
+def test_patching_an_eghno_model_leaves_its_cluster_level_on_the_reference():
+    from egno_fast import patch, unpatch
+
+    if unavailable_reason("cpp", "egnn_layer", "cpu") is not None:
+        pytest.skip("the cpp backend is unavailable here")
+    model = make_eghno()
+    x, v, h, edge_index, edge_attr, batch, bonds = ragged_batch(16)
+    want = model(x, v, h, edge_index, edge_attr, batch, bonds=bonds).x
+    patch(model, "cpp")
+    assert [layer.backend for layer in model.hierarchy.node_layers] == ["cpp", "cpp"]
+    assert [layer.backend for layer in model.hierarchy.cluster_layers] == ["reference", "reference"]
+    torch.testing.assert_close(model(x, v, h, edge_index, edge_attr, batch, bonds=bonds).x, want)
+    assert model.active_backend["cluster_egnn_layer"] == "reference"
+    unpatch(model)
+    assert [layer.backend for layer in model.hierarchy.node_layers] == ["reference", "reference"]

@@ -125,8 +125,9 @@ class EGHNBackbone(nn.Module):
         displacement = x_node - x_in  # f [N, P, 3]
         x_src, v_src = (x_in, v_in) if self.cluster_inputs == "input" else (x_node, v_node)
 
+        message_passing = torch.stack([graph.sender, graph.receiver])
         if bonds is None:
-            bonds = torch.stack([graph.sender, graph.receiver])
+            bonds = message_passing
         sender, receiver = bonds
         bond_length2 = (x[receiver] - x[sender]).square().sum(-1, keepdim=True)  # [b, 1]
         mean = graph_mean(x_src.flatten(1), graph).view_as(x_src)
@@ -143,9 +144,7 @@ class EGHNBackbone(nn.Module):
                                                         dim=-1))
         cluster_x, cluster_v, cluster_centre, cluster_h = pooled.split([3, 3, 3, h_node.shape[-1]], dim=-1)
         cluster_graph = complete_cluster_graph(graph.num_graphs, self.num_clusters, x.device)
-        edge_features = cluster_edge_features(pooled_adjacency(assignment, torch.stack([graph.sender,
-                                                                                        graph.receiver])),
-                                              cluster_graph)
+        edge_features = cluster_edge_features(pooled_adjacency(assignment, message_passing), cluster_graph)
         loss = link_loss(pooled_adjacency(assignment, bonds))
         new_x, _, new_h = self._level(self.cluster_layers, self.cluster_scalar_convs, self.cluster_vector_convs,
                                       cluster_x, cluster_v, self.cluster_embedding(cluster_h), cluster_graph,
