@@ -1,7 +1,11 @@
 """What a microsecond-long AdK trajectory (the EGNO paper's protein data) would cost to make here with OpenMM: the
-measured speed of a short run of solvated AdK on the CPU platform, extrapolated (the trajectory itself is not made).
+solvated system's size, and (``--steps`` > 0) the measured speed of a short run on the CPU platform, extrapolated
+(the trajectory itself is not made).
 
     python -m benchmarks.openmm_adk_estimate [--steps 100] [--threads 2] [--output estimate.json]
+
+``--steps 0`` builds the system only (half a minute); a measured rate needs minutes to tens of minutes on two
+cores (the minimisation of a 50k-atom system dominates).
 
 The system: the AdK structure MDAnalysisTests ships (adk_open.pdb, 3341 atoms, the protein of the paper's
 trajectory), CHARMM36 with its TIP3P water (the force field family of the paper's trajectory), a cubic box with 1 nm
@@ -35,6 +39,10 @@ def measure(steps: int, threads: int) -> dict:
     forcefield = app.ForceField("charmm36.xml", "charmm36/water.xml")
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.addSolvent(forcefield, padding=1.0 * unit.nanometer, ionicStrength=0.15 * unit.molar)
+    box = modeller.topology.getPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
+    size = dict(openmm=openmm.__version__, atoms=modeller.topology.getNumAtoms(), box_nm=box, threads=threads)
+    if steps == 0:
+        return size
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME,
                                      nonbondedCutoff=1.0 * unit.nanometer, constraints=app.HBonds)
     integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, STEP_FS * unit.femtoseconds)
@@ -48,9 +56,7 @@ def measure(steps: int, threads: int) -> dict:
     begin = time.perf_counter()
     simulation.step(steps)
     seconds = time.perf_counter() - begin
-    box = modeller.topology.getPeriodicBoxVectors()[0][0].value_in_unit(unit.nanometer)
-    return dict(openmm=openmm.__version__, atoms=modeller.topology.getNumAtoms(), box_nm=box, threads=threads,
-                steps=steps, seconds=seconds, steps_per_s=steps / seconds,
+    return dict(size, steps=steps, seconds=seconds, steps_per_s=steps / seconds,
                 ns_per_day=steps / seconds * STEP_FS * 1e-6 * 86400)
 
 
@@ -63,10 +69,13 @@ def main(argv=None) -> int:
     point = measure(args.steps, args.threads)
     total_steps = SPAN_NS * 1e6 / STEP_FS
     point.update(machine=platform.processor() or platform.machine(), span_ns=SPAN_NS, frames=FRAMES,
-                 steps_for_span=total_steps, days_for_span=total_steps / point["steps_per_s"] / 86400)
-    print(f"solvated AdK: {point['atoms']} atoms in a {point['box_nm']:.2f} nm box; {point['steps_per_s']:.2f} steps/s "
-          f"with {args.threads} threads ({point['ns_per_day']:.3f} ns/day); {SPAN_NS:.0f} ns = {total_steps:.3g} steps "
-          f"= {point['days_for_span']:.0f} days")
+                 steps_for_span=total_steps)
+    print(f"solvated AdK: {point['atoms']} atoms in a {point['box_nm']:.2f} nm box; {SPAN_NS:.0f} ns = "
+          f"{total_steps:.3g} steps of {STEP_FS} fs")
+    if args.steps:
+        point["days_for_span"] = total_steps / point["steps_per_s"] / 86400
+        print(f"{point['steps_per_s']:.2f} steps/s with {args.threads} threads ({point['ns_per_day']:.3f} ns/day): "
+              f"{point['days_for_span']:.0f} days for the span")
     if args.output:
         with atomic_path(args.output) as tmp:
             tmp.write_text(json.dumps(point, indent=1))
