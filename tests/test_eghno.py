@@ -337,3 +337,40 @@ def test_patching_an_eghno_model_leaves_its_cluster_level_on_the_reference():
     assert model.active_backend["cluster_egnn_layer"] == "reference"
     unpatch(model)
     assert [layer.backend for layer in model.hierarchy.node_layers] == ["reference", "reference"]
+
+
+# --------------------------------------------------------------------------- numbers in the docs
+
+def test_the_readme_reports_the_committed_eghno_benchmark():
+    import json
+    import re
+
+    from conftest import REPO
+
+    target = json.loads((REPO / "benchmarks/results/cpu-eghno-20261202/target.json").read_text())
+    speedup = {point["case"]: point["speedup"] for point in target["model"]}
+    paragraph = re.search(r"^EGHNO \(`backbone=\"eghn\"`.*?(?=\n\n)", (REPO / "README.md").read_text(),
+                          flags=re.S | re.M).group(0)
+    shown = [float(x) for x in re.findall(r"(\d+\.\d+)x", paragraph)]
+    assert shown == [round(speedup[c], 2) for c in ("eghno_protein", "protein", "eghno_nbody", "nbody")]
+    assert all(p["ran"]["cluster_egnn_layer"] == "reference" for p in target["model"] if "eghno" in p["case"])
+    assert all(p["output_rel_diff"] < 1e-4 and p["grad_diff_of_largest"] < 1e-5 for p in target["model"])
+
+
+def test_the_openmm_estimate_follows_from_its_probe():
+    import json
+    import re
+
+    from conftest import REPO
+
+    probe = json.loads((REPO / "benchmarks/results/cpu-openmm-adk-20261202/estimate.json").read_text())
+    text = (REPO / "docs/eghno_openmm_estimate.md").read_text()
+    assert f"**{probe['atoms']} atoms**" in text and f"**{probe['box_nm']:.2f} nm**" in text
+    assert f"**{probe['steps_for_span']:.2e} steps**".replace("e+0", "e") in text
+    water_atoms, water_rate = (float(x) for x in re.search(r"\((\d+)\s+atoms, PME, 2 fs steps\) at about "
+                                                           r"\*\*(\d+) steps/s\*\*", text).groups())
+    rate = water_rate * water_atoms / probe["atoms"]
+    assert f"**{rate:.1f} steps/s**" in text
+    days = probe["steps_for_span"] / rate / 86400
+    assert f"about **{round(days, -1):.0f} days ({days / 365.25:.1f} years)**" in text
+    assert f"about {days / 10:.0f} days" in text
