@@ -26,7 +26,8 @@ def export_for_inference(model: EGNO, x: Tensor, v: Tensor, h: Tensor, graph: Gr
     """Export ``model`` (in eval mode, without gradients) on the example batch ``(x, v, h, graph)``.
 
     Args:
-        model:   an :class:`EGNO` with the backend the program should call ("cpp" on CPU: its registered operators).
+        model:   an :class:`EGNO` with the backend the program should call ("cpp" on CPU: its registered operators);
+                 the "egnn" backbone (EGHNO's forward reads graph sizes on the host: it is refused).
         x, v:    [N, 3] example positions and velocities; h: [N, k] example node features.
         graph:   the example batch's :class:`Graph` (from :func:`egno_fast.build_graph`).
         dynamic: leave the numbers of nodes, edges and graphs symbolic (each must be at least 2 in the example:
@@ -36,7 +37,11 @@ def export_for_inference(model: EGNO, x: Tensor, v: Tensor, h: Tensor, graph: Gr
     Raises:
         GraphInputError: ``dynamic`` with an example batch of fewer than 2 nodes, edges or graphs.
         RuntimeError: this torch has no ``torch.export.Dim.AUTO`` (torch < 2.6) and ``dynamic`` was asked for.
+        ValueError: a model of another backbone than "egnn".
     """
+    if getattr(model, "backbone", "egnn") != "egnn":
+        raise ValueError(f"export_for_inference supports the 'egnn' backbone, not {model.backbone!r} (its forward "
+                         f"reads graph sizes on the host)")
     shapes = None
     if dynamic:
         counts = {"nodes": graph.num_nodes, "edges": graph.num_edges, "graphs": graph.num_graphs}

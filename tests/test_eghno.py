@@ -303,8 +303,11 @@ def test_bad_inputs_and_settings_raise_clear_errors():
     crossing = torch.cat([bonds, torch.tensor([[0], [6]])], 1)
     with pytest.raises(GraphInputError, match="joins two different graphs"):
         model(x, v, h, edge_index, edge_attr, batch, bonds=crossing)
-    with pytest.raises(GraphInputError, match=r"bonds must be an integer tensor of shape \[2, b\]"):
-        model(x, v, h, edge_index, edge_attr, batch, bonds=bonds.double())
+    for wrong in (bonds.double(), bonds.to(torch.uint8), bonds[0]):
+        with pytest.raises(GraphInputError, match=r"bonds must be an int64 or int32 tensor of shape \[2, b\]"):
+            model(x, v, h, edge_index, edge_attr, batch, bonds=wrong)
+    with pytest.raises(GraphInputError, match="bonds are on meta, the inputs on cpu"):
+        model(x, v, h, edge_index, edge_attr, batch, bonds=bonds.to("meta"))
     with pytest.raises(GraphInputError, match="does not support periodic graphs"):
         model(x, v, h, edge_index, edge_attr, batch, edge_shift=torch.zeros(edge_index.shape[1], 3,
                                                                              dtype=torch.float64))
@@ -374,3 +377,12 @@ def test_the_openmm_estimate_follows_from_its_probe():
     days = probe["steps_for_span"] / rate / 86400
     assert f"about **{round(days, -1):.0f} days ({days / 365.25:.1f} years)**" in text
     assert f"about {days / 10:.0f} days" in text
+
+
+def test_export_refuses_the_hierarchical_backbone():
+    from egno_fast import export_for_inference
+
+    model = make_eghno()
+    x, v, h, edge_index, edge_attr, batch, bonds = ragged_batch(17)
+    with pytest.raises(ValueError, match="supports the 'egnn' backbone, not 'eghn'"):
+        export_for_inference(model, x, v, h, build_graph(edge_index, x.shape[0], edge_attr, batch))

@@ -196,7 +196,7 @@ inline ActivationRows<T> activation_rows(const at::Tensor& acts, int64_t row0) {
 
 // A tile's own activation buffer [6, rows_max, H] (recompute mode: nothing stored between forward and backward).
 template <typename T>
-inline ActivationRows<T> buffer_rows(std::vector<T>& buffer, int64_t rows_max, int64_t hidden) {
+inline ActivationRows<T> buffer_rows(AlignedVector<T>& buffer, int64_t rows_max, int64_t hidden) {
   const int64_t plane = rows_max * hidden;
   buffer.resize(6 * plane);
   T* base = buffer.data();
@@ -267,7 +267,8 @@ void forward_impl(const EdgeForward<T>& f, const at::Tensor& rowptr, const EdgeC
 
   parallel_for_below_autograd(0, static_cast<int64_t>(bounds.size()) - 1, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
-    std::vector<T> pre_buf(rows_max * hidden), rel(rows_max * 3), act_buf;
+    AlignedVector<T> pre_buf(rows_max * hidden), act_buf;
+    std::vector<T> rel(rows_max * 3);
     at::Tensor ew_buf = at::empty({f.features > 0 ? tile_edges : 0, hidden}, f.opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       const int64_t n0 = bounds[g], n1 = bounds[g + 1];
@@ -393,10 +394,11 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
 
   parallel_for_below_autograd(0, num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
     const int64_t rows_max = tile_edges * frames;
-    std::vector<T> dpre_buf(rows_max * hidden);  // dL/dpre3, then dL/dpre2
-    std::vector<T> dact_buf(rows_max * hidden);  // dL/dm, then dL/dsilu(pre1)
+    AlignedVector<T> dpre_buf(rows_max * hidden);  // dL/dpre3, then dL/dpre2
+    AlignedVector<T> dact_buf(rows_max * hidden);  // dL/dm, then dL/dsilu(pre1)
     at::Tensor d1sum_buf = at::empty({tile_edges, hidden}, opts);
-    std::vector<T> rel(rows_max * 3), g_c(rows_max * 3), phi(rows_max), act_buf;  // g_c: dL/dc through the clamp
+    std::vector<T> rel(rows_max * 3), g_c(rows_max * 3), phi(rows_max);  // g_c: dL/dc through the clamp
+    AlignedVector<T> act_buf;
     at::Tensor ew_buf = at::empty({!stored && features > 0 ? tile_edges : 0, hidden}, opts);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* vec = part.vec[g].data_ptr<T>();
@@ -437,7 +439,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
             d_bc2 += dp;
           }
         }
-        d_wc1.addmm_(dpre.t(), tile_view(t.m, rows, hidden, opts));  // dL/dWc1 += dpre3^T m
+        add_transposed_product(d_wc1, dpre, tile_view(t.m, rows, hidden, opts));  // dL/dWc1 += dpre3^T m
         at::mm_out(dact, dpre, w.wc1);  // dL/dm from the coordinate MLP
         for (int64_t k = e0; k < e1; ++k) {
           const int64_t i = rcv[k];
@@ -447,7 +449,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
                           pdpre + r * hidden, d_b2);
           }
         }
-        d_w2.addmm_(dpre.t(), tile_view(t.act1, rows, hidden, opts));  // dL/dW2 += dpre2^T silu(pre1)
+        add_transposed_product(d_w2, dpre, tile_view(t.act1, rows, hidden, opts));  // dL/dW2 += dpre2^T silu(pre1)
         at::mm_out(dact, dpre, w.w2);   // dL/dsilu(pre1)
         // dL/dpre1: to A_i (receiver, here), B_j (sender pass), w_d, W_e, e_ij, and r through |r|^2
         T* d1 = d1_all.data_ptr<T>() + e0 * frames * hidden;
@@ -475,7 +477,7 @@ void backward_impl(const at::Tensor& g_msg, const at::Tensor& g_coord, const at:
           at::Tensor d1s = d1sum_buf.narrow(0, 0, e1 - e0);
           at::Tensor g_ea = g_edge_attr.narrow(0, e0, e1 - e0);
           at::mm_out(g_ea, d1s, w.we);
-          d_we.addmm_(d1s.t(), edge_attr.narrow(0, e0, e1 - e0));
+          add_transposed_product(d_we, d1s, edge_attr.narrow(0, e0, e1 - e0));
         }
       }
     }

@@ -151,7 +151,7 @@ void forward_impl(const at::Tensor& h, const at::Tensor& msg_sum, const at::Tens
   T* pxn = x_new.data_ptr<T>();
 
   parallel_for_below_autograd(0, tiles.num_tiles, 1, [&](int64_t t_begin, int64_t t_end) {
-    std::vector<T> pre_buf(tiles.tile_rows * hidden);
+    AlignedVector<T> pre_buf(tiles.tile_rows * hidden);
     for (int64_t tile = t_begin; tile < t_end; ++tile) {
       const int64_t r0 = tiles.first_row(tile), rows = tiles.count(tile), off = r0 * hidden;
       at::Tensor pre = tile_view(pre_buf.data(), rows, hidden, opts);
@@ -223,7 +223,7 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
   part.vec = at::zeros({tiles.num_groups, 5, hidden}, opts);
 
   parallel_for_below_autograd(0, tiles.num_groups, 1, [&](int64_t g_begin, int64_t g_end) {
-    std::vector<T> dv_buf(tiles.tile_rows * hidden), dn_buf(tiles.tile_rows * hidden);
+    AlignedVector<T> dv_buf(tiles.tile_rows * hidden), dn_buf(tiles.tile_rows * hidden);
     for (int64_t g = g_begin; g < g_end; ++g) {
       T* vec = part.vec[g].data_ptr<T>();
       T *d_bv1 = vec, *d_wv2 = vec + hidden, *d_bn1 = vec + 2 * hidden, *d_bn2 = vec + 3 * hidden;
@@ -265,12 +265,12 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
           }
         }
         const at::Tensor dv = tile_view(dv_buf.data(), rows, hidden, opts);
-        d_wv1.addmm_(dv.t(), h_tile);
+        add_transposed_product(d_wv1, dv, h_tile);
         at::mm_out(gh_tile, dv, w.wv1);
         // node MLP: dL/dsilu(pre_n) = g_h_new W_n2, then dL/dpre_n
         at::Tensor dn = tile_view(dn_buf.data(), rows, hidden, opts);
         at::mm_out(dn, gh_new_tile, w.wn2);
-        d_wn2.addmm_(gh_new_tile.t(), tile_view(a.act_n + off, rows, hidden, opts));
+        add_transposed_product(d_wn2, gh_new_tile, tile_view(a.act_n + off, rows, hidden, opts));
         for (int64_t r = 0; r < rows; ++r) {
           const T* ghr = ghn + off + r * hidden;
           const T* grad_n = a.grad_n + off + r * hidden;
@@ -281,8 +281,8 @@ void backward_impl(const at::Tensor& g_x_new, const at::Tensor& g_h_new, const a
             d_bn1[c] += dnr[c];
           }
         }
-        d_wn1_h.addmm_(dn.t(), h_tile);
-        d_wn1_m.addmm_(dn.t(), m_tile);
+        add_transposed_product(d_wn1_h, dn, h_tile);
+        add_transposed_product(d_wn1_m, dn, m_tile);
         gh_tile.addmm_(dn, w.wn1_h);
         at::mm_out(gm_tile, dn, w.wn1_m);
       }

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include "parallel.h"
+#include "tiles.h"
 
 #include <cmath>
 #include <vector>
@@ -269,7 +270,8 @@ at::Tensor backward_pass(const T* grad_out, const T* x, const T* pre, T* grad_pr
         for (int64_t m = 0; m < L.modes; ++m) {
           const at::Tensor xm = at::from_blob(xs.data() + m * rows * c2, {rows, c2}, opts);
           const at::Tensor gm = at::from_blob(gs.data() + m * rows * c2, {rows, c2}, opts);
-          at::from_blob(part + m * c2 * c2, {c2, c2}, opts).addmm_(xm.t(), gm, /*beta=*/1, /*alpha=*/dft.inverse[m]);
+          at::Tensor part_m = at::from_blob(part + m * c2 * c2, {c2, c2}, opts);
+          add_transposed_product(part_m, xm, gm, dft.inverse[m]);
         }
       }
     }

@@ -257,7 +257,7 @@ class EGNO(nn.Module):
         self._report_backend(x.device)
         self._warn_if_image_dependent(graph)
         if self.backbone == "eghn":
-            self._check_hierarchy_inputs(graph, bonds)
+            self._check_hierarchy_inputs(graph, bonds, x.device, check_values=validating)
         inputs = (x, v, h)
 
         times = (torch.arange(self.num_frames, device=x.device, dtype=x.dtype) if frame_times is None
@@ -286,19 +286,24 @@ class EGNO(nn.Module):
             _require_finite_outputs(inputs, x, v, h)
         return EGNOOutput(x.transpose(0, 1), v.transpose(0, 1), h.transpose(0, 1))
 
-    def _check_hierarchy_inputs(self, graph: Graph, bonds: Optional[Tensor]) -> None:
-        """What the "eghn" backbone needs beyond EGNO's inputs: no periodic shifts, and a bond graph [2, b] of
-        integers inside the graphs (values checked when ``validate``)."""
+    def _check_hierarchy_inputs(self, graph: Graph, bonds: Optional[Tensor], device: torch.device,
+                                check_values: bool) -> None:
+        """What the "eghn" backbone needs beyond EGNO's inputs: no periodic shifts, and a bond graph [2, b] of int64
+        or int32 on the inputs' device, inside the graphs (values checked with ``check_values``: where the forward
+        validates a graph it builds; a batch's bonds from :func:`~egno_fast.data.collate_graphs` are trusted)."""
         if graph.edge_shift is not None:
             raise GraphInputError("the 'eghn' backbone does not support periodic graphs (edge shifts): its clusters "
                                   "pool absolute positions; use backbone='egnn'")
         if bonds is None:
             return
-        if not isinstance(bonds, Tensor) or bonds.dim() != 2 or bonds.shape[0] != 2 or bonds.is_floating_point() \
-                or bonds.dtype == torch.bool:
-            raise GraphInputError(f"bonds must be an integer tensor of shape [2, b], got "
-                                  f"{list(bonds.shape) if isinstance(bonds, Tensor) else type(bonds).__name__}")
-        if self.validate and bonds.numel():
+        if not isinstance(bonds, Tensor) or bonds.dim() != 2 or bonds.shape[0] != 2 \
+                or bonds.dtype not in (torch.int64, torch.int32):
+            raise GraphInputError("bonds must be an int64 or int32 tensor of shape [2, b], got "
+                                  + (f"{bonds.dtype} {list(bonds.shape)}" if isinstance(bonds, Tensor)
+                                     else type(bonds).__name__))
+        if bonds.device != device:
+            raise GraphInputError(f"bonds are on {bonds.device}, the inputs on {device}")
+        if check_values and bonds.numel():
             low, high = (int(value) for value in torch.aminmax(bonds))
             if low < 0 or high >= graph.num_nodes:
                 raise GraphInputError(f"bonds hold node indices in [{low}, {high}], outside [0, {graph.num_nodes})")

@@ -63,7 +63,7 @@ def assign_clusters(logits: Tensor, graph: Graph) -> ClusterAssignment:
         :class:`ClusterAssignment`. One host synchronisation (the largest graph's size).
     """
     counts = graph.nodes_per_graph
-    smallest, largest = (int(c) for c in torch.aminmax(counts)) if counts.numel() else (0, 0)
+    smallest, largest = torch.stack(torch.aminmax(counts)).tolist() if counts.numel() else (0, 0)
     if smallest < 1:
         raise GraphInputError("every graph of the batch needs at least one node to be pooled into clusters")
     first = torch.cumsum(counts, 0) - counts
