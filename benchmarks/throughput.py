@@ -31,7 +31,7 @@ def _step_records(config, dataset, device, backends, steps, batches_per_epoch) -
 
             def step():
                 optimizer.zero_grad(set_to_none=True)
-                out = model(batch.x, batch.v, batch.h, graph, bonds=batch.bonds)
+                out = model(batch.x, batch.v, batch.h, graph, **batch.model_keywords)
                 loss = frame_mse(out.x, batch.target).mean()
                 (loss if out.aux_loss is None else loss + out.aux_loss).backward()
                 optimizer.step()

@@ -344,7 +344,7 @@ def test_patching_an_eghno_model_leaves_its_cluster_level_on_the_reference():
 
 # --------------------------------------------------------------------------- numbers in the docs
 
-def test_the_readme_reports_the_committed_eghno_benchmark():
+def test_the_docs_report_the_committed_eghno_benchmark():
     import json
     import re
 
@@ -352,7 +352,7 @@ def test_the_readme_reports_the_committed_eghno_benchmark():
 
     target = json.loads((REPO / "benchmarks/results/cpu-eghno-20261202/target.json").read_text())
     speedup = {point["case"]: point["speedup"] for point in target["model"]}
-    paragraph = re.search(r"^EGHNO \(`backbone=\"eghn\"`.*?(?=\n\n)", (REPO / "README.md").read_text(),
+    paragraph = re.search(r"^EGHNO \(`backbone=\"eghn\"`.*?(?=\n\n)", (REPO / "docs/eghno.md").read_text(),
                           flags=re.S | re.M).group(0)
     shown = [float(x) for x in re.findall(r"(\d+\.\d+)x", paragraph)]
     assert shown == [round(speedup[c], 2) for c in ("eghno_protein", "protein", "eghno_nbody", "nbody")]

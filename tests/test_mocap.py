@@ -125,7 +125,8 @@ def test_eghno_mocap_uses_the_bones_and_trains(tmp_path, splits):
     batch = collate_graphs([splits["train"][i] for i in range(3)])
     assert torch.equal(batch.bonds[:, -sample.bonds.shape[1]:], sample.bonds + 62)  # offset per graph
     run_dir = tmp_path / "run"
-    settings = ["train.epochs=1", "model.hidden_dim=8", "data.max_train_samples=12", "data.max_eval_samples=12"]
+    settings = ["train.epochs=1", "model.hidden_dim=8", "data.max_train_samples=12", "data.max_eval_samples=12",
+                "train.batch_size=4"]
     assert main(["train", "--config", "eghno_mocap", "--run-dir", str(run_dir), "--no-progress",
                  *[a for s in settings for a in ("--set", s)]]) == 0
     assert main(["eval", "--checkpoint", str(run_dir / "model.pt"), "--no-progress"]) == 0

@@ -438,6 +438,9 @@ def label_problems(label: str, record: dict) -> List[str]:
     hierarchy = "EGHNO" if said(r"\bEGHNO\b") else "EGHN" if said(r"\bEGHN\b") else None
     expected = None if backbone == "egnn" else "EGHN" if model["num_modes"] == 0 else "EGHNO"
     problems += equal(hierarchy, expected, "Experiment: the model named (EGHNO, EGHN or EGNO)")
+    if "equal_time" in record["path"].parent.name:  # a run of an equal-time comparison says so, and its budget
+        problems += [] if "equal training time" in lowered else ["Experiment: an equal-time run's label says so"]
+        problems += [] if said(r"\d+-minute budget") else ["Experiment: an equal-time run's label names its budget"]
     if backbone == "eghn" and not said(r"\bK = \d+"):
         problems += equal(model["num_clusters"], shipped["model"].get("num_clusters"), "Experiment: clusters K")
     key = paper_key(record, "F")

@@ -70,6 +70,12 @@ class GraphBatch(NamedTuple):
     bonds: Optional[Tensor] = None
 
     @property
+    def model_keywords(self) -> dict:
+        """The keyword inputs of the model's forward that the batch carries: ``bonds`` where the data set gives them
+        (the "eghn" backbone's bond graph; without them it uses the message-passing graph)."""
+        return {} if self.bonds is None else {"bonds": self.bonds}
+
+    @property
     def num_graphs(self) -> int:
         return int(self.batch[-1]) + 1 if self.batch.numel() else 0
 

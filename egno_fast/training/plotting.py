@@ -23,7 +23,7 @@ def plot_trajectories(model: torch.nn.Module, dataset: Dataset, path: str | Path
     num_samples = max(1, min(num_samples, len(dataset)))
     model.eval()
     batch = collate_graphs([dataset[i] for i in range(num_samples)]).to(device)
-    pred = model(batch.x, batch.v, batch.h, batch.graph(), bonds=batch.bonds).x  # [P, N, 3]
+    pred = model(batch.x, batch.v, batch.h, batch.graph(), **batch.model_keywords).x  # [P, N, 3]
     true_paths = torch.cat([batch.x[None], batch.target]).cpu()  # [P + 1, N, 3]
     pred_paths = torch.cat([batch.x[None], pred]).cpu()
     fig, axes = plt.subplots(1, num_samples, figsize=(4.5 * num_samples, 4.5), squeeze=False)

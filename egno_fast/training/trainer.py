@@ -134,7 +134,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     for batch in loader:
         graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
         batch = batch.to(device)
-        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times, bonds=batch.bonds).x
+        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times, **batch.model_keywords).x
         errors = frame_squared_error(pred, batch.target)
         squared = errors if squared is None else squared + errors
         count += batch.target.shape[1] * batch.target.shape[2]
@@ -328,7 +328,7 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
                 graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                out = trained(batch.x, batch.v, batch.h, graph, bonds=batch.bonds)
+                out = trained(batch.x, batch.v, batch.h, graph, **batch.model_keywords)
                 losses = frame_mse(out.x, batch.target)
                 loss = losses.mean()  # the A-MSE; the "eghn" backbone's weighted link loss adds to what is minimised
                 (loss if out.aux_loss is None else loss + out.aux_loss).backward()
