@@ -48,10 +48,6 @@ class ClusterAssignment(NamedTuple):
     batch: Tensor
     position: Tensor
 
-    @property
-    def num_clusters(self) -> int:
-        return self.scores.shape[-1]
-
 
 def assign_clusters(logits: Tensor, graph: Graph) -> ClusterAssignment:
     """Softmax the cluster logits of every node and lay them out per graph.
