@@ -3,7 +3,8 @@
 Main entry points: :class:`EGNO` (the model), :func:`build_graph` (a batch of graphs as a receiver-sorted CSR),
 :mod:`egno_fast.nn` (drop-in layers), :mod:`egno_fast.ops` (the ops: reference and fused, functional),
 :mod:`egno_fast.backends` (explicit backend choice), :func:`patch` / :func:`unpatch` (swap an existing model's
-layers to fused kernels in place), :func:`export_for_inference` (torch.export on a prebuilt graph).
+layers to fused kernels in place), :func:`export_for_inference` (torch.export on a prebuilt graph), :func:`rollout`
+(windows chained into a long trajectory).
 
 The names above are imported on first access (PEP 562): ``import egno_fast`` alone does not import torch, so the
 command line (``egno-fast --help``) answers at once.
@@ -22,11 +23,13 @@ _LAZY = {
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
     "patch": ".patching", "unpatch": ".patching",
     "export_for_inference": ".export", "load_exported_program": ".export",
+    "rollout": ".rollout",
 }
 
 __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "periodic_radius_graph",
            "BackendUnavailableError",
-           "backend_status", "export_for_inference", "load_exported_program", "patch", "unpatch", "__version__"]
+           "backend_status", "export_for_inference", "load_exported_program", "patch", "rollout", "unpatch",
+           "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports on first use
     from .backends import BackendUnavailableError, backend_status
@@ -35,6 +38,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .ops import build_graph, periodic_radius_graph
     from .models import EGNO, EGNOOutput
     from .patching import patch, unpatch
+    from .rollout import rollout
 
 
 def __getattr__(name: str) -> Any:

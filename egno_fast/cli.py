@@ -1,4 +1,4 @@
-"""Command line: ``egno-fast {data,train,eval,info}`` (also ``python -m egno_fast``).
+"""Command line: ``egno-fast {data,train,eval,rollout,info}`` (also ``python -m egno_fast``).
 
 A user's mistake (a config value of the wrong type, a backend or device this machine lacks, a missing file, ...)
 ends the command with one line on stderr, ``egno-fast COMMAND: error: PROBLEM; FIX``, and exit status 2; ``--debug``
@@ -219,6 +219,47 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from .config import ExperimentConfig
+    from .models import EGNO
+    from .rollout import ROLLOUT_FILES, horizon_summary, rollout, write_rollout
+    from .training.checkpoint import load_model_file
+    from .training.trainer import git_commit
+
+    if args.windows < 1:
+        raise CommandLineError(f"--windows must be at least 1, got {args.windows}")
+    if args.frame < 0:
+        raise CommandLineError(f"--frame must be at least 0, got {args.frame}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise CommandLineError(f"--output {output} is a file; give a folder for the rollout's files")
+    existing = [name for name in ROLLOUT_FILES if (output / name).exists()]
+    if existing:
+        raise CommandLineError(f"{output} already holds a rollout ({existing[0]}); give another --output folder or "
+                               f"remove it")
+    device = check_device(args.device)
+    state = load_model_file(args.checkpoint)
+    config = ExperimentConfig.from_dict(state["config"])
+    if config.data.name not in ("trajectory", "water"):
+        raise CommandLineError(f"{args.checkpoint} was trained on the {config.data.name!r} data set; a rollout reads "
+                               f"a trajectory file and needs a model trained on a 'trajectory' or 'water' data set")
+    if args.data_dir:
+        config.data.data_dir = args.data_dir
+    backend = args.backend or config.model.backend
+    check_backend(backend, device)
+    model = EGNO.from_model_record(state, backend).to(device)
+    result = rollout(model, config.data, args.input, frame=args.frame, windows=args.windows,
+                     topology=args.topology or "", velocity=args.velocity, device=device)
+    record = dict(command=_command_line(args), checkpoint=str(args.checkpoint), checkpoint_epoch=state["epoch"],
+                  input=str(args.input), git_commit=git_commit())
+    paths = write_rollout(result, output, record)
+    print(f"rollout of {args.windows} windows ({result.frames[-1]} frames) from frame {args.frame} of {args.input}: "
+          + horizon_summary(result))
+    for name, path in paths.items():
+        print(f"  {path}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import numpy
     import torch
@@ -308,6 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
                                "--set data.trajectory=other.dcd (repeatable; data settings only)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_eval)
+
+    roll = commands.add_parser("rollout", help="chain a model's windows into a long trajectory (extxyz, DCD + PDB) "
+                                                    "and its error against the file's continuation")
+    roll.add_argument("--checkpoint", required=True, help="a model file or training checkpoint (RUN/best.pt)")
+    roll.add_argument("--input", required=True, help="the trajectory file to start from (the run's reader reads it)")
+    roll.add_argument("--topology", help="its topology (default: the run's data.topology)")
+    roll.add_argument("--frame", type=int, default=0, metavar="K", help="start from frame K of the file (default 0; "
+                      "at least 1 when velocities come from positions)")
+    roll.add_argument("--windows", type=int, required=True, metavar="W", help="windows to chain (W x span frames)")
+    roll.add_argument("--output", required=True, help="a folder for rollout.extxyz, .dcd, .pdb, .json and the "
+                      "error plot")
+    roll.add_argument("--velocity", choices=["difference", "model"], default="difference",
+                      help="the next window's input velocity: the last two predicted frames' difference (default; "
+                           "the model's velocity output is not trained) or the model's output")
+    roll.add_argument("--data-dir", help="where the file's cache is kept (default: the run's)")
+    roll.add_argument("--device", default="cpu")
+    roll.add_argument("--backend", choices=["reference", "triton", "cpp", "auto"])
+    roll.set_defaults(func=cmd_rollout)
 
     info = commands.add_parser("info", help="versions, devices and which backends are available")
     info.set_defaults(func=cmd_info)

@@ -59,6 +59,12 @@ class DataConfig:
     stride: int = 1
     frame_interval: float = 0.0
     elements: List[str] = field(default_factory=list)
+    # The OpenMM water box ("water", egno_fast/data/water.py; then read as a trajectory): side in nm, recorded frames,
+    # 2 fs steps between frames and before the first; seeded by generator_seed.
+    water_box_nm: float = 6.0
+    water_frames: int = 600
+    water_steps_per_frame: int = 5
+    water_equilibration_steps: int = 1000
 
 
 @dataclass
@@ -161,6 +167,9 @@ LIMITS = {
     "data.span": _at_least(1), "data.stride": _at_least(1), "data.frame_interval": _FINITE_NON_NEGATIVE,
     "data.discretisation": ((lambda v: v in ("uniform", "last")), '"uniform" or "last"'),
     "data.md17_source": ((lambda v: v in ("file", "standin")), '"file" or "standin"'),
+    "data.water_box_nm": ((lambda v: 1.2 <= v < float("inf")), "a box side >= 1.2 nm"),
+    "data.water_frames": _at_least(2), "data.water_steps_per_frame": _at_least(1),
+    "data.water_equilibration_steps": _at_least(0),
     "model.hidden_dim": _at_least(1), "model.num_layers": _at_least(1), "model.num_modes": _at_least(0),
     "model.time_emb_dim": _at_least(4),
     "model.coord_clamp": ((lambda v: v in ("mean", "norm", "edge", "none")), '"mean", "norm", "edge" or "none"'),

@@ -1,6 +1,7 @@
 """Datasets by name, built from a :class:`~egno_fast.config.DataConfig`."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Dict
 
@@ -14,8 +15,9 @@ from .nbody import NBodyDataset, NBodyParams, load_or_generate_nbody
 from .protein import adk_test_files, protein_datasets
 from .protocol import SPLITS
 from .trajectory import trajectory_datasets
+from .water import load_or_generate_water, water_folder, water_params
 
-DATASETS = ("nbody", "mocap", "md17", "protein", "trajectory")
+DATASETS = ("nbody", "mocap", "md17", "protein", "trajectory", "water")
 
 
 def resolve_data_dir(config: DataConfig) -> Path:
@@ -32,6 +34,8 @@ def data_location(config: DataConfig) -> str:
         return f"{config.topology} with {config.trajectory}" if config.topology else "the AdK files of MDAnalysisTests"
     if config.name == "trajectory":
         return config.path + (f" with {config.topology}" if config.topology else "")
+    if config.name == "water":
+        return str(water_folder(resolve_data_dir(config), water_params(config)))
     return str(resolve_data_dir(config))
 
 
@@ -68,7 +72,20 @@ def make_datasets(config: DataConfig, progress: bool = True) -> Dict[str, Datase
                                 discretisation=config.discretisation)
     if config.name == "trajectory":
         return trajectory_datasets(config, resolve_data_dir(config))
+    if config.name == "water":
+        as_trajectory = water_trajectory_config(config)
+        datasets = trajectory_datasets(as_trajectory, resolve_data_dir(config))
+        config.elements = as_trajectory.elements  # the encoding the run keeps
+        return datasets
     raise ValueError(f"unknown dataset {config.name!r}; available: {DATASETS}")
+
+
+def water_trajectory_config(config: DataConfig) -> DataConfig:
+    """``config`` reading the simulated water box (generated on first use) as a trajectory: its DCD and PDB, all
+    atoms, through MDAnalysis."""
+    dcd, pdb = load_or_generate_water(resolve_data_dir(config), water_params(config))
+    return dataclasses.replace(config, name="trajectory", path=str(dcd), topology=str(pdb), reader="mdanalysis",
+                               selection="all", elements=list(config.elements))
 
 
 def md17_file(config: DataConfig) -> Path:

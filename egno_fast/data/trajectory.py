@@ -323,6 +323,40 @@ def load_trajectory(file: Path, cache_dir: Path, topology: str = "", selection: 
                             mapped("raw.f32", np.float32, (frames, n, 3)) if meta["has_cell"] else None, atoms)
 
 
+def velocity_scale(trajectory: CachedTrajectory, frame_interval: float = 0.0) -> Optional[float]:
+    """ps per frame interval to turn the file's velocities (Angstrom / ps) into the samples' (Angstrom per frame
+    interval): ``frame_interval``, else the reader's; None when the file has no velocities or no time between frames
+    (velocities then come from the positions)."""
+    dt = frame_interval or trajectory.atoms.frame_dt
+    return dt if trajectory.velocities is not None and dt else None
+
+
+def frame_velocity(trajectory: CachedTrajectory, t: int, scale: Optional[float]) -> torch.Tensor:
+    """[n, 3] the velocity of frame ``t`` in Angstrom per frame interval: the file's times ``scale``
+    (:func:`velocity_scale`), else the backward difference x[t] - x[t - 1] (t >= 1)."""
+    if scale is not None:
+        return torch.from_numpy(np.array(trajectory.velocities[t])) * scale
+    if t < 1:
+        raise ValueError(f"{trajectory.source} has no velocities: the velocity of frame {t} is x[t] - x[t - 1], so "
+                         f"the frame must be at least 1")
+    return torch.from_numpy(np.array(trajectory.positions[t])) - torch.from_numpy(np.array(trajectory.positions[t - 1]))
+
+
+def static_features(trajectory: CachedTrajectory, elements: List[str]) -> torch.Tensor:
+    """[n, len(elements) + 2] the atoms' features that do not change: one-hot of the element over ``elements``,
+    mass / 100 u, charge (e). ValueError if an atom's element is not in ``elements``."""
+    atoms = trajectory.atoms
+    unknown = sorted(set(atoms.elements) - set(elements))
+    if unknown:
+        raise ValueError(f"{trajectory.source}: elements {unknown} are not in the model's element list {elements} "
+                         f"(data.elements)")
+    index = {name: k for k, name in enumerate(elements)}
+    one_hot = np.zeros((len(atoms.elements), len(elements)), dtype=np.float32)
+    one_hot[np.arange(len(atoms.elements)), [index[e] for e in atoms.elements]] = 1.0
+    return torch.as_tensor(np.concatenate([one_hot, (atoms.masses / MASS_UNIT)[:, None], atoms.charges[:, None]],
+                                          axis=1), dtype=torch.float32)
+
+
 class TrajectoryDataset(Dataset):
     """One split of one or more cached trajectories (module docstring for the protocol).
 
@@ -345,24 +379,15 @@ class TrajectoryDataset(Dataset):
         self.span = span
         self.trajectories, self.cutoff = trajectories, float(cutoff)
         first = trajectories[0].atoms
-        unknown = sorted(set(first.elements) - set(elements))
-        if unknown:
-            raise ValueError(f"{trajectories[0].source}: elements {unknown} are not in the model's element list "
-                             f"{elements} (data.elements)")
-        index = {name: k for k, name in enumerate(elements)}
-        one_hot = np.zeros((len(first.elements), len(elements)), dtype=np.float32)
-        one_hot[np.arange(len(first.elements)), [index[e] for e in first.elements]] = 1.0
+        self.static = static_features(trajectories[0], elements)
         # the topology's bonds (both directions) for the "eghn" backbone; none: it uses the message-passing graph
         self.bonds = torch.as_tensor(first.bonds) if first.bonds.size else None
-        self.static = torch.as_tensor(np.concatenate([one_hot, (first.masses / MASS_UNIT)[:, None],
-                                                      first.charges[:, None]], axis=1), dtype=torch.float32)
         per_replica: List[List[Tuple[int, int]]] = []
         self.velocity_scale: List[Optional[float]] = []
         for replica, trajectory in enumerate(trajectories):
             if trajectory.atoms.elements != first.elements:
                 raise ValueError(f"the replicas hold different atoms: {trajectory.source} and {trajectories[0].source}")
-            dt = frame_interval or trajectory.atoms.frame_dt
-            scale = dt if trajectory.velocities is not None and dt else None
+            scale = velocity_scale(trajectory, frame_interval)
             self.velocity_scale.append(scale)
             begin, end = split_frames(len(trajectory.positions))[split]
             first_start = begin + (0 if scale is not None else 1)  # x[t - 1] of the velocity stays in the part
@@ -384,28 +409,51 @@ class TrajectoryDataset(Dataset):
         replica, start = self.samples[index]
         trajectory, scale = self.trajectories[replica], self.velocity_scale[replica]
         x = torch.from_numpy(np.array(trajectory.positions[start]))
-        if scale is not None:
-            v = torch.from_numpy(np.array(trajectory.velocities[start])) * scale
-        else:
-            v = x - torch.from_numpy(np.array(trajectory.positions[start - 1]))
+        v = frame_velocity(trajectory, start, scale)
         targets = torch.from_numpy(np.array(trajectory.positions[[start + o for o in self.offsets]]))
-        if trajectory.cells is not None:
-            # minimum images of the frame as the file gives it, in its cell (right when the cell changes between
-            # frames); the shift added to the unwrapped x_i - x_j makes it that vector
-            raw = torch.from_numpy(np.array(trajectory.raw[start])).double()
-            edges = periodic_radius_graph(raw, self.cutoff, torch.from_numpy(np.array(trajectory.cells[start])))
-            edge_index = edges.edge_index
-            true = raw[edge_index[1]] - raw[edge_index[0]] + edges.edge_shift
-            shift = (true - (x[edge_index[1]] - x[edge_index[0]]).double()).float()
-            rel = true.float()
-        else:
-            edge_index, shift = radius_graph(x.double(), self.cutoff), None
-            rel = x[edge_index[1]] - x[edge_index[0]]
-        distance = rel.norm(dim=-1)
-        h = torch.cat([self.static, v.norm(dim=-1, keepdim=True)], dim=-1)
-        return GraphSample(x=x, v=v, h=h, edge_index=edge_index,
-                           edge_attr=torch.stack([distance, distance * distance], dim=-1), target=targets,
-                           edge_shift=shift, bonds=self.bonds)
+        cell = wrapped = None
+        if trajectory.cells is not None:  # the frame as the file gives it, in its own cell
+            cell = torch.from_numpy(np.array(trajectory.cells[start]))
+            wrapped = torch.from_numpy(np.array(trajectory.raw[start]))
+        return trajectory_sample(self.static, x, v, self.cutoff, cell, wrapped, targets, self.bonds)
+
+
+def wrap_positions(x: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """x [n, 3] moved into the cell [3, 3] (rows: the cell vectors): fractional coordinates in [0, 1)."""
+    cell = cell.to(torch.float64)
+    fractional = x.to(torch.float64) @ torch.linalg.inv(cell)
+    return ((fractional - torch.floor(fractional)) @ cell).to(x.dtype)
+
+
+def trajectory_sample(static: torch.Tensor, x: torch.Tensor, v: torch.Tensor, cutoff: float,
+                      cell: Optional[torch.Tensor] = None, wrapped: Optional[torch.Tensor] = None,
+                      target: Optional[torch.Tensor] = None, bonds: Optional[torch.Tensor] = None) -> GraphSample:
+    """The graph sample of one frame: features [static, |v|] and the radius graph within ``cutoff``.
+
+    Args:
+        static:  [n, k] the per-atom features (one-hot element, mass / 100 u, charge).
+        x, v:    [n, 3] unwrapped positions (Angstrom) and velocities (Angstrom per frame interval).
+        cell:    [3, 3] the periodic cell (rows) or None; then ``wrapped`` [n, 3] is the frame as the file gives it
+                 (None: ``x`` wrapped into the cell). Edges join minimum images; ``edge_shift`` added to the unwrapped
+                 x_i - x_j makes it that minimum-image vector (right when the cell changes between frames).
+        target:  [P, n, 3] or None (an empty [0, n, 3]: a rollout's input has no targets).
+        bonds:   [2, b] or None.
+    """
+    if cell is not None:
+        raw = (wrapped if wrapped is not None else wrap_positions(x, cell)).double()
+        edges = periodic_radius_graph(raw, cutoff, cell.double())
+        edge_index = edges.edge_index
+        true = raw[edge_index[1]] - raw[edge_index[0]] + edges.edge_shift
+        shift = (true - (x[edge_index[1]] - x[edge_index[0]]).double()).float()
+        rel = true.float()
+    else:
+        edge_index, shift = radius_graph(x.double(), cutoff), None
+        rel = x[edge_index[1]] - x[edge_index[0]]
+    distance = rel.norm(dim=-1)
+    h = torch.cat([static, v.norm(dim=-1, keepdim=True)], dim=-1)
+    return GraphSample(x=x, v=v, h=h, edge_index=edge_index, edge_attr=torch.stack([distance, distance * distance],
+                       dim=-1), target=target if target is not None else x.new_zeros(0, *x.shape),
+                       edge_shift=shift, bonds=bonds)
 
 
 def trajectory_datasets(config, cache_dir: Path) -> Dict[str, TrajectoryDataset]:
