@@ -34,6 +34,7 @@ DeviceTypes = Union[Tuple[str, ...], Callable[[], Tuple[str, ...]]]
 _REGISTRY: Dict[str, Dict[str, Callable]] = {op: {} for op in ALL_OPS}
 _DEVICES: Dict[tuple, DeviceTypes] = {}  # (op, backend) -> device types it runs on (absent: any)
 _UNSUPPORTED: Dict[tuple, Callable[..., Optional[str]]] = {}  # (op, backend) -> why a call's variant is not run
+_NO_AUTOCAST = set()  # (op, backend) whose kernels take float32 / float64 operands only: not run under autocast
 _LOAD_ERRORS: Dict[str, str] = {}
 _LOADED = {"reference"}
 _REPORTED_SKIPS = set()  # (op, backend, reason) that "auto" passed over for a call's variant, logged once
@@ -45,7 +46,7 @@ class BackendUnavailableError(RuntimeError):
 
 
 def register(op: str, backend: str, fn: Callable, devices: Optional[DeviceTypes] = None,
-             unsupported: Optional[Callable[..., Optional[str]]] = None) -> None:
+             unsupported: Optional[Callable[..., Optional[str]]] = None, autocast: bool = True) -> None:
     """Register ``fn`` as the implementation of ``op`` for ``backend``.
 
     Args:
@@ -53,10 +54,14 @@ def register(op: str, backend: str, fn: Callable, devices: Optional[DeviceTypes]
                      backend is loaded).
         unsupported: ``unsupported(**features) -> None or reason``: whether a call's variant (the features the op's
                      entry point passes to :func:`resolve_backend`) is beyond this implementation.
+        autocast:    whether it runs under ``torch.autocast`` (bf16 training): False for kernels that take float32
+                     or float64 operands only; "auto" then passes over them and naming them raises.
     """
     if op not in ALL_OPS or backend not in BACKENDS:
         raise ValueError(f"unknown op {op!r} or backend {backend!r}")
     _REGISTRY[op][backend] = fn
+    if not autocast:
+        _NO_AUTOCAST.add((op, backend))
     if devices is not None:
         _DEVICES[(op, backend)] = devices
     if unsupported is not None:
@@ -93,10 +98,25 @@ def check_backend_name(name: str) -> str:
     return name
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype of the ``torch.autocast`` region active on ``device_type`` ("cpu", "cuda"), or None."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        enabled = torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype(device_type)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if device_type == "cpu" else torch.get_autocast_gpu_dtype()
+
+
 def unavailable_reason(backend: str, op: str, device: torch.device | str | None = None,
-                       **features) -> Optional[str]:
+                       autocast: Optional[torch.dtype] = None, **features) -> Optional[str]:
     """None if ``backend`` can run ``op`` on ``device`` (None: on some device) for a call with ``features`` (the
-    layer variant; see the op's entry point), else why not."""
+    layer variant; see the op's entry point), else why not. ``autocast``: the autocast dtype the call will run
+    under (None: the region active on ``device`` now, if any)."""
     check_backend_name(backend)
     _load(backend)
     if backend in _LOAD_ERRORS:
@@ -111,6 +131,11 @@ def unavailable_reason(backend: str, op: str, device: torch.device | str | None 
     if backend == "triton" and device is not None and torch.device(device).type != "cuda" \
             and os.environ.get("TRITON_INTERPRET") != "1":
         return "Triton kernels run on CUDA tensors (or on CPU tensors with TRITON_INTERPRET=1 set before import)"
+    if autocast is None and device is not None:
+        autocast = autocast_dtype(torch.device(device).type)
+    if autocast is not None and (op, backend) in _NO_AUTOCAST:
+        return (f"{backend!r} does not run {op!r} under autocast ({str(autocast).replace('torch.', '')} "
+                f"operands): its kernels take float32 or float64")
     if features and (op, backend) in _UNSUPPORTED:
         return _UNSUPPORTED[(op, backend)](**features)
     return None

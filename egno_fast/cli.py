@@ -104,19 +104,22 @@ def check_device(name: str):
     return device
 
 
-def check_backend(requested: Union[str, dict, None], device) -> None:
-    """Check before any work that every op's named backend runs on ``device`` ("auto" always does); a
-    CommandLineError names the backend, the reason and the alternatives otherwise."""
+def check_backend(requested: Union[str, dict, None], device, precision: str = "fp32") -> None:
+    """Check before any work that every op's named backend runs on ``device`` at ``precision`` ("auto" always
+    does); a CommandLineError names the backend, the reason and the alternatives otherwise."""
     if requested is None:
         return
+    import torch
+
     from .backends import OPS, check_backend_name, unavailable_reason
 
     per_op = requested if isinstance(requested, dict) else dict.fromkeys(OPS, requested)
+    autocast = torch.bfloat16 if precision == "bf16" else None
     for op in OPS:
         name = check_backend_name(per_op.get(op, "auto"))
         if name == "auto":
             continue
-        reason = unavailable_reason(name, op, device)
+        reason = unavailable_reason(name, op, device, autocast=autocast)
         if reason is not None:
             raise CommandLineError(f"backend {name!r} cannot run {op!r} on {device}: {_one_line(reason)}; use "
                                    f"--backend auto (the fastest available backend per op) or --backend reference; "
@@ -140,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = _config_from_args(args)
     device = check_device(config.train.device)
-    check_backend(config.model.backend, device)
+    check_backend(config.model.backend, device, config.train.precision)
     run_dir = Path(args.run_dir or Path("runs") / f"{config.name}-seed{config.train.seed}")
     with process_group_from_environment(config.train.device) as backend:
         result = train(config, run_dir, resume=not args.no_resume, progress=not args.no_progress,

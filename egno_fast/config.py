@@ -20,6 +20,7 @@ MAX_CLUSTERS = 128
 BACKBONES = ("egnn", "eghn")
 ASSIGNMENTS = ("per_frame", "shared")
 CLUSTER_INPUTS = ("input", "node_level")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -106,6 +107,9 @@ class TrainConfig:
     device: str = "cpu"
     num_threads: Optional[int] = None
     max_minutes: Optional[float] = None  # stop (resumably) once this much wall time is spent
+    # "fp32", or "bf16": the MLPs' linear layers under torch.autocast with bf16 operands; coordinates, sums over
+    # edges, the temporal transform and the loss stay float32 (the fused EGNN layers do not run under autocast)
+    precision: str = "fp32"
     plot_samples: int = 3
 
 
@@ -185,6 +189,7 @@ LIMITS = {
     "train.weight_decay": _FINITE_NON_NEGATIVE, "train.lr_step": _at_least(1), "train.lr_gamma": _POSITIVE,
     "train.grad_clip_norm": _POSITIVE,
     "train.eval_every": _at_least(1), "train.patience": _at_least(1), "train.seed": _at_least(0),
+    "train.precision": ((lambda v: v in PRECISIONS), '"fp32" or "bf16"'),
     "train.num_threads": _at_least(1), "train.max_minutes": _FINITE_NON_NEGATIVE, "train.plot_samples": _at_least(0),
 }
 

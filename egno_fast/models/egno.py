@@ -265,7 +265,7 @@ class EGNO(nn.Module):
         num_frames = times.shape[0]
         embedding = self.time_embedding(times)  # [P, T]
         h = self.embedding(torch.cat([h[:, None, :].expand(-1, num_frames, -1),
-                                      embedding[None].expand(num_nodes, -1, -1)], dim=-1))  # [N, P, H]
+                                      embedding[None].expand(num_nodes, -1, -1)], dim=-1)).to(x.dtype)  # [N, P, H]
         # [N, 1, 3]: each graph's mean input position, or each atom's own (vector_centre)
         centre = (graph_mean(x, graph) if self.vector_centre == "mean" else x)[:, None, :]
         if self.backbone == "eghn":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..backends import check_backend_name, get_op, register, resolve_backend
+from ..backends import autocast_dtype, check_backend_name, get_op, register, resolve_backend
 
 TEMPORAL_LEAKY_SLOPE = 0.01  # EGNO's LeakyReLU on the scalar channels (the kernels hard-code it as x / 100)
 
@@ -175,7 +175,10 @@ def temporal_residual(x: Tensor, weight: Tensor, leaky_relu: bool, backend: str 
         weight:     [C, C, I, 2], 1 <= I <= P // 2 + 1.
         leaky_relu: apply LeakyReLU(0.01) to K(x) before the residual add (scalar channels).
     Returns:
-        same shape and dtype as ``x``.
+        same shape and dtype as ``x`` (under autocast too: the transform runs in ``x``'s dtype, not autocast's).
     """
     chosen = resolve_backend(check_backend_name(backend), x.device, "temporal_residual")
-    return get_op("temporal_residual", chosen)(x, weight, leaky_relu)
+    if autocast_dtype(x.device.type) is None:
+        return get_op("temporal_residual", chosen)(x, weight, leaky_relu)
+    with torch.autocast(x.device.type, enabled=False):  # bf16 training: the temporal transform runs in float32
+        return get_op("temporal_residual", chosen)(x, weight, leaky_relu)

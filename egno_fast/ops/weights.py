@@ -43,10 +43,14 @@ def activation(x: Tensor, name: str) -> Tensor:
 def mlp(x: Tensor, weights: MLPWeights, act: str, last_activation: bool = False) -> Tensor:
     """``second(act(first(x)))``, with ``act`` once more at the end if ``last_activation``.
 
+    Under ``torch.autocast`` (bf16 training) the linear layers take bf16 operands and the result comes back in
+    ``x``'s dtype: what follows (coordinates, sums over edges, residuals) stays in float32.
+
     Args:
         x: [..., in]; weights: first [hidden, in], second [out, hidden].
     Returns:
-        [..., out].
+        [..., out], dtype of ``x``.
     """
     out = F.linear(activation(F.linear(x, *weights.first), act), *weights.second)
-    return activation(out, act) if last_activation else out
+    out = activation(out, act) if last_activation else out
+    return out if out.dtype == x.dtype else out.to(x.dtype)

@@ -1,8 +1,9 @@
-"""Per-frame MSE, the reference convention: mean over nodes and the 3 coordinates of (x_pred - x_true)^2; and the
-check that a loss or metric is finite before anything is written for it."""
+"""Per-frame MSE, the reference convention: mean over nodes and the 3 coordinates of (x_pred - x_true)^2; the
+check that a loss or metric is finite before anything is written for it; the peak memory of a run."""
 import math
 from typing import Dict
 
+import torch
 from torch import Tensor
 
 
@@ -29,3 +30,14 @@ def frame_squared_error(pred: Tensor, target: Tensor) -> Tensor:
 def frame_mse(pred: Tensor, target: Tensor) -> Tensor:
     """[P, N, 3] pred and target -> [P] per-frame MSE. The training loss (A-MSE) is its mean, F-MSE its last."""
     return frame_squared_error(pred, target) / (pred.shape[1] * pred.shape[2])
+
+
+def peak_memory_mb(device: "torch.device | str") -> float:
+    """The peak memory of this process so far in MiB: CUDA memory allocated by torch on a GPU, else the peak
+    resident set size (what the operating system counts: Python, torch and the data included)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

@@ -8,13 +8,15 @@ from torch.utils.data import Dataset
 
 from ..data.batching import collate_graphs
 from ..data.io import atomic_path
+from .precision import precision_context
 
 
 @torch.no_grad()
 def plot_trajectories(model: torch.nn.Module, dataset: Dataset, path: str | Path, num_samples: int = 3,
-                      device: torch.device | str = "cpu") -> Path:
+                      device: torch.device | str = "cpu", precision: str = "fp32") -> Path:
     """Plot the first ``num_samples`` graphs of ``dataset``: true (solid) and predicted (dashed) paths of every
-    node from the input frame through the P output frames, projected on the first two coordinates."""
+    node from the input frame through the P output frames, projected on the first two coordinates (the model run
+    at ``precision``, as trained)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +25,8 @@ def plot_trajectories(model: torch.nn.Module, dataset: Dataset, path: str | Path
     num_samples = max(1, min(num_samples, len(dataset)))
     model.eval()
     batch = collate_graphs([dataset[i] for i in range(num_samples)]).to(device)
-    pred = model(batch.x, batch.v, batch.h, batch.graph(), **batch.model_keywords).x  # [P, N, 3]
+    with precision_context(precision, device):
+        pred = model(batch.x, batch.v, batch.h, batch.graph(), **batch.model_keywords).x.float()  # [P, N, 3]
     true_paths = torch.cat([batch.x[None], batch.target]).cpu()  # [P + 1, N, 3]
     pred_paths = torch.cat([batch.x[None], pred]).cpu()
     fig, axes = plt.subplots(1, num_samples, figsize=(4.5 * num_samples, 4.5), squeeze=False)

@@ -35,7 +35,8 @@ from ..data.registry import make_datasets
 from ..models import EGNO
 from .checkpoint import load_checkpoint, model_file_from_checkpoint, save_checkpoint, save_model_file
 from .launch import rank_and_world
-from .metrics import frame_mse, frame_squared_error, require_finite
+from .metrics import frame_mse, frame_squared_error, peak_memory_mb, require_finite
+from .precision import precision_context
 from .run_lock import run_folder_lock
 
 # Settings that may change when a run is resumed (extending or shortening it); any other change is an error.
@@ -126,15 +127,16 @@ def build_model(config: ExperimentConfig, sample) -> EGNO:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | str,
-             frame_times: Optional[torch.Tensor] = None) -> Dict[str, object]:
+             frame_times: Optional[torch.Tensor] = None, precision: str = "fp32") -> Dict[str, object]:
     """F-MSE, A-MSE and the per-frame MSE of ``model`` over every sample of ``loader`` (``frame_times``: the
-    model's output times, see :meth:`EGNO.forward`; None for its training frames)."""
+    model's output times, see :meth:`EGNO.forward`; None for its training frames; ``precision``: as trained)."""
     model.eval()
     squared, count = None, 0
     for batch in loader:
         graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
         batch = batch.to(device)
-        pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times, **batch.model_keywords).x
+        with precision_context(precision, device):
+            pred = model(batch.x, batch.v, batch.h, graph, frame_times=frame_times, **batch.model_keywords).x
         errors = frame_squared_error(pred, batch.target)
         squared = errors if squared is None else squared + errors
         count += batch.target.shape[1] * batch.target.shape[2]
@@ -324,26 +326,31 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
                 train_loader.sampler.set_epoch(epoch)
             trained.train()
             loss_sums = torch.zeros(2, dtype=torch.float64, device=device)  # A-MSE, F-MSE; synchronised per epoch
+            atom_frames, epoch_start = 0, time.monotonic()
             for batch in train_loader:
                 graph = batch.graph().to(device)  # built and checked on the CPU, where the checks cost no device wait
                 batch = batch.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                out = trained(batch.x, batch.v, batch.h, graph, **batch.model_keywords)
-                losses = frame_mse(out.x, batch.target)
+                with precision_context(cfg.precision, device):
+                    out = trained(batch.x, batch.v, batch.h, graph, **batch.model_keywords)
+                losses = frame_mse(out.x.float(), batch.target)
                 loss = losses.mean()  # the A-MSE; the "eghn" backbone's weighted link loss adds to what is minimised
                 (loss if out.aux_loss is None else loss + out.aux_loss).backward()
                 if cfg.grad_clip_norm is not None:  # no host sync: the norm stays a tensor
                     torch.nn.utils.clip_grad_norm_(trained.parameters(), cfg.grad_clip_norm)
                 optimizer.step()
                 loss_sums += torch.stack([loss.detach(), losses[-1].detach()]).double()
+                atom_frames += batch.target.shape[0] * batch.target.shape[1]
             if scheduler is not None:
                 scheduler.step()
-            train_a, train_f = (loss_sums / len(train_loader)).tolist()
-            record = {"epoch": epoch, "train_a_mse": train_a, "train_f_mse": train_f}
+            train_a, train_f = (loss_sums / len(train_loader)).tolist()  # waits for the device: the epoch's time
+            record = {"epoch": epoch, "train_a_mse": train_a, "train_f_mse": train_f,
+                      "train_atom_frames_per_s": round(atom_frames / (time.monotonic() - epoch_start), 1)}
             kept = (f"{last_path} holds epoch {saved_epoch - 1}" if saved_epoch else "no checkpoint was written")
             require_finite({"training A-MSE": train_a}, f"train split, epoch {epoch} ({kept})")
             if epoch % cfg.eval_every == 0:
-                val, test = (evaluate(model, eval_loaders[s], device) for s in ("valid", "test"))
+                val, test = (evaluate(model, eval_loaders[s], device, precision=cfg.precision)
+                             for s in ("valid", "test"))
                 for split, metrics in (("valid", val), ("test", test)):  # before best.pt, last.pt or the log
                     require_finite({"F-MSE": metrics["f_mse"], "A-MSE": metrics["a_mse"]},
                                    f"{split} split, evaluation at epoch {epoch} ({kept})")
@@ -385,12 +392,14 @@ def _train_in_locked_folder(config: ExperimentConfig, run_dir: Path, resume: boo
         model.load_state_dict(best["model"])
         if main_process:
             save_model_file(run_dir / "model.pt", model_file_from_checkpoint(best))
-            plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device)
+            plot_trajectories(model, datasets["test"], run_dir / "trajectories.png", cfg.plot_samples, device,
+                              cfg.precision)
     result = TrainResult(run_dir=run_dir, model=model, stopped=stopped, epochs_run=state["epoch"],
                          best_epoch=state["best_epoch"], val_f_mse=state["best_val"],
                          test_f_mse=state["test_f_at_best"], test_a_mse=state["test_a_at_best"],
                          wall_s=state["wall_s"])
     log.write({"event": "end", "stopped": stopped, "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                "val_f_mse": result.val_f_mse, "test_f_mse": result.test_f_mse, "test_a_mse": result.test_a_mse,
-               "wall_s": round(result.wall_s, 2), "active_backend": model.active_backend})
+               "wall_s": round(result.wall_s, 2), "active_backend": model.active_backend,
+               "peak_memory_mb": round(peak_memory_mb(device), 1)})
     return result
