@@ -1,0 +1,80 @@
+"""The OpenMM water box: a seeded simulation read back as a trajectory data set, resumed after an interruption from
+its last complete chunk, and a clear message without OpenMM."""
+import json
+
+import numpy as np
+import pytest
+
+from egno_fast.cli import main
+from egno_fast.config import apply_overrides, load_config
+from egno_fast.data import water
+from egno_fast.data.registry import make_datasets
+from egno_fast.data.water import WaterParams, load_or_generate_water
+
+pytest.importorskip("openmm")
+mda = pytest.importorskip("MDAnalysis")
+
+TINY = WaterParams(box_nm=1.3, frames=24, steps_per_frame=2, equilibration_steps=4, seed=7)
+
+
+def read(dcd, pdb):
+    universe = mda.Universe(str(pdb), str(dcd))
+    return np.stack([ts.positions.copy() for ts in universe.trajectory]), universe
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_tiny_box_is_simulated_cached_and_resumed_after_an_interruption(tmp_path, monkeypatch):
+    monkeypatch.setattr(water, "FRAMES_PER_CHUNK", 10)
+    dcd, pdb = load_or_generate_water(tmp_path / "whole", TINY, threads=1, report=lambda message: None)
+    whole, universe = read(dcd, pdb)
+    assert whole.shape == (24, universe.atoms.n_atoms, 3) and universe.atoms.n_atoms % 3 == 0
+    assert sorted(set(universe.atoms.elements)) == ["H", "O"]
+    assert universe.trajectory.dt == pytest.approx(TINY.frame_interval_ps, rel=1e-5)
+    np.testing.assert_allclose(universe.dimensions, [13, 13, 13, 90, 90, 90], rtol=1e-5)
+    meta = json.loads((dcd.parent / "meta.json").read_text())
+    assert meta["atoms"] == universe.atoms.n_atoms and meta["seed"] == 7
+    assert not list(dcd.parent.glob("chunk_*")) and not list(dcd.parent.glob("*.chk"))
+
+    said = []
+
+    def stop_after_first_chunk(message):
+        said.append(message)
+        if "10 / 24 frames" in message:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        load_or_generate_water(tmp_path / "cut", TINY, threads=1, report=stop_after_first_chunk)
+    assert not water.water_folder(tmp_path / "cut", TINY).exists()  # the folder appears complete or not at all
+    said.clear()
+    dcd2, pdb2 = load_or_generate_water(tmp_path / "cut", TINY, threads=1, report=said.append)
+    assert any("resuming after 10 of 24 frames" in message for message in said)
+    resumed, _ = read(dcd2, pdb2)
+    np.testing.assert_allclose(resumed, whole, atol=1e-3)  # the same seeded trajectory, continued exactly
+    said.clear()
+    assert load_or_generate_water(tmp_path / "cut", TINY, report=said.append) == (dcd2, pdb2) and not said  # cached
+
+
+def test_the_water_config_reads_the_box_as_a_periodic_trajectory(tmp_path, monkeypatch, capsys):
+    settings = [f'data.data_dir="{tmp_path}"', "data.water_box_nm=1.3", "data.water_frames=30",
+                "data.water_steps_per_frame=2", "data.water_equilibration_steps=4", "data.num_frames=2",
+                "data.span=2", "data.cutoff=3.5"]
+    config = apply_overrides(load_config("water"), settings)
+    datasets = make_datasets(config.data, progress=False)
+    assert config.data.elements == ["H", "O"]  # the encoding the run keeps
+    sample = datasets["train"][0]
+    assert sample.edge_shift is not None and sample.target.shape == (2, sample.x.shape[0], 3)
+    assert 10 < sample.edge_index.shape[1] / sample.x.shape[0] < 40  # neighbours of a liquid within 3.5 Angstrom
+    assert main(["data", "--config", "water", *[a for s in settings for a in ("--set", s)]]) == 0
+    assert "data set 'water' ready" in capsys.readouterr().out
+
+
+def test_bad_settings_and_a_missing_openmm_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    assert main(["data", "--config", "water", "--set", "data.water_box_nm=0.5"]) == 2
+    assert "data.water_box_nm must be a box side >= 1.2 nm" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "openmm", None)
+    assert main(["data", "--config", "water", "--set", f'data.data_dir="{tmp_path}"']) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'egno_fast[water]'" in err and err.count("\n") == 1
