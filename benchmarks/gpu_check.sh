@@ -20,6 +20,7 @@
 #                  Triton EGNN and temporal-convolution tests); the tests marked `gpu` run in one more process
 #   KERNEL_TESTS_K their -k expression (default: without the ahead-of-time compile tests, which CI runs on CPU)
 #   PYTEST_ARGS    more pytest options; BANDWIDTH_ARGS  options of benchmarks.temporal_bandwidth
+#   SCALE_ARGS     options of benchmarks.scale (default: 2000, 4000, 8000 atoms fitted, 16000 confirming, 139 GiB)
 #   GPU_CHECK_TIMEOUT_<step>=S  another limit for a step (the sum is still checked against the budget)
 #   GPU_CHECK_CMD_<step>=CMD    another command for a step; GPU_CHECK_STUB=1 makes every step `echo` (tests use these)
 set -uo pipefail
@@ -34,11 +35,12 @@ OUTPUTS=(summary.md steps.tsv tests_tail.log gpu_check.tar.gz)  # all that is le
 # at install time: the extension gets its own step and limit, through the package's build on first use.
 STEPS=(
   "environment|10|environment_facts"
-  "install|20|PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install -q --no-deps --no-build-isolation -e ."
+  "install|15|PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1 python3 -m pip install -q --no-deps --no-build-isolation -e ."
   "build_cpp|75|python3 -m egno_fast.cpp.build"
-  "kernel_tests|80|kernel_tests"
-  "egnn_target|50|python3 -m benchmarks.egnn_target --nodes \$EGNN_NODES --variants \$EGNN_VARIANTS --repeats 5 --no-fit --out \$WORK/egnn_target"
-  "temporal_bandwidth|25|python3 -m benchmarks.temporal_bandwidth \$BANDWIDTH_ARGS --out \$WORK/temporal_bandwidth"
+  "kernel_tests|70|kernel_tests"
+  "egnn_target|40|python3 -m benchmarks.egnn_target --nodes \$EGNN_NODES --variants \$EGNN_VARIANTS --repeats 5 --no-fit --out \$WORK/egnn_target"
+  "temporal_bandwidth|20|python3 -m benchmarks.temporal_bandwidth \$BANDWIDTH_ARGS --out \$WORK/temporal_bandwidth"
+  "scale|25|python3 -m benchmarks.scale --backend auto --device cuda \$SCALE_ARGS --output \$WORK/scale.json --plot \$WORK/scale.png"
 )
 
 export EGNN_NODES=${EGNN_NODES:-25000}
@@ -46,6 +48,7 @@ export EGNN_VARIANTS=${EGNN_VARIANTS:-reference triton_tf32 triton_bf16 referenc
 export KERNEL_TESTS=${KERNEL_TESTS:-tests/test_egnn_triton.py tests/test_temporal_conv_triton.py}
 export KERNEL_TESTS_K=${KERNEL_TESTS_K-not every_configuration_compiles}
 export PYTEST_ARGS=${PYTEST_ARGS:-} BANDWIDTH_ARGS=${BANDWIDTH_ARGS:-}
+export SCALE_ARGS=${SCALE_ARGS:---sizes 2000 4000 8000 --confirm 16000 --repeats 3 --memory-gib 139}
 
 # ------------------------------------------------------------------------------------ the step table, resolved
 names=() limits=() commands=()
@@ -173,6 +176,8 @@ write_summary() {
     echo; echo "## Temporal convolution bandwidth"; echo
     if [ -f "$WORK/temporal_bandwidth/summary.md" ]; then sed -n '3,$p' "$WORK/temporal_bandwidth/summary.md"
     else grep -h '^{"case"' "$WORK/temporal_bandwidth.log" 2>/dev/null | sed 's/^/    /'; fi
+    echo; echo "## Scale (the 4-layer model, H 128, P 8, forward+backward, Triton)"; echo
+    grep -hE 'atoms|extrapolated' "$WORK/scale.log" 2>/dev/null | sed 's/^/    /'
   } > "$out/summary.md"
 }
 

@@ -17,7 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
-ORDER = ["environment", "install", "build_cpp", "kernel_tests", "egnn_target", "temporal_bandwidth"]
+ORDER = ["environment", "install", "build_cpp", "kernel_tests", "egnn_target", "temporal_bandwidth", "scale"]
 BUDGET_S = 300
 OUTPUTS = {"summary.md", "steps.tsv", "tests_tail.log", "gpu_check.tar.gz"}
 REQUIRED_VARIANTS = {"reference", "reference_tf32", "reference_bf16", "compile_tf32", "triton_tf32", "triton_bf16"}
@@ -30,7 +30,8 @@ def clean_env(**extra):
     """The test process's environment without the variables the script reads, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("GPU_CHECK_") and k not in ("EGNN_NODES", "EGNN_VARIANTS", "KERNEL_TESTS",
-                                                           "KERNEL_TESTS_K", "PYTEST_ARGS", "BANDWIDTH_ARGS")}
+                                                           "KERNEL_TESTS_K", "PYTEST_ARGS", "BANDWIDTH_ARGS",
+                                                           "SCALE_ARGS")}
     env.update(extra)
     return env
 
@@ -102,7 +103,7 @@ def test_stubbed_run_leaves_at_most_8_files(tmp_path):
     for name in ORDER:
         assert f"stub: {name}" in tar_text(out, f"{name}.log")
     summary = (out / "summary.md").read_text()
-    assert "| temporal_bandwidth | 25 |" in summary and "budget 300 s" in summary
+    assert "| temporal_bandwidth | 20 |" in summary and "| scale | 25 |" in summary and "budget 300 s" in summary
     # a second run into the same folder leaves the same files
     result = run_script(str(out), GPU_CHECK_STUB="1")
     assert result.returncode == 0 and {p.name for p in out.iterdir()} == OUTPUTS
@@ -149,7 +150,8 @@ def test_real_commands_with_a_recording_python(tmp_path):
                 "cpp" if argv[:2] == ["-m", "egno_fast.cpp.build"] else
                 "facts" if argv[0] == "-c" else argv[1])
         by_kind.setdefault(kind, []).append(call)
-    assert set(by_kind) == {"facts", "pip", "cpp", "pytest", "benchmarks.egnn_target", "benchmarks.temporal_bandwidth"}
+    assert set(by_kind) == {"facts", "pip", "cpp", "pytest", "benchmarks.egnn_target", "benchmarks.temporal_bandwidth",
+                            "benchmarks.scale"}
     install = by_kind["pip"][0]
     assert install["argv"] == ["-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", "."]
     assert install["env"]["PIP_NO_INDEX"] == "1"
@@ -172,6 +174,12 @@ def test_real_commands_with_a_recording_python(tmp_path):
     variants = argv[argv.index("--variants") + 1:argv.index("--repeats")]
     assert nodes == ["25000"] and set(variants) == REQUIRED_VARIANTS <= set(VARIANTS) and "--no-fit" in argv
     assert by_kind["benchmarks.temporal_bandwidth"][0]["argv"][2] == "--out"
+    # the scale figures with Triton ("auto" on the GPU), sizes checked by a confirmation run, the GPU's memory
+    from benchmarks.scale import main as scale_main  # noqa: F401  (the module the step runs)
+
+    argv = by_kind["benchmarks.scale"][0]["argv"]
+    assert argv[argv.index("--backend") + 1] == "auto" and argv[argv.index("--device") + 1] == "cuda"
+    assert argv[argv.index("--confirm") + 1] == "16000" and "--output" in argv and "--plot" in argv
     assert {p.name for p in out.iterdir()} == OUTPUTS
 
 
