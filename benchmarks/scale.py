@@ -2,7 +2,7 @@
 model (H = 128, P = 8) on periodic boxes of increasing size, fitted on three sizes, extrapolated to 100k atoms and to
 the largest system that fits a memory budget, and the fit checked by one more run at a larger size.
 
-    python -m benchmarks.scale [--sizes 1000 2000 4000] [--confirm 8000] [--backend cpp] [--device cpu]
+    python -m benchmarks.scale [--sizes 4000 8000 16000] [--confirm 32000] [--backend cpp] [--device cpu]
                                [--threads 1] [--memory-gib 24] [--output scale.json] [--plot scale.png]
 
 The systems: atoms uniformly placed in a cubic periodic box at liquid water's atom density (0.1003 per
@@ -166,8 +166,8 @@ def plot(record: Dict, path: Path) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs=3, default=[1000, 2000, 4000], help="the three fitted sizes")
-    parser.add_argument("--confirm", type=int, default=8000, help="the size that checks the fit (0: none)")
+    parser.add_argument("--sizes", type=int, nargs=3, default=[4000, 8000, 16000], help="the three fitted sizes")
+    parser.add_argument("--confirm", type=int, default=32000, help="the size that checks the fit (0: none)")
     parser.add_argument("--backend", default="cpp")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)

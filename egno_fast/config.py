@@ -108,7 +108,8 @@ class TrainConfig:
     num_threads: Optional[int] = None
     max_minutes: Optional[float] = None  # stop (resumably) once this much wall time is spent
     # "fp32", or "bf16": the MLPs' linear layers under torch.autocast with bf16 operands; coordinates, sums over
-    # edges, the temporal transform and the loss stay float32 (the fused EGNN layers do not run under autocast)
+    # edges, the temporal transform and the loss stay float32 (the cpp EGNN layer does not run under autocast:
+    # "auto" takes the reference there, naming "cpp" is refused; Triton's runs bf16 dots with float32 sums)
     precision: str = "fp32"
     plot_samples: int = 3
 

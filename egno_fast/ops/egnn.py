@@ -269,7 +269,7 @@ def _triton_unsupported(options: EGNNOptions, edge_shift=None, frame_edge_attr=N
 
 register("egnn_layer", "reference", egnn_layer_reference)
 register("egnn_layer", "cpp", egnn_layer_cpp, devices=("cpu",), unsupported=_cpp_unsupported, autocast=False)
-register("egnn_layer", "triton", egnn_layer_triton, unsupported=_triton_unsupported, autocast=False)
+register("egnn_layer", "triton", egnn_layer_triton, unsupported=_triton_unsupported)
 
 
 def egnn_layer(x: Tensor, v: Tensor, h: Tensor, graph: Graph, weights: EGNNLayerWeights,
