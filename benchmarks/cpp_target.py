@@ -54,7 +54,7 @@ def _median_seconds(run: Callable[[], None], repeats: int) -> float:
 MODEL_CASES = ("protein", "nbody", "eghno_protein", "eghno_nbody")
 
 
-def _model_case(name: str):
+def model_case(name: str):
     """(model, inputs [x, v, h], graph, keyword inputs, description) of a model case."""
     gen = torch.Generator().manual_seed(0)
     hierarchy = name.startswith("eghno_")
@@ -86,7 +86,7 @@ def _model_case(name: str):
 
 
 def model_point(name: str, repeats: int) -> Dict:
-    model, inputs, graph, keywords, info = _model_case(name)
+    model, inputs, graph, keywords, info = model_case(name)
     results = {}
 
     def step(backend: str):

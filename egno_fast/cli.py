@@ -207,6 +207,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     require_finite({"F-MSE": metrics["f_mse"], "A-MSE": metrics["a_mse"]}, f"{args.split} split of {args.checkpoint}")
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
     print(f"{label}: F-MSE {metrics['f_mse']:.6f}  A-MSE {metrics['a_mse']:.6f}  per frame: {frames}")
+    if args.resample == 1:
+        from .training.trainer import evaluate_baselines
+
+        metrics["baselines"] = evaluate_baselines(datasets[args.split])
+        print("baselines: " + "; ".join(f"{name.replace('_', ' ')} F-MSE {b['f_mse']:.6f}  A-MSE {b['a_mse']:.6f}"
+                                        for name, b in metrics["baselines"].items()))
     if args.output:
         from .data.io import atomic_path
         from .training.trainer import git_commit
@@ -248,15 +254,25 @@ def cmd_rollout(args: argparse.Namespace) -> int:
                                f"a trajectory file and needs a model trained on a 'trajectory' or 'water' data set")
     if args.data_dir:
         config.data.data_dir = args.data_dir
+    data = config.data
+    if config.data.name == "water":  # the simulated box, read as a trajectory (generated on first use)
+        from .data.registry import water_trajectory_config
+
+        data = water_trajectory_config(config.data)
+    elif args.input is None:
+        raise CommandLineError("--input is required: the trajectory file to start from (only a model trained on "
+                               "the water box defaults to its own trajectory)")
+    input_file = args.input or data.path
     backend = args.backend or config.model.backend
     check_backend(backend, device)
     model = EGNO.from_model_record(state, backend).to(device)
-    result = rollout(model, config.data, args.input, frame=args.frame, windows=args.windows,
-                     topology=args.topology or "", velocity=args.velocity, device=device)
+    topology = args.topology or ("" if args.input else data.topology)
+    result = rollout(model, data, input_file, frame=args.frame, windows=args.windows, topology=topology,
+                     velocity=args.velocity, device=device)
     record = dict(command=_command_line(args), checkpoint=str(args.checkpoint), checkpoint_epoch=state["epoch"],
-                  input=str(args.input), git_commit=git_commit())
+                  input=str(input_file), git_commit=git_commit())
     paths = write_rollout(result, output, record)
-    print(f"rollout of {args.windows} windows ({result.frames[-1]} frames) from frame {args.frame} of {args.input}: "
+    print(f"rollout of {args.windows} windows ({result.frames[-1]} frames) from frame {args.frame} of {input_file}: "
           + horizon_summary(result))
     for name, path in paths.items():
         print(f"  {path}")
@@ -356,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     roll = commands.add_parser("rollout", help="chain a model's windows into a long trajectory (extxyz, DCD + PDB) "
                                                     "and its error against the file's continuation")
     roll.add_argument("--checkpoint", required=True, help="a model file or training checkpoint (RUN/best.pt)")
-    roll.add_argument("--input", required=True, help="the trajectory file to start from (the run's reader reads it)")
+    roll.add_argument("--input", help="the trajectory file to start from, read as the run read its data (default for "
+                                      "a model trained on the water box: its own trajectory)")
     roll.add_argument("--topology", help="its topology (default: the run's data.topology)")
     roll.add_argument("--frame", type=int, default=0, metavar="K", help="start from frame K of the file (default 0; "
                       "at least 1 when velocities come from positions)")

@@ -9,10 +9,12 @@ import torch
 
 from egno_fast.cli import main
 from egno_fast.config import load_config, apply_overrides
+from egno_fast.data.registry import make_datasets
 from egno_fast.data.protocol import target_offsets
 from egno_fast.data.trajectory import wrap_positions
 from egno_fast.ops import periodic_radius_graph
 from egno_fast.rollout import rollout, rollout_windows
+from egno_fast.training.trainer import evaluate_baselines
 
 pytest.importorskip("ase")
 pytest.importorskip("MDAnalysis")
@@ -132,3 +134,18 @@ def test_the_command_writes_files_that_ase_and_mdanalysis_read(tmp_path, capsys)
     assert main(["rollout", "--checkpoint", str(tmp_path / "nbody.pt"), "--input", str(path), "--windows", "1",
                  "--output", str(tmp_path / "third")]) == 2
     assert "trained on the 'nbody' data set" in capsys.readouterr().err
+
+
+def test_the_baselines_of_a_trajectory_split(tmp_path):
+    positions, elements = motion(num_frames=60)
+    path = write_extxyz(tmp_path / "motion.extxyz", positions, elements, wrapped=False, cell=None)
+    config = apply_overrides(load_config("trajectory"), ["data.num_frames=4", "data.span=8", "data.cutoff=3.5",
+                                                         f'data.data_dir="{tmp_path}"', f'data.path="{path}"'])
+    test = make_datasets(config.data, progress=False)["test"]
+    baselines = evaluate_baselines(test)
+    starts = [start for _, start in test.samples]
+    frozen = [((positions[s + 8] - positions[s]) ** 2).mean() for s in starts]
+    moving = [((positions[s] + 8 * (positions[s] - positions[s - 1]) - positions[s + 8]) ** 2).mean() for s in starts]
+    assert baselines["frozen"]["f_mse"] == pytest.approx(np.mean(frozen), rel=1e-4)
+    assert baselines["constant_velocity"]["f_mse"] == pytest.approx(np.mean(moving), rel=1e-4)
+    assert len(baselines["frozen"]["frame_mse"]) == 4

@@ -67,8 +67,22 @@ def test_the_water_config_reads_the_box_as_a_periodic_trajectory(tmp_path, monke
     sample = datasets["train"][0]
     assert sample.edge_shift is not None and sample.target.shape == (2, sample.x.shape[0], 3)
     assert 10 < sample.edge_index.shape[1] / sample.x.shape[0] < 40  # neighbours of a liquid within 3.5 Angstrom
-    assert main(["data", "--config", "water", *[a for s in settings for a in ("--set", s)]]) == 0
+    sets = [a for s in settings for a in ("--set", s)]
+    assert main(["data", "--config", "water", *sets]) == 0
     assert "data set 'water' ready" in capsys.readouterr().out
+    # a model trained on the box rolls out from the box's own trajectory (no --input), and eval adds the baselines
+    run = tmp_path / "run"
+    assert main(["train", "--config", "water", *sets, "--set", "model.hidden_dim=8", "--set", "train.epochs=1",
+                 "--run-dir", str(run), "--no-progress"]) == 0
+    assert main(["rollout", "--checkpoint", str(run / "model.pt"), "--frame", "24", "--windows", "2", "--output",
+                 str(tmp_path / "rollout")]) == 0
+    assert "rollout of 2 windows (4 frames) from frame 24 of " in capsys.readouterr().out
+    record = json.loads((tmp_path / "rollout" / "rollout.json").read_text())
+    assert record["errors"]["frames"] == [0, 1, 2, 3, 4] and record["input"].endswith("water.dcd")
+    assert main(["eval", "--checkpoint", str(run / "model.pt"), "--output", str(tmp_path / "eval.json"),
+                 "--no-progress"]) == 0
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    assert set(evaluated["baselines"]) == {"frozen", "constant_velocity"}
 
 
 def test_bad_settings_and_a_missing_openmm_are_one_line_errors(tmp_path, monkeypatch, capsys):

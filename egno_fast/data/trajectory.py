@@ -376,6 +376,7 @@ class TrajectoryDataset(Dataset):
                  frame_interval: float = 0.0, max_samples: Optional[int] = None):
         check_split(split)
         self.offsets = target_offsets(num_frames, span, discretisation)
+        self.velocity_per_frame = True  # v in Angstrom per frame interval: x + v * offset is constant velocity
         self.span = span
         self.trajectories, self.cutoff = trajectories, float(cutoff)
         first = trajectories[0].atoms

@@ -146,6 +146,29 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
     return {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
 
 
+def evaluate_baselines(dataset: Dataset) -> Dict[str, Dict[str, object]]:
+    """F-MSE, A-MSE and per-frame MSE of the baselines over every sample of ``dataset``: "frozen" (every target
+    frame predicted as the input frame) and, for a data set whose velocities are in length per frame interval and
+    whose targets lie ``dataset.offsets`` frames after the input (``dataset.velocity_per_frame``), "constant_velocity"
+    (x + v * offset)."""
+    guesses = {"frozen": lambda sample: sample.x[None].expand_as(sample.target)}
+    if getattr(dataset, "velocity_per_frame", False):
+        times = torch.tensor([float(o) for o in dataset.offsets])[:, None, None]
+        guesses["constant_velocity"] = lambda sample: sample.x[None] + sample.v[None] * times
+    results = {}
+    for name, guess in guesses.items():
+        squared, count = None, 0
+        for sample in dataset:
+            errors = frame_squared_error(guess(sample), sample.target)
+            squared = errors if squared is None else squared + errors
+            count += sample.target.shape[1]
+        if squared is None:
+            raise ValueError("cannot evaluate on an empty dataset")
+        per_frame = (squared / (3 * count)).tolist()
+        results[name] = {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
+    return results
+
+
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
     """Training: shuffled, last partial batch dropped. One process draws the order from torch's global generator
     (as the reference code does, so a seed gives its data order; the generator state is checkpointed); under
