@@ -113,14 +113,23 @@ def scale_section() -> List[str]:
 
 
 def precision_section() -> List[str]:
-    lines = ["| precision | test F-MSE, seeds 1, 2, 3 | range | training time (s), seeds 1, 2, 3 | EGNN layer ran |",
-             "|---|---|---|---|---|"]
+    lines = ["| precision | test F-MSE, seeds 1, 2, 3 | mean | range | EGNN layer ran | logs |",
+             "|---|---|---|---|---|---|"]
+    means, ranges = {}, {}
     for precision, runs in PRECISION_RUNS.items():
         ends = [records(run / "metrics.jsonl")[-1] for run in runs]
         values = [e["test_f_mse"] for e in ends]
-        lines.append(f"| {precision} | {', '.join(g(v, 4) for v in values)} | {g(min(values), 4)} to "
-                     f"{g(max(values), 4)} | {', '.join(g(e['wall_s']) for e in ends)} | "
-                     f"{ends[0]['active_backend']['egnn_layer']} |")
+        means[precision], ranges[precision] = statistics.fmean(values), max(values) - min(values)
+        logs = ", ".join(f"[{k}](../{(run / 'metrics.jsonl').relative_to(REPO).as_posix()})"
+                         for k, run in enumerate(runs, 1))
+        lines.append(f"| {precision} | {', '.join(g(v, 4) for v in values)} | {g(means[precision], 4)} | "
+                     f"{g(min(values), 4)} to {g(max(values), 4)} | {ends[0]['active_backend']['egnn_layer']} | "
+                     f"{logs} |")
+    command = records(PRECISION_RUNS["bf16"][0] / "metrics.jsonl")[0]["command"]
+    lines += ["", f"Command (seed 1 of bf16; fp32 the same with `train.precision=\"fp32\"`, seeds 2 and 3 with "
+                  f"`--seed`): `{command}`. The bf16 mean is {g(means['bf16'] - means['fp32'], 2)} from the fp32 mean, "
+                  f"{'within' if abs(means['bf16'] - means['fp32']) <= ranges['fp32'] else 'outside'} the fp32 "
+                  f"seed-to-seed range ({g(ranges['fp32'], 2)})."]
     bench = json.loads(PRECISION_BENCHMARK.read_text())
     lines += ["", f"`{bench['command']}` ({link(PRECISION_BENCHMARK)}), {bench['threads']} thread(s), median step "
                   f"(forward+backward) in ms:", "",
