@@ -418,6 +418,9 @@ def _interrupted(command: str, error: KeyboardInterrupt) -> str:
             return (f"egno-fast {command}: interrupted at epoch 0 (no epoch completed); run the same command to "
                     f"start again")
         return f"egno-fast {command}: interrupted at epoch {error.epoch}; run the same command to resume"
+    if command == "data":
+        return ("egno-fast data: interrupted; run the same command to go on (a data set is kept only once complete; "
+                "the water box resumes from its last complete chunk of frames)")
     return f"egno-fast {command}: interrupted"
 
 

@@ -92,3 +92,25 @@ def test_bad_settings_and_a_missing_openmm_are_one_line_errors(tmp_path, monkeyp
     assert main(["data", "--config", "water", "--set", f'data.data_dir="{tmp_path}"']) == 2
     err = capsys.readouterr().err
     assert "pip install 'egno_fast[water]'" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_during_generation_says_how_to_go_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(water, "FRAMES_PER_CHUNK", 5)
+
+    def interrupt(message, *args):
+        if "5 / 20 frames" in message:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(water.logger, "warning", interrupt)
+    command = ["data", "--config", "water", "--set", f'data.data_dir="{tmp_path}"', "--set", "data.water_box_nm=1.3",
+               "--set", "data.water_frames=20", "--set", "data.water_steps_per_frame=1", "--set",
+               "data.water_equilibration_steps=2", "--set", "data.num_frames=1", "--set", "data.span=1"]
+    assert main(command) == 130
+    assert "resumes from its last complete chunk" in capsys.readouterr().err
+    assert len(list((tmp_path / "water").glob(".*.partial/chunk_*.npz"))) == 1
+    monkeypatch.undo()
+    monkeypatch.setattr(water, "FRAMES_PER_CHUNK", 5)
+    said = []
+    monkeypatch.setattr(water.logger, "warning", lambda message, *args: said.append(message))
+    assert main(command) == 0
+    assert any("resuming after 5 of 20 frames" in message for message in said)

@@ -3,10 +3,11 @@
 ``egno-fast data --config water`` builds a cubic box of TIP3P-FB water (``data.water_box_nm`` nm on a side: 6 nm
 holds 21,384 atoms) with OpenMM's Modeller, and simulates it on OpenMM's CPU platform: PME electrostatics with a
 1 nm cutoff (less in a box too small for it), rigid water, a 2 fs Langevin (middle) integrator at 300 K with a
-friction of 1/ps. After ``data.water_equilibration_steps`` steps of equilibration from a short energy
-minimisation, it records ``data.water_frames`` frames ``data.water_steps_per_frame`` steps apart, the positions
-wrapped into the box as the engine keeps them. Seeded by ``data.generator_seed`` (the integrator's noise and the
-initial velocities).
+friction of 1/ps. The tiled box relaxes by 200 Langevin steps of 0.25 fs from rest, then, with velocities drawn at
+300 K, equilibrates for ``data.water_equilibration_steps`` steps; it then records ``data.water_frames`` frames
+``data.water_steps_per_frame`` steps apart, the positions wrapped into the box as the engine keeps them. Seeded by
+``data.generator_seed`` (the integrator's noise and the initial velocities): a seed gives the same trajectory, to
+the CPU platform's rounding (OpenMM's energy minimiser is not used: its result varies from run to run).
 
 Resumable: the frames are recorded in chunks; after each chunk its positions and an OpenMM checkpoint of the
 simulation (``Simulation.saveCheckpoint``) are written atomically into the partial folder, so an interrupted
@@ -36,12 +37,16 @@ import numpy as np
 from .io import MissingExtraError, atomic_path, atomic_savez, generation_lock, load_npz
 
 logger = logging.getLogger("egno_fast")
-WATER_VERSION = 1
+WATER_VERSION = 2  # 2: relaxation by short steps (1: OpenMM's minimiser, not reproducible)
 TIMESTEP_FS = 2.0
 TEMPERATURE_K = 300.0
 FRICTION_PER_PS = 1.0
 CUTOFF_NM = 1.0  # PME real-space cutoff; a box narrower than 2 x this uses 0.45 of its side
-MINIMISATION_ITERATIONS = 100
+# Before equilibration, the box as Modeller tiles it relaxes by short Langevin steps from rest (its close contacts
+# at the tiles' seams), not by OpenMM's energy minimiser, whose result differs from run to run: seeded runs then
+# give the same trajectory.
+RELAX_STEPS = 200
+RELAX_TIMESTEP_FS = 0.25
 FRAMES_PER_CHUNK = 50
 
 
@@ -131,9 +136,12 @@ def generate_water(folder: Path, params: WaterParams, threads: int = 0,
         report(f"water: resuming after {done * FRAMES_PER_CHUNK} of {params.frames} frames ({partial})")
     else:
         done = 0
-        report(f"water: {modeller.topology.getNumAtoms()} atoms in a {params.box_nm:g} nm box; minimising and "
-               f"equilibrating ({params.equilibration_steps} steps)")
-        simulation.minimizeEnergy(maxIterations=MINIMISATION_ITERATIONS)
+        report(f"water: {modeller.topology.getNumAtoms()} atoms in a {params.box_nm:g} nm box; relaxing "
+               f"({RELAX_STEPS} steps of {RELAX_TIMESTEP_FS} fs) and equilibrating ({params.equilibration_steps} "
+               f"steps)")
+        simulation.integrator.setStepSize(RELAX_TIMESTEP_FS * unit.femtoseconds)
+        simulation.step(RELAX_STEPS)
+        simulation.integrator.setStepSize(TIMESTEP_FS * unit.femtoseconds)
         simulation.context.setVelocitiesToTemperature(TEMPERATURE_K * unit.kelvin, params.seed)
         simulation.step(params.equilibration_steps)
         with atomic_path(partial / "topology.pdb") as tmp, open(tmp, "w") as handle:
