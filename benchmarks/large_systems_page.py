@@ -51,7 +51,8 @@ def water_section() -> List[str]:
         "",
         f"The box: {rollout['atoms']} atoms, {data['water_frames']} frames "
         f"{g(rollout['frame_interval_ps'] * 1000)} fs apart (`egno-fast data --config water`); the model sees P = "
-        f"{data['num_frames']} frames over Delta = {data['span']} frames ({g(data['span'] * rollout['frame_interval_ps'] * 1000)} fs). "
+        f"{data['num_frames']} frames over Delta = {data['span']} frames "
+        f"({g(data['span'] * rollout['frame_interval_ps'] * 1000)} fs). "
         f"Training stopped by {end['stopped'].replace('_', ' ')} after {end['epochs_run']} of {train['epochs']} "
         f"epochs ({g(end['wall_s'] / 60)} min, one thread, beside other work), best validation at epoch "
         f"{end['best_epoch']}.",
@@ -91,7 +92,7 @@ def scale_section() -> List[str]:
     record = json.loads(SCALE.read_text())
     summary, environment = record["summary"], record["environment"]
     lines = [
-        f"`{record['command']}` ({link(SCALE)}, [scale.png](../{SCALE.parent.relative_to(REPO).as_posix()}/scale.png)): "
+        f"`{record['command']}` ({link(SCALE)}, {link(SCALE.parent / 'scale.png')}): "
         f"the {environment['layers']}-layer model, H = {environment['hidden']}, P = {environment['frames']}, one "
         f"forward+backward with the `{environment['backend']}` backend on {environment['threads']} thread(s), periodic "
         f"boxes at water's atom density with a {g(environment['cutoff'])} A cutoff.",
@@ -140,23 +141,30 @@ def precision_section() -> List[str]:
                      f"{g(min(values), 4)} to {g(max(values), 4)} | {ends[0]['active_backend']['egnn_layer']} | "
                      f"{logs} |")
     command = records(PRECISION_RUNS["bf16"][0] / "metrics.jsonl")[0]["command"]
+    difference = means["bf16"] - means["fp32"]
     lines += ["", f"Command (seed 1 of bf16; fp32 the same with `train.precision=\"fp32\"`, seeds 2 and 3 with "
-                  f"`--seed`): `{command}`. The bf16 mean is {g(means['bf16'] - means['fp32'], 2)} from the fp32 mean, "
-                  f"{'within' if abs(means['bf16'] - means['fp32']) <= ranges['fp32'] else 'outside'} the fp32 "
-                  f"seed-to-seed range ({g(ranges['fp32'], 2)})."]
+                  f"`--seed`): `{command}`. The bf16 mean differs from the fp32 mean by {difference:+.2g}, "
+                  f"{'within' if abs(difference) <= ranges['fp32'] else 'outside'} the fp32 seed-to-seed range "
+                  f"({g(ranges['fp32'], 2)})."]
     bench = json.loads(PRECISION_BENCHMARK.read_text())
     lines += ["", f"`{bench['command']}` ({link(PRECISION_BENCHMARK)}), {bench['threads']} thread(s), median step "
                   f"(forward+backward) in ms:", "",
               "| case | reference fp32 | reference bf16 | auto fp32 (cpp) | auto bf16 (reference EGNN layer) | "
-              "bf16 / fp32, reference | bf16 / fp32, auto |",
+              "bf16 speed-up, reference | bf16 speed-up, auto |",
               "|---|---|---|---|---|---|---|"]
     for point in bench["points"]:
         steps = point["step_s"]
         lines.append(f"| {point['case']} ({point['nodes']} nodes, H = {point['hidden']}) | "
-                     + " | ".join(g(steps[s] * 1000) for s in ("reference_fp32", "reference_bf16", "auto_fp32",
-                                                                "auto_bf16"))
-                     + f" | {steps['reference_bf16'] / steps['reference_fp32']:.2f}x | "
-                       f"{steps['auto_bf16'] / steps['auto_fp32']:.2f}x |")
+                     + " | ".join(f"{steps[setting] * 1000:.0f}"
+                                  for setting in ("reference_fp32", "reference_bf16", "auto_fp32", "auto_bf16"))
+                     + f" | {steps['reference_fp32'] / steps['reference_bf16']:.2f}x | "
+                       f"{steps['auto_fp32'] / steps['auto_bf16']:.2f}x |")
+    protein = next(p for p in bench["points"] if p["case"] == "protein")["step_s"]
+    lines += ["", f"bf16 makes the plain-PyTorch layers faster on this CPU, but a bf16 run cannot use the fused cpp "
+                  f"EGNN layer, so on the protein-sized graph it takes "
+                  f"{protein['auto_bf16'] / protein['auto_fp32']:.1f} times as long a step as fp32 with the cpp "
+                  f"backend: on the CPU, fp32 with cpp is the fast way to train; bf16 is for GPUs (Triton's EGNN layer "
+                  f"runs bf16 dots)."]
     return lines
 
 

@@ -86,7 +86,8 @@ def _simulation(params: WaterParams, threads: int):
     openmm, app, unit = _openmm()
     forcefield = app.ForceField("amber14/tip3pfb.xml")
     modeller = app.Modeller(app.Topology(), [])
-    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(params.box_nm, params.box_nm, params.box_nm) * unit.nanometer)
+    side = params.box_nm
+    modeller.addSolvent(forcefield, model="tip3p", boxSize=openmm.Vec3(side, side, side) * unit.nanometer)
     cutoff = min(CUTOFF_NM, 0.45 * params.box_nm)
     system = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME,
                                      nonbondedCutoff=cutoff * unit.nanometer, constraints=app.HBonds,
