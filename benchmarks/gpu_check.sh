@@ -20,7 +20,7 @@
 #                  Triton EGNN and temporal-convolution tests); the tests marked `gpu` run in one more process
 #   KERNEL_TESTS_K their -k expression (default: without the ahead-of-time compile tests, which CI runs on CPU)
 #   PYTEST_ARGS    more pytest options; BANDWIDTH_ARGS  options of benchmarks.temporal_bandwidth
-#   SCALE_ARGS     options of benchmarks.scale (default: 2000, 4000, 8000 atoms fitted, 16000 confirming, 139 GiB)
+#   SCALE_ARGS     options of benchmarks.scale (default: 2000, 4000, 8000 atoms fitted, 16000 confirming)
 #   GPU_CHECK_TIMEOUT_<step>=S  another limit for a step (the sum is still checked against the budget)
 #   GPU_CHECK_CMD_<step>=CMD    another command for a step; GPU_CHECK_STUB=1 makes every step `echo` (tests use these)
 set -uo pipefail
@@ -48,7 +48,7 @@ export EGNN_VARIANTS=${EGNN_VARIANTS:-reference triton_tf32 triton_bf16 referenc
 export KERNEL_TESTS=${KERNEL_TESTS:-tests/test_egnn_triton.py tests/test_temporal_conv_triton.py}
 export KERNEL_TESTS_K=${KERNEL_TESTS_K-not every_configuration_compiles}
 export PYTEST_ARGS=${PYTEST_ARGS:-} BANDWIDTH_ARGS=${BANDWIDTH_ARGS:-}
-export SCALE_ARGS=${SCALE_ARGS:---sizes 2000 4000 8000 --confirm 16000 --repeats 3 --memory-gib 139}
+export SCALE_ARGS=${SCALE_ARGS:---sizes 2000 4000 8000 --confirm 16000 --repeats 3}
 
 # ------------------------------------------------------------------------------------ the step table, resolved
 names=() limits=() commands=()

@@ -33,6 +33,7 @@ DENSITY = 0.1003  # atoms per Angstrom^3: liquid water (3 atoms per 29.9 Angstro
 CUTOFF = 4.5
 HIDDEN, LAYERS, FRAMES = 128, 4, 8
 TARGET_ATOMS = 100_000
+CPU_MEMORY_GIB = 24.0  # the development machine's memory
 
 
 def measure(atoms: int, backend: str, device: str, repeats: int, threads: int) -> Dict:
@@ -172,7 +173,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--memory-gib", type=float, default=24.0, help="the memory budget to extrapolate to")
+    parser.add_argument("--memory-gib", type=float, help="the memory budget to extrapolate to (default: the GPU's "
+                        "memory on CUDA, 24 GiB on the CPU)")
     parser.add_argument("--output", help="write the points, fits and confirmation as JSON here")
     parser.add_argument("--plot", help="and the figure here")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size, print its record
@@ -180,6 +182,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.one:
         print(json.dumps(measure(args.one, args.backend, args.device, args.repeats, args.threads)))
         return 0
+    if args.memory_gib is None:
+        args.memory_gib = CPU_MEMORY_GIB
+        if args.device.startswith("cuda"):
+            import torch
+
+            args.memory_gib = torch.cuda.get_device_properties(args.device).total_memory / 2**30
     points = []
     for atoms in args.sizes:
         points.append(run_size(atoms, args))

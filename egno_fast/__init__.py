@@ -23,7 +23,7 @@ _LAZY = {
     "BackendUnavailableError": ".backends", "backend_status": ".backends",
     "patch": ".patching", "unpatch": ".patching",
     "export_for_inference": ".export", "load_exported_program": ".export",
-    "rollout": ".rollout",
+    "rollout": ".rollouts",
 }
 
 __all__ = ["EGNO", "EGNOOutput", "Graph", "GraphInputError", "build_graph", "periodic_radius_graph",
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports
     from .ops import build_graph, periodic_radius_graph
     from .models import EGNO, EGNOOutput
     from .patching import patch, unpatch
-    from .rollout import rollout
+    from .rollouts import rollout
 
 
 def __getattr__(name: str) -> Any:

@@ -202,7 +202,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         metrics = evaluate_resampled(model, config, args.resample, args.split, device, not args.no_progress)
         label = f"{args.split}, zero-shot {args.resample} x {config.data.num_frames} frames"
     else:
-        metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device)
+        metrics = evaluate(model, make_loader(datasets[args.split], config.train.batch_size, False, 0), device,
+                           precision=config.train.precision)  # as the training log's metrics
         label = args.split
     require_finite({"F-MSE": metrics["f_mse"], "A-MSE": metrics["a_mse"]}, f"{args.split} split of {args.checkpoint}")
     frames = " ".join(f"{m:.6f}" for m in metrics["frame_mse"])
@@ -224,21 +225,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps(record, indent=1) + "\n")
         print(f"metrics: {args.output}")
     if args.plot:
-        print(f"plot: {plot_trajectories(model, datasets[args.split], args.plot, 3, device)}")
+        print(f"plot: {plot_trajectories(model, datasets[args.split], args.plot, 3, device, config.train.precision)}")
     return 0
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     from .config import ExperimentConfig
     from .models import EGNO
-    from .rollout import ROLLOUT_FILES, horizon_summary, rollout, write_rollout
+    from .rollouts import ROLLOUT_FILES, horizon_summary, require_writers, rollout, write_rollout
     from .training.checkpoint import load_model_file
     from .training.trainer import git_commit
 
     if args.windows < 1:
         raise CommandLineError(f"--windows must be at least 1, got {args.windows}")
-    if args.frame < 0:
+    if args.frame is not None and args.frame < 0:
         raise CommandLineError(f"--frame must be at least 0, got {args.frame}")
+    require_writers()
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise CommandLineError(f"--output {output} is a file; give a folder for the rollout's files")
@@ -246,6 +248,10 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if existing:
         raise CommandLineError(f"{output} already holds a rollout ({existing[0]}); give another --output folder or "
                                f"remove it")
+    try:  # before any work: a folder that cannot be made is said now, not after the rollout
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandLineError(f"cannot make the --output folder {output} ({error.strerror or error})") from error
     device = check_device(args.device)
     state = load_model_file(args.checkpoint)
     config = ExperimentConfig.from_dict(state["config"])
@@ -255,13 +261,13 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.data_dir:
         config.data.data_dir = args.data_dir
     data = config.data
-    if config.data.name == "water":  # the simulated box, read as a trajectory (generated on first use)
+    if args.input is None:
+        if config.data.name != "water":
+            raise CommandLineError("--input is required: the trajectory file to start from (only a model trained on "
+                                   "the water box defaults to its own trajectory)")
         from .data.registry import water_trajectory_config
 
-        data = water_trajectory_config(config.data)
-    elif args.input is None:
-        raise CommandLineError("--input is required: the trajectory file to start from (only a model trained on "
-                               "the water box defaults to its own trajectory)")
+        data = water_trajectory_config(config.data)  # the simulated box, read as a trajectory (made on first use)
     input_file = args.input or data.path
     backend = args.backend or config.model.backend
     check_backend(backend, device)
@@ -272,7 +278,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     record = dict(command=_command_line(args), checkpoint=str(args.checkpoint), checkpoint_epoch=state["epoch"],
                   input=str(input_file), git_commit=git_commit())
     paths = write_rollout(result, output, record)
-    print(f"rollout of {args.windows} windows ({result.frames[-1]} frames) from frame {args.frame} of {input_file}: "
+    print(f"rollout of {args.windows} windows ({result.frames[-1]} frames) from frame {result.start_frame} of "
+          f"{input_file}: "
           + horizon_summary(result))
     for name, path in paths.items():
         print(f"  {path}")
@@ -375,8 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     roll.add_argument("--input", help="the trajectory file to start from, read as the run read its data (default for "
                                       "a model trained on the water box: its own trajectory)")
     roll.add_argument("--topology", help="its topology (default: the run's data.topology)")
-    roll.add_argument("--frame", type=int, default=0, metavar="K", help="start from frame K of the file (default 0; "
-                      "at least 1 when velocities come from positions)")
+    roll.add_argument("--frame", type=int, metavar="K", help="start from frame K of the file (default: the first "
+                      "with a velocity: 0 if the file has velocities, else 1)")
     roll.add_argument("--windows", type=int, required=True, metavar="W", help="windows to chain (W x span frames)")
     roll.add_argument("--output", required=True, help="a folder for rollout.extxyz, .dcd, .pdb, .json and the "
                       "error plot")

@@ -2,7 +2,6 @@
 benchmarks/large_systems_page.py renders from those files (the water run's log, evaluation and rollout, the scale
 benchmark, the bf16 runs and speed benchmark), and the files agree with each other."""
 import json
-import re
 
 from benchmarks import large_systems_page as page
 from test_results_page import PAGE, section
@@ -10,15 +9,6 @@ from test_results_page import PAGE, section
 
 def test_the_section_is_rendered_from_the_committed_files():
     assert section(PAGE.read_text(), page.HEADING) == page.render()
-
-
-def test_a_changed_number_is_caught():
-    text = section(PAGE.read_text(), page.HEADING)
-    numbers = list(re.finditer(r"\d+\.\d+", text))
-    assert len(numbers) > 20
-    for match in numbers[::7]:
-        changed = text[:match.start()] + str(float(match.group(0)) + 1) + text[match.end():]
-        assert changed != page.render()
 
 
 def test_the_water_files_agree():

@@ -89,3 +89,6 @@ def test_training_in_bf16_and_a_named_backend_that_cannot(tmp_path, capsys):
     assert "under autocast" in err and err.count("\n") == 1 and not (tmp_path / "refused").exists()
     assert main(["train", "--set", "train.precision=\"fp16\"", "--run-dir", str(tmp_path / "x")]) == 2
     assert 'train.precision must be "fp32" or "bf16"' in capsys.readouterr().err
+    assert main(["train", "--config", "eghno_mocap", "--set", "train.precision=\"bf16\"", "--run-dir",
+                 str(tmp_path / "eghn")]) == 2
+    assert 'not supported with model.backbone="eghn"' in capsys.readouterr().err and not (tmp_path / "eghn").exists()

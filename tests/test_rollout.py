@@ -13,7 +13,7 @@ from egno_fast.data.registry import make_datasets
 from egno_fast.data.protocol import target_offsets
 from egno_fast.data.trajectory import wrap_positions
 from egno_fast.ops import periodic_radius_graph
-from egno_fast.rollout import rollout, rollout_windows
+from egno_fast.rollouts import rollout, rollout_windows
 from egno_fast.training.trainer import evaluate_baselines
 
 pytest.importorskip("ase")
@@ -82,6 +82,7 @@ def test_errors_against_the_file_and_the_baselines(tmp_path):
     assert errors["frozen"][0] == 0.0 and errors["frozen"][-1] > 0
     with pytest.raises(ValueError, match="frame must be at least 1"):  # no velocity before frame 0
         rollout(model, config.data, path, frame=0, windows=1)
+    assert rollout(model, config.data, path, windows=1).start_frame == 1  # the first frame with a velocity
     with pytest.raises(ValueError, match="outside"):
         rollout(model, config.data, path, frame=60, windows=1)
 
@@ -149,3 +150,11 @@ def test_the_baselines_of_a_trajectory_split(tmp_path):
     assert baselines["frozen"]["f_mse"] == pytest.approx(np.mean(frozen), rel=1e-4)
     assert baselines["constant_velocity"]["f_mse"] == pytest.approx(np.mean(moving), rel=1e-4)
     assert len(baselines["frozen"]["frame_mse"]) == 4
+
+
+def test_the_package_level_name_is_the_function_even_after_its_module_is_imported():
+    import egno_fast
+    import egno_fast.rollouts
+
+    from egno_fast import rollout as exported
+    assert exported is egno_fast.rollout is egno_fast.rollouts.rollout

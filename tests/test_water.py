@@ -36,7 +36,7 @@ def test_a_tiny_box_is_simulated_cached_and_resumed_after_an_interruption(tmp_pa
     np.testing.assert_allclose(universe.dimensions, [13, 13, 13, 90, 90, 90], rtol=1e-5)
     meta = json.loads((dcd.parent / "meta.json").read_text())
     assert meta["atoms"] == universe.atoms.n_atoms and meta["seed"] == 7
-    assert not list(dcd.parent.glob("chunk_*")) and not list(dcd.parent.glob("*.chk"))
+    assert sorted(p.name for p in dcd.parent.iterdir()) == ["meta.json", "water.dcd", "water.pdb"]
 
     said = []
 
@@ -48,6 +48,10 @@ def test_a_tiny_box_is_simulated_cached_and_resumed_after_an_interruption(tmp_pa
     with pytest.raises(Interrupt):
         load_or_generate_water(tmp_path / "cut", TINY, threads=1, report=stop_after_first_chunk)
     assert not water.water_folder(tmp_path / "cut", TINY).exists()  # the folder appears complete or not at all
+    folder = water.water_folder(tmp_path / "cut", TINY)
+    partial = folder.with_name(f".{folder.name}.partial")
+    chunk = np.load(partial / "chunk_0000.npz")
+    assert chunk["positions"].shape[0] == 10 and chunk["checkpoint"].dtype == np.uint8  # frames and state together
     said.clear()
     dcd2, pdb2 = load_or_generate_water(tmp_path / "cut", TINY, threads=1, report=said.append)
     assert any("resuming after 10 of 24 frames" in message for message in said)
@@ -114,3 +118,20 @@ def test_ctrl_c_during_generation_says_how_to_go_on(tmp_path, monkeypatch, capsy
     monkeypatch.setattr(water.logger, "warning", lambda message, *args: said.append(message))
     assert main(command) == 0
     assert any("resuming after 5 of 20 frames" in message for message in said)
+
+
+def test_a_checkpoint_that_cannot_be_read_names_the_folder_to_delete(tmp_path, monkeypatch):
+    monkeypatch.setattr(water, "FRAMES_PER_CHUNK", 10)
+
+    def stop(message):
+        if "10 / 24 frames" in message:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        load_or_generate_water(tmp_path, TINY, threads=1, report=stop)
+    partial = next((tmp_path / "water").glob(".*.partial"))
+    chunk = dict(np.load(partial / "chunk_0000.npz"))
+    chunk["checkpoint"] = np.frombuffer(b"not a checkpoint", dtype=np.uint8)
+    np.savez(partial / "chunk_0000.npz", **chunk)
+    with pytest.raises(ValueError, match=f"cannot resume the water simulation in {partial}.*delete that folder"):
+        load_or_generate_water(tmp_path, TINY, threads=1, report=lambda message: None)

@@ -406,12 +406,18 @@ class TrajectoryDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def motion(self, index: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x [n, 3], v [n, 3], targets [P, n, 3]) of sample ``index``, without its graph."""
+        replica, start = self.samples[index]
+        trajectory = self.trajectories[replica]
+        x = torch.from_numpy(np.array(trajectory.positions[start]))
+        v = frame_velocity(trajectory, start, self.velocity_scale[replica])
+        return x, v, torch.from_numpy(np.array(trajectory.positions[[start + o for o in self.offsets]]))
+
     def __getitem__(self, index: int) -> GraphSample:
         replica, start = self.samples[index]
-        trajectory, scale = self.trajectories[replica], self.velocity_scale[replica]
-        x = torch.from_numpy(np.array(trajectory.positions[start]))
-        v = frame_velocity(trajectory, start, scale)
-        targets = torch.from_numpy(np.array(trajectory.positions[[start + o for o in self.offsets]]))
+        trajectory = self.trajectories[replica]
+        x, v, targets = self.motion(index)
         cell = wrapped = None
         if trajectory.cells is not None:  # the frame as the file gives it, in its own cell
             cell = torch.from_numpy(np.array(trajectory.cells[start]))

@@ -9,11 +9,12 @@ friction of 1/ps. The tiled box relaxes by 200 Langevin steps of 0.25 fs from re
 ``data.generator_seed`` (the integrator's noise and the initial velocities): a seed gives the same trajectory, to
 the CPU platform's rounding (OpenMM's energy minimiser is not used: its result varies from run to run).
 
-Resumable: the frames are recorded in chunks; after each chunk its positions and an OpenMM checkpoint of the
-simulation (``Simulation.saveCheckpoint``) are written atomically into the partial folder, so an interrupted
-generation continues from the last complete chunk when run again (on the same machine: OpenMM checkpoints are
-specific to the platform). When every chunk is done, ``water.dcd`` and ``water.pdb`` (the topology, the first
-frame) are written and the folder is renamed into place: ``<data folder>/water/<key>/`` exists complete or not at
+Resumable: the frames are recorded in chunks; each chunk's positions and an OpenMM checkpoint of the simulation at
+its end (``Context.createCheckpoint``, what OpenMM's CheckpointReporter writes) go atomically into one file of the
+partial folder, so an interrupted generation continues from the last complete chunk when run again (on the same
+machine: OpenMM checkpoints are specific to the platform; one it cannot read is reported with the folder to delete).
+When every chunk is done, ``water.dcd`` and ``water.pdb`` (the topology, with the positions at the end of the
+equilibration, ``data.water_steps_per_frame`` steps before the first frame) are written and the folder is renamed into place: ``<data folder>/water/<key>/`` exists complete or not at
 all. The samples are then those of the trajectory data set (:mod:`egno_fast.data.trajectory`): the same loader a
 user's own DCD goes through.
 
@@ -129,22 +130,26 @@ def generate_water(folder: Path, params: WaterParams, threads: int = 0,
         return
     simulation, modeller = _simulation(params, threads)
     chunks = -(-params.frames // FRAMES_PER_CHUNK)
-    done = sum(1 for k in range(chunks) if (partial / f"chunk_{k:04d}.npz").is_file())
-    checkpoint = partial / "checkpoint.chk"
-    if done and checkpoint.is_file():
-        with open(checkpoint, "rb") as handle:
-            simulation.context.loadCheckpoint(handle.read())
-        report(f"water: resuming after {done * FRAMES_PER_CHUNK} of {params.frames} frames ({partial})")
+    done = 0  # chunks 0 .. done - 1 complete, each with the checkpoint of the simulation at its end
+    while done < chunks and (partial / f"chunk_{done:04d}.npz").is_file():
+        done += 1
+    if done and (partial / "topology.pdb").is_file():
+        state = load_npz(partial / f"chunk_{done - 1:04d}.npz", ["checkpoint"])["checkpoint"]
+        try:
+            simulation.context.loadCheckpoint(state.tobytes())
+        except Exception as error:  # another platform or OpenMM version wrote it
+            raise ValueError(f"cannot resume the water simulation in {partial} ({type(error).__name__}: {error}); "
+                             f"delete that folder to start it again") from error
+        report(f"water: resuming after {min(done * FRAMES_PER_CHUNK, params.frames)} of {params.frames} frames "
+               f"({partial})")
     else:
         done = 0
         report(f"water: {modeller.topology.getNumAtoms()} atoms in a {params.box_nm:g} nm box; relaxing "
                f"({RELAX_STEPS} steps of {RELAX_TIMESTEP_FS} fs) and equilibrating ({params.equilibration_steps} "
                f"steps)")
-        simulation.integrator.setStepSize(RELAX_TIMESTEP_FS * unit.femtoseconds)
-        simulation.step(RELAX_STEPS)
-        simulation.integrator.setStepSize(TIMESTEP_FS * unit.femtoseconds)
+        _run(simulation, RELAX_STEPS, RELAX_TIMESTEP_FS)
         simulation.context.setVelocitiesToTemperature(TEMPERATURE_K * unit.kelvin, params.seed)
-        simulation.step(params.equilibration_steps)
+        _run(simulation, params.equilibration_steps)
         with atomic_path(partial / "topology.pdb") as tmp, open(tmp, "w") as handle:
             state = simulation.context.getState(getPositions=True, enforcePeriodicBox=True)
             app.PDBFile.writeFile(simulation.topology, state.getPositions(), handle)
@@ -153,19 +158,33 @@ def generate_water(folder: Path, params: WaterParams, threads: int = 0,
         count = min(FRAMES_PER_CHUNK, params.frames - chunk * FRAMES_PER_CHUNK)
         positions, boxes = [], []
         for _ in range(count):
-            simulation.step(params.steps_per_frame)
+            _run(simulation, params.steps_per_frame)
             state = simulation.context.getState(getPositions=True, enforcePeriodicBox=True)
             positions.append(_positions_angstrom(state))
             boxes.append(_box_angstrom(state))
-        # the checkpoint first: a chunk file without its checkpoint is never taken as done
-        with atomic_path(checkpoint) as tmp:
-            tmp.write_bytes(simulation.context.createCheckpoint())
-        atomic_savez(partial / f"chunk_{chunk:04d}.npz", positions=np.stack(positions), boxes=np.stack(boxes))
+        # the frames and the simulation's state at their end in one file, written atomically: a chunk is complete
+        # with its checkpoint or absent
+        checkpoint = np.frombuffer(simulation.context.createCheckpoint(), dtype=np.uint8)
+        atomic_savez(partial / f"chunk_{chunk:04d}.npz", positions=np.stack(positions), boxes=np.stack(boxes),
+                     checkpoint=checkpoint)
         frames_done = chunk * FRAMES_PER_CHUNK + count
-        rate = (chunk + 1 - done) * FRAMES_PER_CHUNK * params.steps_per_frame / (time.perf_counter() - begin)
+        rate = (frames_done - done * FRAMES_PER_CHUNK) * params.steps_per_frame / (time.perf_counter() - begin)
         report(f"water: {frames_done} / {params.frames} frames ({rate:.1f} steps/s)")
     _write_outputs(partial, params, chunks)
     os.replace(partial, folder)
+
+
+def _run(simulation, steps: int, timestep_fs: float = TIMESTEP_FS) -> None:
+    """``steps`` steps of ``timestep_fs``; OpenMM's errors (a simulation that blew up: NaN coordinates) as a
+    ValueError naming them."""
+    _, _, unit = _openmm()
+    try:
+        simulation.integrator.setStepSize(timestep_fs * unit.femtoseconds)
+        simulation.step(steps)
+    except Exception as error:
+        if type(error).__name__ != "OpenMMException":
+            raise
+        raise ValueError(f"the water simulation failed: {error}") from error
 
 
 def _write_outputs(partial: Path, params: WaterParams, chunks: int) -> None:
@@ -187,7 +206,7 @@ def _write_outputs(partial: Path, params: WaterParams, chunks: int) -> None:
                 frame_interval_ps=params.frame_interval_ps, timestep_fs=TIMESTEP_FS, temperature_k=TEMPERATURE_K)
     with atomic_path(partial / "meta.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=1))
-    for stale in list(partial.glob("chunk_*.npz")) + [partial / "checkpoint.chk", partial / "topology.pdb"]:
+    for stale in list(partial.glob("chunk_*.npz")) + [partial / "topology.pdb"]:
         stale.unlink()
 
 

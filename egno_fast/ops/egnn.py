@@ -217,7 +217,8 @@ def _fused_layer(x, v, h, graph, weights, options, edge_shift, frame_edge_attr, 
     degree = graph.in_degree.clamp(min=1).to(x.dtype)
     x_new, h_new = node_half(x, v, h, sums, degree, node_weights, "none" if clamp_edges else options.clamp,
                              options.clamp_value)
-    return EGNNLayerOutput(x_new, v, h_new)
+    # under bf16 autocast the node half's last linear layer gives bf16: the layer's outputs keep the inputs' dtypes
+    return EGNNLayerOutput(x_new.to(x.dtype), v, h_new.to(h.dtype))
 
 
 def _cpp_dtype_problem(h: Tensor) -> Optional[str]:

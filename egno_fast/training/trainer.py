@@ -150,21 +150,30 @@ def evaluate_baselines(dataset: Dataset) -> Dict[str, Dict[str, object]]:
     """F-MSE, A-MSE and per-frame MSE of the baselines over every sample of ``dataset``: "frozen" (every target
     frame predicted as the input frame) and, for a data set whose velocities are in length per frame interval and
     whose targets lie ``dataset.offsets`` frames after the input (``dataset.velocity_per_frame``), "constant_velocity"
-    (x + v * offset)."""
-    guesses = {"frozen": lambda sample: sample.x[None].expand_as(sample.target)}
+    (x + v * offset). A data set with a ``motion(index) -> (x, v, targets)`` method is read without its graphs."""
+    guesses = {"frozen": lambda x, v: x[None]}
     if getattr(dataset, "velocity_per_frame", False):
         times = torch.tensor([float(o) for o in dataset.offsets])[:, None, None]
-        guesses["constant_velocity"] = lambda sample: sample.x[None] + sample.v[None] * times
+        guesses["constant_velocity"] = lambda x, v: x[None] + v[None] * times
+    def motion(index: int):
+        if hasattr(dataset, "motion"):
+            return dataset.motion(index)
+        sample = dataset[index]
+        return sample.x, sample.v, sample.target
+
+    squared = {name: None for name in guesses}
+    nodes = 0  # summed over samples: each frame's MSE is its squared error over 3 x nodes
+    for index in range(len(dataset)):
+        x, v, target = motion(index)
+        for name, guess in guesses.items():
+            errors = frame_squared_error(guess(x, v).expand_as(target), target)
+            squared[name] = errors if squared[name] is None else squared[name] + errors
+        nodes += target.shape[1]
+    if not nodes:
+        raise ValueError("cannot evaluate on an empty dataset")
     results = {}
-    for name, guess in guesses.items():
-        squared, count = None, 0
-        for sample in dataset:
-            errors = frame_squared_error(guess(sample), sample.target)
-            squared = errors if squared is None else squared + errors
-            count += sample.target.shape[1]
-        if squared is None:
-            raise ValueError("cannot evaluate on an empty dataset")
-        per_frame = (squared / (3 * count)).tolist()
+    for name, total in squared.items():
+        per_frame = (total / (3 * nodes)).tolist()
         results[name] = {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
     return results
 
@@ -248,6 +257,9 @@ def train(config: ExperimentConfig, run_dir: str | Path, resume: bool = True, pr
     The run folder is locked while this runs (:mod:`egno_fast.training.run_lock`): a second process training in it
     raises :class:`~egno_fast.training.run_lock.RunFolderInUse`.
     """
+    if config.train.precision == "bf16" and config.model.backbone == "eghn":
+        raise ValueError('train.precision="bf16" is not supported with model.backbone="eghn" (its cluster pooling '
+                         'would run on bf16 positions); use train.precision="fp32"')
     rank, _ = rank_and_world()
     with run_folder_lock(run_dir, enabled=rank == 0):
         return _train_in_locked_folder(config, Path(run_dir), resume, progress, command, report)

@@ -21,6 +21,9 @@ Angstrom^2 over atoms and coordinates, at every predicted frame) is reported bes
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,7 @@ import torch
 
 from .config import DataConfig
 from .data.batching import collate_graphs
-from .data.io import atomic_path
+from .data.io import MissingExtraError, atomic_path
 from .data.protocol import target_offsets
 from .data.registry import resolve_data_dir
 from .data.trajectory import (frame_velocity, load_trajectory, static_features, trajectory_files, trajectory_sample,
@@ -78,8 +81,10 @@ def rollout_windows(model: torch.nn.Module, static: torch.Tensor, x: torch.Tenso
         model:   an EGNO (or a model with its forward) predicting P = len(offsets) frames.
         static:  [n, k] per-atom features (:func:`egno_fast.data.trajectory.static_features`).
         x, v:    [n, 3] the start frame's unwrapped positions and velocity (Angstrom per frame interval).
+        cutoff:  the radius graph's cutoff in Angstrom.
         offsets: [P] the predicted frames' offsets after the input (:func:`~egno_fast.data.protocol.target_offsets`).
         cell:    [3, 3] or None (no periodic box).
+        bonds:   [2, b] the bond graph (the "eghn" backbone's) or None.
         velocity: "difference" or "model" (module docstring).
 
     Returns:
@@ -111,15 +116,17 @@ def rollout_windows(model: torch.nn.Module, static: torch.Tensor, x: torch.Tenso
     return torch.cat(predicted)
 
 
-def rollout(model: torch.nn.Module, data: DataConfig, input_file: Union[str, Path], frame: int = 0, windows: int = 1,
-            topology: str = "", velocity: str = "difference", device: Union[str, torch.device] = "cpu") -> Rollout:
-    """Roll ``model`` out from frame ``frame`` of ``input_file`` for ``windows`` windows.
+def rollout(model: torch.nn.Module, data: DataConfig, input_file: Union[str, Path], frame: Optional[int] = None,
+            windows: int = 1, topology: str = "", velocity: str = "difference",
+            device: Union[str, torch.device] = "cpu") -> Rollout:
+    """Roll ``model`` out from frame ``frame`` of ``input_file`` for ``windows`` windows, in float32.
 
     Args:
         model:      a trained EGNO (e.g. ``EGNO.from_model_record(load_model_file(path))``).
         data:       the run's data config (the checkpoint's ``config["data"]``): elements, cutoff, span, P, the
                     reader's settings; its data folder caches the file.
         input_file: a trajectory file the run's reader reads (extxyz, DCD with ``topology``, ...).
+        frame:      the start frame (None: the first with a velocity: 0 when the file has velocities, else 1).
         topology:   the topology file (else ``data.topology``).
 
     Returns:
@@ -135,9 +142,11 @@ def rollout(model: torch.nn.Module, data: DataConfig, input_file: Union[str, Pat
     trajectory = load_trajectory(files[0], resolve_data_dir(data), topology, data.selection,
                                  "mdanalysis" if topology and data.reader == "auto" else data.reader, data.format)
     total = len(trajectory.positions)
+    scale = velocity_scale(trajectory, data.frame_interval)
+    if frame is None:
+        frame = 0 if scale is not None else 1
     if not 0 <= frame < total:
         raise ValueError(f"--frame {frame} is outside {files[0]} (frames 0 to {total - 1})")
-    scale = velocity_scale(trajectory, data.frame_interval)
     static = static_features(trajectory, list(data.elements))
     x = torch.from_numpy(np.array(trajectory.positions[frame]))
     v = frame_velocity(trajectory, frame, scale)
@@ -163,18 +172,44 @@ def rollout(model: torch.nn.Module, data: DataConfig, input_file: Union[str, Pat
                    velocity)
 
 
+def require_writers() -> None:
+    """MissingExtraError unless ASE and MDAnalysis (the trajectory extra), which write a rollout, are installed."""
+    for module in ("ase.io", "MDAnalysis"):
+        try:
+            __import__(module)
+        except ImportError as error:
+            raise MissingExtraError(f"writing a rollout needs {module.split('.')[0]}: pip install "
+                                    f"'egno_fast[trajectory]' (in a clone: pip install -e '.[trajectory]')") from error
+
+
 def write_rollout(result: Rollout, folder: Union[str, Path], record: Optional[dict] = None) -> Dict[str, Path]:
-    """Write ``result`` into ``folder`` (each file atomically): rollout.extxyz (ASE: positions, cell, the frame's
-    time), rollout.dcd with rollout.pdb (its topology, the start frame; MDAnalysis and viewers read them together),
-    rollout.json (frames, times, errors and ``record``) and, with errors, rollout_error.png. Returns name -> path."""
+    """Write ``result`` into ``folder``: rollout.extxyz (ASE: unwrapped positions, the cell, each frame's offset and
+    time), rollout.dcd with rollout.pdb (its topology, the start frame; MDAnalysis and viewers read them together;
+    the DCD's time step is the frames' interval when they are evenly spaced and the file's interval is known, else
+    1 ps: rollout.json has the true times), rollout.json (frames, times, errors and ``record``) and, with errors,
+    rollout_error.png. The files are written beside ``folder`` first and moved into it at the end. Returns
+    name -> path."""
+    require_writers()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        written = _write_files(result, staging, record)
+        paths = {}
+        for name in written:
+            os.replace(staging / name, folder / name)
+            paths[name] = folder / name
+        return paths
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_files(result: Rollout, folder: Path, record: Optional[dict]) -> List[str]:
     import ase
     import ase.io
     import MDAnalysis as mda
     from MDAnalysis.lib.mdamath import triclinic_box
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / name for name in ROLLOUT_FILES}
     positions = result.positions.numpy()
     cell = result.cell.numpy() if result.cell is not None else None
     dt = result.frame_interval_ps
@@ -184,8 +219,7 @@ def write_rollout(result: Rollout, folder: Union[str, Path], record: Optional[di
                           cell=cell if cell is not None else np.zeros((3, 3)), pbc=cell is not None)
         atoms.info.update(frame=int(offset), **({"time_ps": float(offset * dt)} if dt else {}))
         snapshots.append(atoms)
-    with atomic_path(paths["rollout.extxyz"]) as tmp:
-        ase.io.write(str(tmp), snapshots, format="extxyz")
+    ase.io.write(str(folder / "rollout.extxyz"), snapshots, format="extxyz")
     universe = mda.Universe.empty(len(result.elements), trajectory=True)
     universe.add_TopologyAttr("names", result.elements)
     universe.add_TopologyAttr("elements", result.elements)
@@ -193,27 +227,25 @@ def write_rollout(result: Rollout, folder: Union[str, Path], record: Optional[di
     dimensions = triclinic_box(*cell) if cell is not None else None
     universe.atoms.positions = positions[0]
     universe.dimensions = dimensions
-    with atomic_path(paths["rollout.pdb"]) as tmp, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the PDB columns a bare topology lacks get their defaults
-        universe.atoms.write(str(tmp), file_format="PDB")
+        universe.atoms.write(str(folder / "rollout.pdb"), file_format="PDB")
     gaps = np.diff(result.frames)
     interval = float(gaps[0]) * dt if dt and len(gaps) and np.all(gaps == gaps[0]) else 1.0
-    with atomic_path(paths["rollout.dcd"]) as tmp:
-        with mda.Writer(str(tmp), len(result.elements), dt=interval, format="DCD") as out:
-            for frame_positions in positions:
-                universe.atoms.positions = frame_positions
-                universe.dimensions = dimensions
-                out.write(universe.atoms)
+    with mda.Writer(str(folder / "rollout.dcd"), len(result.elements), dt=interval, format="DCD") as out:
+        for frame_positions in positions:
+            universe.atoms.positions = frame_positions
+            universe.dimensions = dimensions
+            out.write(universe.atoms)
     summary = dict(record or {}, start_frame=result.start_frame, windows=result.windows, velocity=result.velocity,
                    frames=result.frames, frame_interval_ps=dt, atoms=len(result.elements),
                    times_ps=[f * dt for f in result.frames] if dt else None, errors=result.errors)
-    with atomic_path(paths["rollout.json"]) as tmp:
-        tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / "rollout.json").write_text(json.dumps(summary, indent=1) + "\n")
+    written = ["rollout.extxyz", "rollout.dcd", "rollout.pdb", "rollout.json"]
     if result.errors is not None:
-        plot_rollout_errors(result, paths["rollout_error.png"])
-    else:
-        del paths["rollout_error.png"]
-    return paths
+        plot_rollout_errors(result, folder / "rollout_error.png")
+        written.append("rollout_error.png")
+    return written
 
 
 def _ase_symbols(elements: List[str]) -> List[str]:
@@ -232,12 +264,12 @@ def plot_rollout_errors(result: Rollout, path: Union[str, Path]) -> Path:
 
     errors, dt = result.errors, result.frame_interval_ps
     scale, unit = (dt * 1000.0, "fs") if dt else (1.0, "frames")
-    horizon = [f * scale for f in errors["frames"]]
+    shown = [k for k, f in enumerate(errors["frames"]) if f > 0]  # the start frame's error is 0 (log axis)
+    horizon = [errors["frames"][k] * scale for k in shown]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key, label, style in (("model", "EGNO rollout", "-o"), ("frozen", "frozen positions", "--"),
                               ("constant_velocity", "constant velocity", ":")):
-        values = [max(e, 1e-12) for e in errors[key]]
-        ax.plot(horizon, values, style, label=label, markersize=3)
+        ax.plot(horizon, [errors[key][k] for k in shown], style, label=label, markersize=3)
     window = (result.frames[-1] / result.windows) * scale
     for w in range(1, result.windows):
         ax.axvline(w * window, color="grey", linewidth=0.5, alpha=0.5)
@@ -266,4 +298,4 @@ def horizon_summary(result: Rollout) -> str:
 
 
 __all__ = ["Rollout", "rollout", "rollout_windows", "write_rollout", "plot_rollout_errors", "horizon_summary",
-           "VELOCITY_SOURCES"]
+           "require_writers", "VELOCITY_SOURCES"]
