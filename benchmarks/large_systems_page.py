@@ -1,4 +1,4 @@
-"""The "Large systems and bf16" section of docs/RESULTS.md, rendered from the committed result files: the water box's
+"""The "Large systems and mixed precision" section of docs/RESULTS.md, rendered from the committed result files: the water box's
 training log, evaluation (with the baselines) and rollout, the scale benchmark, and the bf16 runs and speed
 benchmark. ``tests/test_large_systems_page.py`` checks that the page holds exactly this text.
 
@@ -19,7 +19,7 @@ SCALE = REPO / "benchmarks" / "results" / "cpu-scale-20261202" / "scale.json"
 PRECISION_BENCHMARK = REPO / "benchmarks" / "results" / "cpu-precision-20261202" / "precision.json"
 PRECISION_RUNS = {precision: [REPO / "results" / f"precision_{precision}_seed{seed}" for seed in (1, 2, 3)]
                   for precision in ("fp32", "bf16")}
-HEADING = "Large systems and bf16"
+HEADING = "Large systems and mixed precision"
 
 
 def records(path: Path) -> List[Dict]:

@@ -1,4 +1,4 @@
-"""docs/RESULTS.md, "Large systems and bf16": every number comes from a committed file. The section is the text that
+"""docs/RESULTS.md, "Large systems and mixed precision": every number comes from a committed file. The section is the text that
 benchmarks/large_systems_page.py renders from those files (the water run's log, evaluation and rollout, the scale
 benchmark, the bf16 runs and speed benchmark), and the files agree with each other."""
 import json
