@@ -381,7 +381,8 @@ def _run_with_kill(kill_at, mode, data_dir, run_dir):
 
 def _final_state(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    evaluations = [{k: v for k, v in r.items() if k != "elapsed_s"} for r in records if r["event"] == "eval"]
+    timings = ("elapsed_s", "train_atom_frames_per_s")  # wall-clock measurements: not reproducible
+    evaluations = [{k: v for k, v in r.items() if k not in timings} for r in records if r["event"] == "eval"]
     weights = torch.load(run_dir / "model.pt", weights_only=True)["model"]
     return evaluations, weights
 
