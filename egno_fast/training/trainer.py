@@ -22,7 +22,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -142,7 +142,11 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device | 
         count += batch.target.shape[1] * batch.target.shape[2]
     if squared is None:
         raise ValueError("cannot evaluate on an empty dataset")
-    per_frame = (squared / count).tolist()
+    return frame_metrics((squared / count).tolist())
+
+
+def frame_metrics(per_frame: List[float]) -> Dict[str, object]:
+    """{"f_mse": the last frame's MSE, "a_mse": their mean, "frame_mse": per_frame} of the P per-frame MSEs."""
     return {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
 
 
@@ -155,6 +159,7 @@ def evaluate_baselines(dataset: Dataset) -> Dict[str, Dict[str, object]]:
     if getattr(dataset, "velocity_per_frame", False):
         times = torch.tensor([float(o) for o in dataset.offsets])[:, None, None]
         guesses["constant_velocity"] = lambda x, v: x[None] + v[None] * times
+
     def motion(index: int):
         if hasattr(dataset, "motion"):
             return dataset.motion(index)
@@ -171,11 +176,7 @@ def evaluate_baselines(dataset: Dataset) -> Dict[str, Dict[str, object]]:
         nodes += target.shape[1]
     if not nodes:
         raise ValueError("cannot evaluate on an empty dataset")
-    results = {}
-    for name, total in squared.items():
-        per_frame = (total / (3 * nodes)).tolist()
-        results[name] = {"f_mse": per_frame[-1], "a_mse": sum(per_frame) / len(per_frame), "frame_mse": per_frame}
-    return results
+    return {name: frame_metrics((total / (3 * nodes)).tolist()) for name, total in squared.items()}
 
 
 def make_loader(dataset: Dataset, batch_size: int, train: bool, seed: int) -> DataLoader:
